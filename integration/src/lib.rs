@@ -1,1 +1,5 @@
-//! stub
+//! Ferry's test world: helpers shared by the end-to-end tests, the sandbox
+//! and the benchmarks. The Kubernetes API emulator is the `kube-emulator`
+//! crate beside this one.
+
+pub mod harness;

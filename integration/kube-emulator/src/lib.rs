@@ -42,6 +42,8 @@ pub struct Config {
     /// Require this bearer token on every request.
     pub token: Option<String>,
     pub controllers: Controllers,
+    /// How many past events a watch can resume from; older ones answer 410 Gone.
+    pub event_history: usize,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             tls: true,
             token: None,
             controllers: Controllers::default(),
+            event_history: 50_000,
         }
     }
 }
@@ -105,6 +108,7 @@ impl Emulator {
         };
         let mut store = store::Store::new();
         store.controllers = cfg.controllers.clone();
+        store.event_history = cfg.event_history;
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             faults: Mutex::new(Faults::default()),

@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         controllers: Controllers {
             ready_delay: Duration::from_millis(args.ready_delay_ms),
         },
+        ..Config::default()
     })
     .await?;
     emu.write_kubeconfig(&args.kubeconfig)?;

@@ -626,20 +626,18 @@ impl Shared {
                 })
             };
             let mut backlog = backlog;
-            if initial {
-                if let Ok(b) = backlog.as_mut() {
-                    b.push((
-                        "BOOKMARK".to_string(),
-                        json!({
-                            "kind": rt.kind,
-                            "apiVersion": rt.api_version(version),
-                            "metadata": {
-                                "resourceVersion": s.resource_version().to_string(),
-                                "annotations": {"k8s.io/initial-events-end": "true"},
-                            },
-                        }),
-                    ));
-                }
+            if initial && let Ok(b) = backlog.as_mut() {
+                b.push((
+                    "BOOKMARK".to_string(),
+                    json!({
+                        "kind": rt.kind,
+                        "apiVersion": rt.api_version(version),
+                        "metadata": {
+                            "resourceVersion": s.resource_version().to_string(),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    }),
+                ));
             }
             (backlog, rx, s.resource_version())
         };

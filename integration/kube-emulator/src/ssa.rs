@@ -112,7 +112,7 @@ fn walk_item(item: &Value, path: &mut Path, out: &mut FieldSet) {
     }
 }
 
-fn find_item<'a>(items: &'a [Value], step: &str) -> Option<usize> {
+fn find_item(items: &[Value], step: &str) -> Option<usize> {
     let sel: Map<String, Value> = serde_json::from_str(step.strip_prefix("k:")?).ok()?;
     items
         .iter()
@@ -168,10 +168,10 @@ fn remove_path(obj: &mut Value, path: &[String]) {
         if let Some(m) = cur.as_object_mut() {
             m.remove(f);
         }
-    } else if let Some(items) = cur.as_array_mut() {
-        if let Some(i) = find_item(items, last) {
-            items.remove(i);
-        }
+    } else if let Some(items) = cur.as_array_mut()
+        && let Some(i) = find_item(items, last)
+    {
+        items.remove(i);
     }
 }
 

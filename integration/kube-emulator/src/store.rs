@@ -11,9 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
-/// How many events watches can resume from before answering 410 Gone.
-const EVENT_LOG: usize = 50_000;
-
 /// An API error, rendered as a `metav1.Status`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -121,6 +118,8 @@ pub struct Store {
     tx: broadcast::Sender<Arc<Event>>,
     pending: Vec<Pending>,
     pub controllers: Controllers,
+    /// How many events watches can resume from before answering 410 Gone.
+    pub event_history: usize,
 }
 
 /// Write options common to every verb.
@@ -226,6 +225,7 @@ impl Store {
             tx,
             pending: vec![],
             controllers: Controllers::default(),
+            event_history: 50_000,
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let rt = s
@@ -259,10 +259,10 @@ impl Store {
             kind,
             object,
         });
-        if self.log.len() >= EVENT_LOG {
-            if let Some(old) = self.log.pop_front() {
-                self.compacted = old.rv;
-            }
+        if self.log.len() >= self.event_history.max(1)
+            && let Some(old) = self.log.pop_front()
+        {
+            self.compacted = old.rv;
         }
         self.log.push_back(ev.clone());
         let _ = self.tx.send(ev);
@@ -424,13 +424,13 @@ impl Store {
         mut body: Value,
         opts: &WriteOpts,
     ) -> Result<Value> {
-        if meta(&body, "name").is_none() {
-            if let Some(g) = meta(&body, "generateName") {
-                let suffix: String = (0..5)
-                    .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-                    .collect();
-                meta_mut(&mut body).insert("name".into(), format!("{g}{suffix}").into());
-            }
+        if meta(&body, "name").is_none()
+            && let Some(g) = meta(&body, "generateName")
+        {
+            let suffix: String = (0..5)
+                .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                .collect();
+            meta_mut(&mut body).insert("name".into(), format!("{g}{suffix}").into());
         }
         let name = self.validate(rt, version, ns, &mut body)?;
         self.check_namespace(rt, ns)?;
@@ -444,10 +444,10 @@ impl Store {
             e.details = Some(json!({"name": name, "group": rt.group, "kind": rt.plural}));
             return Err(e);
         }
-        if rt.status {
-            if let Some(m) = body.as_object_mut() {
-                m.remove("status");
-            }
+        if rt.status
+            && let Some(m) = body.as_object_mut()
+        {
+            m.remove("status");
         }
         let now = now_rfc3339();
         ssa::record_update(None, &mut body, &opts.manager, None, &now);
@@ -509,6 +509,7 @@ impl Store {
     }
 
     /// Replaces an object (PUT), honouring a resourceVersion precondition.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         rt: &ResourceType,
@@ -527,10 +528,10 @@ impl Store {
                 meta(&body, "name").unwrap_or_default()
             )));
         }
-        if let Some(rv) = meta(&body, "resourceVersion") {
-            if Some(rv) != meta(&old, "resourceVersion") {
-                return Err(Self::conflict(rt, name));
-            }
+        if let Some(rv) = meta(&body, "resourceVersion")
+            && Some(rv) != meta(&old, "resourceVersion")
+        {
+            return Err(Self::conflict(rt, name));
         }
         let new = if sub == Some("status") {
             let mut n = old.clone();
@@ -571,6 +572,7 @@ impl Store {
     }
 
     /// A patch of any non-apply type: `f` turns the live object into the new one.
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
         rt: &ResourceType,
@@ -590,10 +592,10 @@ impl Store {
                 "metadata.name cannot be changed by a patch",
             ));
         }
-        if let Some(rv) = meta(&new, "resourceVersion") {
-            if Some(rv) != meta(&old, "resourceVersion") {
-                return Err(Self::conflict(rt, name));
-            }
+        if let Some(rv) = meta(&new, "resourceVersion")
+            && Some(rv) != meta(&old, "resourceVersion")
+        {
+            return Err(Self::conflict(rt, name));
         }
         if sub != Some("status") && rt.status {
             match old.get("status") {
@@ -646,10 +648,10 @@ impl Store {
             None => {
                 self.check_namespace(rt, ns)?;
                 let mut merged = merged;
-                if rt.status {
-                    if let Some(m) = merged.as_object_mut() {
-                        m.remove("status");
-                    }
+                if rt.status
+                    && let Some(m) = merged.as_object_mut()
+                {
+                    m.remove("status");
                 }
                 let key = Self::key(rt, ns, name);
                 self.insert_new(rt, key, merged, &now, opts.dry_run)
@@ -787,11 +789,12 @@ impl Store {
                     .cloned(),
             );
         }
-        if rt.kind == "CustomResourceDefinition" && rt.crd.is_none() {
-            if let Ok(t) = Registry::type_from_crd(gone) {
-                let k = t.key();
-                doomed.extend(self.objects.keys().filter(|(tk, _, _)| *tk == k).cloned());
-            }
+        if rt.kind == "CustomResourceDefinition"
+            && rt.crd.is_none()
+            && let Ok(t) = Registry::type_from_crd(gone)
+        {
+            let k = t.key();
+            doomed.extend(self.objects.keys().filter(|(tk, _, _)| *tk == k).cloned());
         }
         if let Some(uid) = meta(gone, "uid") {
             doomed.extend(
@@ -823,10 +826,11 @@ impl Store {
             }
             let _ = self.delete(&t, ns.as_deref(), &n, None, false);
         }
-        if rt.kind == "CustomResourceDefinition" && rt.crd.is_none() {
-            if let Ok(t) = Registry::type_from_crd(gone) {
-                self.registry.remove(&t.key());
-            }
+        if rt.kind == "CustomResourceDefinition"
+            && rt.crd.is_none()
+            && let Ok(t) = Registry::type_from_crd(gone)
+        {
+            self.registry.remove(&t.key());
         }
     }
 

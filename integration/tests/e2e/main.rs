@@ -1,1 +1,3 @@
-fn main() {}
+//! Ferry's end-to-end suite: one test binary, built once per run.
+
+mod emulator;

@@ -1,0 +1,87 @@
+//! Helpers for tests and tools: polling with a deadline, the real `kubectl`,
+//! kube-rs clients for emulators.
+
+use kube_emulator::Emulator;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// How long `eventually` waits: `FERRY_TEST_PATIENCE_SECS`, default 30.
+pub fn patience() -> Duration {
+    std::env::var("FERRY_TEST_PATIENCE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+}
+
+/// Polls `check` until it yields a value, or panics naming `what` once
+/// [`patience`] runs out. Never a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {:?} waiting for {what}", patience());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The workspace root (the folder with the root Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ has a parent")
+        .to_path_buf()
+}
+
+/// The real `kubectl`: `FERRY_KUBECTL`, else the test venv's, else PATH's.
+pub fn kubectl() -> PathBuf {
+    if let Ok(p) = std::env::var("FERRY_KUBECTL") {
+        return p.into();
+    }
+    let venv = workspace_root().join(".venv/bin/kubectl");
+    if venv.exists() {
+        return venv;
+    }
+    "kubectl".into()
+}
+
+/// Installs the process-wide rustls provider (aws-lc-rs) once.
+pub fn init_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// A kube-rs client for an emulator, built from its kubeconfig. kube's own
+/// retries of 429/503 are off, so tests see exactly what the server answered.
+pub async fn kube_client(emu: &Emulator) -> kube::Client {
+    init_crypto();
+    let kc = kube::config::Kubeconfig::from_yaml(&emu.kubeconfig()).expect("emulator kubeconfig");
+    let mut cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("kube config");
+    cfg.default_retry = false;
+    kube::Client::try_from(cfg).expect("kube client")
+}
+
+/// Logs for tests and tools, from `FERRY_LOG`.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("FERRY_LOG"))
+            .with_test_writer()
+            .try_init();
+    });
+}

