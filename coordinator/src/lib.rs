@@ -1,1 +1,15 @@
-//! stub
+//! The Ferry coordinator (`ferry serve`) and the `ferry` CLI.
+//!
+//! The coordinator keeps each cluster's pin (a full commit of the fleet
+//! repository), an append-only ledger of every pin change, and each
+//! cluster's last reported state. Agents dial in over gRPC; the coordinator
+//! never dials out to clusters.
+
+pub mod cli;
+pub mod hub;
+pub mod repo;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use server::{Config, Coordinator, TlsFiles};

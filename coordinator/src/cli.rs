@@ -1,0 +1,534 @@
+//! The `ferry` command line: `ferry serve` runs the coordinator; every other
+//! subcommand is a client of its Admin API.
+
+use crate::server::{Config, Coordinator, TlsFiles};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_proto::v1::admin_client::AdminClient;
+use ferry_proto::v1::{
+    Cluster, GetClusterRequest, Health, HistoryRequest, LedgerEntry, ListClustersRequest, Phase,
+    PinRequest, SetClusterPathRequest,
+};
+use ferry_proto::{DEFAULT_PATH_TEMPLATE, DialConfig};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Ferry: pull-based multi-cluster GitOps with staged rollouts.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version)]
+pub struct Args {
+    /// The coordinator's address.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_ADDR",
+        default_value = "https://127.0.0.1:7443"
+    )]
+    pub addr: String,
+    /// CA certificate (PEM) that signed the coordinator's certificate.
+    #[arg(long, global = true, env = "FERRY_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, global = true, env = "FERRY_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for mTLS.
+    #[arg(long, global = true, env = "FERRY_KEY")]
+    pub key: Option<PathBuf>,
+    /// Output format.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "FERRY_OUTPUT",
+        default_value = "table"
+    )]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator.
+    Serve(ServeArgs),
+    /// List clusters: labels, connection, pinned and applied commits, health.
+    Clusters,
+    /// One cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Pin clusters to a branch, tag or commit (resolved to a full commit).
+    Pin {
+        /// Clusters to pin.
+        #[arg(required = true)]
+        clusters: Vec<String>,
+        /// Branch, tag, full or short commit.
+        #[arg(long = "commit")]
+        reference: String,
+        /// Why, for the ledger.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The ledger of pin changes, newest first.
+    History {
+        /// Only this cluster.
+        cluster: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show one cluster in full, with its problems.
+    Show { name: String },
+    /// Override the cluster's directory in the repository ("" clears it).
+    SetPath { name: String, path: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Where the coordinator keeps its database and repository cache.
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The fleet's Git repository, as agents reach it.
+    #[arg(long, env = "FERRY_REPO")]
+    pub repo: String,
+    /// Each cluster's directory: {cluster} and {label.KEY} placeholders.
+    #[arg(long, env = "FERRY_PATH_TEMPLATE", default_value = DEFAULT_PATH_TEMPLATE)]
+    pub path_template: String,
+    /// Serving certificate (PEM).
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving key (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA of agent and operator client certificates; makes mTLS mandatory.
+    #[arg(long, env = "FERRY_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC. For local development only.
+    #[arg(long, env = "FERRY_INSECURE", conflicts_with = "tls_cert")]
+    pub insecure: bool,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            repo_url: self.repo.clone(),
+            path_template: self.path_template.clone(),
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| TlsFiles {
+                    cert,
+                    key,
+                    client_ca: self.client_ca.clone(),
+                }),
+            insecure: self.insecure,
+        }
+    }
+}
+
+/// Runs a parsed command line to completion.
+pub async fn run(args: Args) -> Result<()> {
+    if let Command::Serve(s) = &args.command {
+        let coordinator = Coordinator::start(s.config()).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        return coordinator.stop(Duration::from_secs(10)).await;
+    }
+    let dial = DialConfig {
+        addr: args.addr.clone(),
+        ca: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        insecure: true,
+    };
+    let channel = dial
+        .endpoint()?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
+    let mut client = AdminClient::new(channel);
+    let actor = std::env::var("FERRY_ACTOR")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "cli".into());
+    let json = args.output == Output::Json;
+    match args.command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Clusters => {
+            let list = client
+                .list_clusters(with_actor(&actor, ListClustersRequest {}))
+                .await
+                .map_err(status)?
+                .into_inner()
+                .clusters;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &list.iter().map(cluster_json).collect::<Vec<_>>()
+                    )?
+                );
+            } else {
+                print!("{}", clusters_table(&list));
+            }
+        }
+        Command::Cluster(ClusterCommand::Show { name }) => {
+            let c = client
+                .get_cluster(with_actor(&actor, GetClusterRequest { name }))
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cluster_json(&c))?);
+            } else {
+                print!("{}", cluster_details(&c));
+            }
+        }
+        Command::Cluster(ClusterCommand::SetPath { name, path }) => {
+            let c = client
+                .set_cluster_path(with_actor(&actor, SetClusterPathRequest { name, path }))
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cluster_json(&c))?);
+            } else {
+                println!("cluster {} now reads {}", c.name, c.path);
+            }
+        }
+        Command::Pin {
+            clusters,
+            reference,
+            reason,
+        } => {
+            let r = client
+                .pin(with_actor(
+                    &actor,
+                    PinRequest {
+                        clusters: clusters.clone(),
+                        r#ref: reference.clone(),
+                        reason,
+                    },
+                ))
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"commit": r.commit, "changes": r.entries.iter().map(ledger_json).collect::<Vec<_>>()})
+                    )?
+                );
+            } else {
+                println!("{reference} is {}", r.commit);
+                for c in &clusters {
+                    match r.entries.iter().find(|e| &e.cluster == c) {
+                        Some(e) => println!(
+                            "  {c}: {} -> {}",
+                            short(&e.from_commit),
+                            short(&e.to_commit)
+                        ),
+                        None => println!("  {c}: already pinned there"),
+                    }
+                }
+            }
+        }
+        Command::History { cluster, limit } => {
+            let entries = client
+                .history(with_actor(
+                    &actor,
+                    HistoryRequest {
+                        cluster: cluster.unwrap_or_default(),
+                        limit,
+                    },
+                ))
+                .await
+                .map_err(status)?
+                .into_inner()
+                .entries;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &entries.iter().map(ledger_json).collect::<Vec<_>>()
+                    )?
+                );
+            } else {
+                print!("{}", history_table(&entries));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A request carrying who is acting, for the ledger.
+fn with_actor<T>(actor: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = actor.parse() {
+        r.metadata_mut().insert("ferry-actor", v);
+    }
+    r
+}
+
+/// A gRPC error as the message the coordinator gave, for humans.
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn short(c: &str) -> &str {
+    if c.is_empty() {
+        "-"
+    } else {
+        &c[..c.len().min(8)]
+    }
+}
+
+fn ago(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".into();
+    }
+    let secs = (ferry_proto::now_unix_ms() - ms).max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+fn labels(c: &Cluster) -> String {
+    let mut l: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    l.sort();
+    if l.is_empty() {
+        "-".into()
+    } else {
+        l.join(",")
+    }
+}
+
+fn phase_health(c: &Cluster) -> (String, String) {
+    match &c.status {
+        Some(s) => (
+            Phase::try_from(s.phase).unwrap_or_default().to_string(),
+            Health::try_from(s.health).unwrap_or_default().to_string(),
+        ),
+        None => ("-".into(), "-".into()),
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+pub fn clusters_table(list: &[Cluster]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            let (phase, health) = phase_health(c);
+            let applied = c
+                .status
+                .as_ref()
+                .map(|s| s.applied_commit.as_str())
+                .unwrap_or("");
+            vec![
+                c.name.clone(),
+                labels(c),
+                if c.connected {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                short(&c.pinned_commit).into(),
+                short(applied).into(),
+                phase,
+                health,
+                ago(c.last_seen_unix_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "LABELS",
+            "CONNECTED",
+            "PINNED",
+            "APPLIED",
+            "PHASE",
+            "HEALTH",
+            "LAST SEEN",
+        ],
+        &rows,
+    )
+}
+
+fn cluster_details(c: &Cluster) -> String {
+    let (phase, health) = phase_health(c);
+    let mut s = format!(
+        "Name:       {}\nLabels:     {}\nConnected:  {}\nAgent:      {}\nPath:       {}\nPinned:     {} (generation {})\nPhase:      {phase}\nHealth:     {health}\nLast seen:  {}\n",
+        c.name,
+        labels(c),
+        c.connected,
+        if c.agent_version.is_empty() {
+            "-"
+        } else {
+            &c.agent_version
+        },
+        if c.path_error.is_empty() {
+            c.path.clone()
+        } else {
+            format!("unresolved: {}", c.path_error)
+        },
+        if c.pinned_commit.is_empty() {
+            "-"
+        } else {
+            &c.pinned_commit
+        },
+        c.generation,
+        ago(c.last_seen_unix_ms),
+    );
+    if let Some(st) = &c.status {
+        s.push_str(&format!(
+            "Applied:    {}\nTarget:     {}\nObjects:    {}\nMessage:    {}\n",
+            if st.applied_commit.is_empty() {
+                "-"
+            } else {
+                &st.applied_commit
+            },
+            if st.target_commit.is_empty() {
+                "-"
+            } else {
+                &st.target_commit
+            },
+            st.objects,
+            st.message,
+        ));
+        if !st.problems.is_empty() {
+            s.push_str("Problems:\n");
+            for p in &st.problems {
+                let src = if p.source.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", p.source)
+                };
+                s.push_str(&format!("  {}{src}: {}\n", p.object, p.message));
+            }
+        }
+    }
+    s
+}
+
+fn history_table(entries: &[LedgerEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                ago(e.at_unix_ms),
+                e.cluster.clone(),
+                short(&e.from_commit).into(),
+                short(&e.to_commit).into(),
+                e.actor.clone(),
+                if e.rollout.is_empty() {
+                    "-".into()
+                } else {
+                    e.rollout.clone()
+                },
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "WHEN", "CLUSTER", "FROM", "TO", "ACTOR", "ROLLOUT", "REASON",
+        ],
+        &rows,
+    )
+}
+
+pub fn cluster_json(c: &Cluster) -> Value {
+    let status = c.status.as_ref().map(|s| {
+        json!({
+            "observedGeneration": s.observed_generation,
+            "targetCommit": s.target_commit,
+            "appliedCommit": s.applied_commit,
+            "phase": Phase::try_from(s.phase).unwrap_or_default().to_string(),
+            "health": Health::try_from(s.health).unwrap_or_default().to_string(),
+            "message": s.message,
+            "objects": s.objects,
+            "driftCorrections": s.drift_corrections,
+            "problems": s.problems.iter().map(|p| json!({"object": p.object, "source": p.source, "message": p.message})).collect::<Vec<_>>(),
+            "lastSyncUnixMs": s.last_sync_unix_ms,
+            "reportedUnixMs": s.reported_unix_ms,
+        })
+    });
+    json!({
+        "name": c.name,
+        "labels": c.labels,
+        "connected": c.connected,
+        "pinnedCommit": c.pinned_commit,
+        "generation": c.generation,
+        "path": c.path,
+        "pathError": c.path_error,
+        "agentVersion": c.agent_version,
+        "lastSeenUnixMs": c.last_seen_unix_ms,
+        "status": status,
+    })
+}
+
+pub fn ledger_json(e: &LedgerEntry) -> Value {
+    json!({
+        "id": e.id, "atUnixMs": e.at_unix_ms, "actor": e.actor, "cluster": e.cluster,
+        "from": e.from_commit, "to": e.to_commit, "reason": e.reason, "rollout": e.rollout,
+    })
+}

@@ -1,0 +1,141 @@
+//! The live agent sessions and what each cluster is assigned. The hub is the
+//! only place that pushes assignments: on connect and after every change.
+//! It owns no durable state; the store does.
+
+use crate::store::{ClusterRecord, Store};
+use ferry_proto::v1::{Assignment, AssignmentOptions, CoordinatorMessage, coordinator_message};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+struct Session {
+    id: u64,
+    tx: Outbound,
+}
+
+/// Sessions by cluster name. A new session for a cluster replaces the old
+/// one, whose stream then ends.
+pub struct Hub {
+    pub store: Arc<Store>,
+    pub repo_url: String,
+    pub path_template: String,
+    sessions: Mutex<HashMap<String, Session>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(store: Arc<Store>, repo_url: String, path_template: String) -> Self {
+        Hub {
+            store,
+            repo_url,
+            path_template,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session; returns its id for [`Hub::leave`].
+    pub fn join(&self, cluster: &str, tx: Outbound) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = self
+            .sessions()
+            .insert(cluster.to_string(), Session { id, tx })
+        {
+            tracing::info!(
+                cluster,
+                old = old.id,
+                new = id,
+                "a new session replaces the old one"
+            );
+        }
+        id
+    }
+
+    /// Unregisters a session, unless a newer one already replaced it.
+    pub fn leave(&self, cluster: &str, id: u64) {
+        let mut s = self.sessions();
+        if s.get(cluster).is_some_and(|x| x.id == id) {
+            s.remove(cluster);
+        }
+    }
+
+    /// Ends every session (their streams close; agents reconnect).
+    pub fn close_all(&self) {
+        self.sessions().clear();
+    }
+
+    pub fn connected(&self, cluster: &str) -> bool {
+        self.sessions().contains_key(cluster)
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// The resolved path of a cluster, or why it cannot be resolved.
+    pub fn path(&self, c: &ClusterRecord) -> Result<String, String> {
+        match &c.path_override {
+            Some(p) => Ok(p.clone()),
+            None => ferry_proto::render_path(&self.path_template, &c.name, &c.labels)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The full assignment of a cluster, if it is pinned and its path resolves.
+    pub fn assignment(&self, c: &ClusterRecord) -> Option<Assignment> {
+        let (commit, generation) = c.pin.as_ref()?;
+        let path = match self.path(c) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(cluster = %c.name, error = %e, "no assignment: the path does not resolve");
+                return None;
+            }
+        };
+        Some(Assignment {
+            repo_url: self.repo_url.clone(),
+            commit: commit.to_string(),
+            path,
+            generation: *generation,
+            options: Some(AssignmentOptions::default()),
+        })
+    }
+
+    /// Sends a cluster its current assignment, if it is connected.
+    pub fn push(&self, cluster: &str) {
+        let record = match self.store.cluster(cluster) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(cluster, error = %e, "reading the cluster to push its assignment");
+                return;
+            }
+        };
+        let Some(assignment) = self.assignment(&record) else {
+            return;
+        };
+        let mut sessions = self.sessions();
+        let Some(session) = sessions.get(cluster) else {
+            return;
+        };
+        let msg = CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::Assignment(assignment)),
+        };
+        // A full queue means the agent is not reading. Dropping the session
+        // ends its stream; the agent reconnects and gets a full resync.
+        if session.tx.try_send(Ok(msg)).is_err() {
+            tracing::warn!(
+                cluster,
+                "the session is not keeping up; closing it to force a resync"
+            );
+            sessions.remove(cluster);
+        }
+    }
+}

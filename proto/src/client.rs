@@ -1,0 +1,88 @@
+//! Dialling the coordinator: one endpoint builder for the agent and the CLI,
+//! so both get the same TLS rules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Why an endpoint could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The address is not a URL tonic accepts.
+    #[error("bad coordinator address {addr:?}: {message}")]
+    Address { addr: String, message: String },
+    /// A TLS file could not be read.
+    #[error("reading {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `http://` without the explicit insecure flag.
+    #[error("refusing plaintext {0}: use https://, or pass the insecure flag for a dev setup")]
+    Plaintext(String),
+    /// https:// without a CA to verify the coordinator against.
+    #[error("a CA certificate is required to verify the coordinator at {0}")]
+    NoCa(String),
+}
+
+/// How to reach the coordinator.
+#[derive(Clone, Debug, Default)]
+pub struct DialConfig {
+    /// `https://host:port` (or `http://` with `insecure`).
+    pub addr: String,
+    /// CA that signed the coordinator's certificate.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key for mTLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Allow plaintext `http://`.
+    pub insecure: bool,
+}
+
+fn read(p: &PathBuf) -> Result<Vec<u8>, DialError> {
+    std::fs::read(p).map_err(|source| DialError::File {
+        path: p.clone(),
+        source,
+    })
+}
+
+impl DialConfig {
+    pub fn endpoint(&self) -> Result<Endpoint, DialError> {
+        let bad = |m: &dyn std::fmt::Display| DialError::Address {
+            addr: self.addr.clone(),
+            message: m.to_string(),
+        };
+        let uri: tonic::codegen::http::Uri = self.addr.parse().map_err(|e| bad(&e))?;
+        let mut ep = Endpoint::from_shared(self.addr.clone())
+            .map_err(|e| bad(&e))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        match uri.scheme_str() {
+            Some("https") => {
+                let ca = self
+                    .ca
+                    .as_ref()
+                    .ok_or_else(|| DialError::NoCa(self.addr.clone()))?;
+                let mut tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read(ca)?))
+                    .domain_name(uri.host().unwrap_or("localhost").to_string());
+                if let (Some(c), Some(k)) = (&self.cert, &self.key) {
+                    tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
+                }
+                ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
+            }
+            Some("http") if self.insecure => {}
+            Some("http") => return Err(DialError::Plaintext(self.addr.clone())),
+            _ => {
+                return Err(bad(
+                    &"the scheme must be https:// (or http:// with insecure)",
+                ));
+            }
+        }
+        Ok(ep)
+    }
+}

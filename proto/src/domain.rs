@@ -1,0 +1,182 @@
+//! Domain types shared by agent and coordinator.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A domain value that failed validation.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Invalid {
+    /// A commit that is not 40 lowercase hex digits.
+    #[error("{0:?} is not a full commit (40 hex digits)")]
+    Commit(String),
+    /// A cluster name that is not a DNS label.
+    #[error("{0:?} is not a valid cluster name (lowercase letters, digits and '-', at most 63)")]
+    ClusterName(String),
+    /// A `key=value` label that does not parse.
+    #[error("{0:?} is not a label (key=value)")]
+    Label(String),
+    /// A path template naming a label the cluster does not have.
+    #[error(
+        "the path template {template:?} needs label {label:?}, which cluster {cluster} does not have"
+    )]
+    MissingLabel {
+        template: String,
+        label: String,
+        cluster: String,
+    },
+    /// A path template with an unknown placeholder or an unsafe path.
+    #[error("bad path template {0:?}: {1}")]
+    Template(String, String),
+}
+
+/// A full 40-hex commit id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Commit(String);
+
+impl Commit {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Commit(s.to_ascii_lowercase()))
+        } else {
+            Err(Invalid::Commit(s.to_string()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The first 8 digits, for people.
+    pub fn short(&self) -> &str {
+        &self.0[..8]
+    }
+}
+
+impl fmt::Display for Commit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a cluster name: a DNS label, as it also names certificates.
+pub fn validate_cluster_name(name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::ClusterName(name.to_string()))
+    }
+}
+
+/// Parses `key=value`.
+pub fn parse_label(s: &str) -> Result<(String, String), Invalid> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(Invalid::Label(s.to_string())),
+    }
+}
+
+/// The default path template.
+pub const DEFAULT_PATH_TEMPLATE: &str = "clusters/{cluster}";
+
+/// Renders a path template with `{cluster}` and `{label.KEY}` placeholders.
+pub fn render_path(
+    template: &str,
+    cluster: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<String, Invalid> {
+    let bad = |why: &str| Invalid::Template(template.to_string(), why.to_string());
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').ok_or_else(|| bad("unclosed '{'"))? + start;
+        let key = &rest[start + 1..end];
+        if key == "cluster" {
+            out.push_str(cluster);
+        } else if let Some(label) = key.strip_prefix("label.") {
+            let v = labels.get(label).ok_or_else(|| Invalid::MissingLabel {
+                template: template.to_string(),
+                label: label.to_string(),
+                cluster: cluster.to_string(),
+            })?;
+            out.push_str(v);
+        } else {
+            return Err(bad(&format!("unknown placeholder {{{key}}}")));
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    let path = out.trim_matches('/').to_string();
+    if path.split('/').any(|seg| seg == ".." || seg == ".") || path.contains("//") {
+        return Err(bad(&format!("resolves to an unsafe path {path:?}")));
+    }
+    Ok(path)
+}
+
+impl fmt::Display for crate::v1::Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unspecified => "-",
+            Self::Pending => "Pending",
+            Self::Syncing => "Syncing",
+            Self::Synced => "Synced",
+            Self::Failed => "Failed",
+        })
+    }
+}
+
+impl fmt::Display for crate::v1::Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unknown => "Unknown",
+            Self::Healthy => "Healthy",
+            Self::Progressing => "Progressing",
+            Self::Degraded => "Degraded",
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_templates() {
+        let labels: BTreeMap<_, _> = [("region".to_string(), "eu".to_string())].into();
+        assert_eq!(
+            render_path(DEFAULT_PATH_TEMPLATE, "c1", &labels).unwrap(),
+            "clusters/c1"
+        );
+        assert_eq!(
+            render_path("clusters/{label.region}/{cluster}", "c1", &labels).unwrap(),
+            "clusters/eu/c1"
+        );
+        assert!(matches!(
+            render_path("x/{label.zone}", "c1", &labels),
+            Err(Invalid::MissingLabel { .. })
+        ));
+        assert!(render_path("x/{nope}", "c1", &labels).is_err());
+        assert!(render_path("../{cluster}", "c1", &labels).is_err());
+    }
+
+    #[test]
+    fn commits_and_names() {
+        assert!(Commit::parse(&"a".repeat(40)).is_ok());
+        assert!(Commit::parse("abc").is_err());
+        assert!(validate_cluster_name("eu-1").is_ok());
+        assert!(validate_cluster_name("EU_1").is_err());
+    }
+}
