@@ -1,1 +1,418 @@
-//! stub
+//! The Ferry agent: one per cluster, outbound only.
+//!
+//! One level-triggered loop: the desired state (the current assignment: a
+//! repository directory at a pinned commit) against what is in the cluster;
+//! converge; report. The link to the coordinator runs beside it and only
+//! carries assignments in and status out: the loop keeps converging to the
+//! last assignment, which it keeps in the cluster, when the coordinator is
+//! unreachable.
+
+pub mod apply;
+pub mod health;
+pub mod link;
+pub mod render;
+pub mod source;
+
+use anyhow::Context;
+use apply::{Applier, SavedAssignment, State};
+use ferry_proto::v1::{Assignment, AssignmentOptions, Health, ObjectProblem, Phase, StatusReport};
+use ferry_proto::{Commit, DialConfig, now_unix_ms};
+use render::Object;
+use source::Source;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the agent needs; `main` builds it from flags, tests directly.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cluster: String,
+    pub labels: BTreeMap<String, String>,
+    pub dial: DialConfig,
+    /// A kubeconfig file; `None` means in-cluster (or the usual inference).
+    pub kubeconfig: Option<PathBuf>,
+    /// The agent's own namespace, where it keeps its state.
+    pub namespace: String,
+    /// Where Git repositories are cached.
+    pub cache_dir: PathBuf,
+    /// How often a converged cluster is checked again for drift.
+    pub resync: Duration,
+    /// How often health is read while objects are progressing.
+    pub health_poll: Duration,
+    pub heartbeat: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but identity, coordinator and cluster access.
+    pub fn new(cluster: impl Into<String>, dial: DialConfig, cache_dir: PathBuf) -> Self {
+        Config {
+            cluster: cluster.into(),
+            labels: BTreeMap::new(),
+            dial,
+            kubeconfig: None,
+            namespace: "ferry-system".into(),
+            cache_dir,
+            resync: Duration::from_secs(30),
+            health_poll: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(15),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+async fn kube_client(cfg: &Config) -> anyhow::Result<kube::Client> {
+    let mut kc = match &cfg.kubeconfig {
+        Some(p) => {
+            let file = kube::config::Kubeconfig::read_from(p)
+                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding in-cluster or default Kubernetes credentials")?,
+    };
+    // The sync loop retries with its own backoff; kube's default retries of
+    // 429/503 (up to 15, minutes apart) would stall a sync instead.
+    kc.default_retry = false;
+    Ok(kube::Client::try_from(kc)?)
+}
+
+fn saved(a: &Assignment) -> SavedAssignment {
+    SavedAssignment {
+        repo_url: a.repo_url.clone(),
+        commit: a.commit.clone(),
+        path: a.path.clone(),
+        generation: a.generation,
+        allow_mass_prune: a.options.as_ref().is_some_and(|o| o.allow_mass_prune),
+    }
+}
+
+fn restored(s: &SavedAssignment) -> Assignment {
+    Assignment {
+        repo_url: s.repo_url.clone(),
+        commit: s.commit.clone(),
+        path: s.path.clone(),
+        generation: s.generation,
+        options: Some(AssignmentOptions {
+            allow_mass_prune: s.allow_mass_prune,
+        }),
+    }
+}
+
+/// Two reports that differ only in their timestamps say the same thing.
+fn same_report(a: &StatusReport, b: &StatusReport) -> bool {
+    let strip = |r: &StatusReport| StatusReport {
+        reported_unix_ms: 0,
+        last_sync_unix_ms: 0,
+        ..r.clone()
+    };
+    strip(a) == strip(b)
+}
+
+struct Agent {
+    cfg: Config,
+    applier: Applier,
+    source: Source,
+    state: State,
+    /// The rendered objects of the last (url, commit, path) read.
+    rendered: Option<((String, String, String), Vec<Object>)>,
+    status: watch::Sender<StatusReport>,
+    drift_corrections: u64,
+    last_sync_ms: i64,
+}
+
+/// What one pass of the loop concluded.
+struct Pass {
+    phase: Phase,
+    health: Health,
+    message: String,
+    problems: Vec<ObjectProblem>,
+}
+
+impl Agent {
+    fn report(&mut self, a: Option<&Assignment>, pass: Pass) {
+        let report = StatusReport {
+            observed_generation: a.map_or(0, |a| a.generation),
+            target_commit: a.map(|a| a.commit.clone()).unwrap_or_default(),
+            applied_commit: self.state.applied_commit.clone(),
+            phase: pass.phase as i32,
+            health: pass.health as i32,
+            message: pass.message,
+            problems: pass.problems,
+            objects: self.state.inventory.len() as u32,
+            drift_corrections: self.drift_corrections,
+            last_sync_unix_ms: self.last_sync_ms,
+            reported_unix_ms: now_unix_ms(),
+        };
+        self.status.send_if_modified(|cur| {
+            if same_report(cur, &report) {
+                false
+            } else {
+                *cur = report;
+                true
+            }
+        });
+    }
+
+    fn failed(message: String, problems: Vec<ObjectProblem>) -> Pass {
+        Pass {
+            phase: Phase::Failed,
+            health: Health::Unknown,
+            message,
+            problems,
+        }
+    }
+
+    /// Reads, renders and applies the assignment; judges health.
+    async fn pass(&mut self, a: &Assignment) -> Pass {
+        let commit = match Commit::parse(&a.commit) {
+            Ok(c) => c,
+            Err(e) => return Self::failed(format!("bad assignment: {e}"), vec![]),
+        };
+        let key = (a.repo_url.clone(), a.commit.clone(), a.path.clone());
+        if self.rendered.as_ref().map(|r| &r.0) != Some(&key) {
+            if self.state.applied_commit != a.commit {
+                self.report(
+                    Some(a),
+                    Pass {
+                        phase: Phase::Syncing,
+                        health: Health::Unknown,
+                        message: format!("syncing {}", commit.short()),
+                        problems: vec![],
+                    },
+                );
+            }
+            let source = self.source.clone();
+            let (url, path) = (a.repo_url.clone(), a.path.clone());
+            let c = commit.clone();
+            let files =
+                match tokio::task::spawn_blocking(move || source.files(&url, &c, &path)).await {
+                    Ok(Ok((files, fetched))) => {
+                        if fetched {
+                            tracing::info!(commit = %commit, "fetched");
+                        }
+                        files
+                    }
+                    Ok(Err(e)) => return Self::failed(e.to_string(), vec![]),
+                    Err(e) => return Self::failed(format!("reading Git: {e}"), vec![]),
+                };
+            match render::render(&files) {
+                Ok(objects) => self.rendered = Some((key, objects)),
+                Err(problems) => {
+                    let message = format!(
+                        "{} invalid document(s) at {} in {}: nothing was applied",
+                        problems.len(),
+                        commit.short(),
+                        a.path
+                    );
+                    let problems = problems
+                        .into_iter()
+                        .map(|p| ObjectProblem {
+                            object: p.object,
+                            source: p.source,
+                            message: p.message,
+                        })
+                        .collect();
+                    return Self::failed(message, problems);
+                }
+            }
+        }
+        let objects = self
+            .rendered
+            .as_ref()
+            .map(|r| r.1.clone())
+            .unwrap_or_default();
+        let allow = a.options.as_ref().is_some_and(|o| o.allow_mass_prune);
+        let before = self.state.applied_commit.clone();
+        let mut next = self.state.clone();
+        next.assignment = Some(saved(a));
+        match self.applier.sync(&objects, &mut next, allow).await {
+            Ok(applied) => {
+                next.applied_commit = a.commit.clone();
+                if applied.writes > 0 && before == a.commit {
+                    self.drift_corrections += applied.writes as u64;
+                    tracing::info!(writes = applied.writes, "repaired drift");
+                }
+                if applied.writes > 0 {
+                    tracing::info!(commit = %commit, writes = applied.writes, pruned = applied.pruned, "applied");
+                }
+                if let Err(e) = self.applier.save_state(&next).await {
+                    return Self::failed(
+                        format!("applied, but saving the inventory failed: {e}"),
+                        vec![],
+                    );
+                }
+                self.state = next;
+                self.last_sync_ms = now_unix_ms();
+                self.judge(&applied.live, &commit)
+            }
+            Err(apply::Error::Rejected(problems)) => {
+                let message = format!(
+                    "{} object(s) rejected at {}: nothing was applied",
+                    problems.len(),
+                    commit.short()
+                );
+                let problems = problems
+                    .into_iter()
+                    .map(|p| ObjectProblem {
+                        object: p.object,
+                        source: p.source,
+                        message: p.message,
+                    })
+                    .collect();
+                Self::failed(message, problems)
+            }
+            Err(e) => Self::failed(e.to_string(), vec![]),
+        }
+    }
+
+    fn judge(&self, live: &[serde_json::Value], commit: &Commit) -> Pass {
+        let mut problems = vec![];
+        let mut hs = vec![];
+        for o in live {
+            let v = health::judge(o);
+            if v.health != Health::Healthy {
+                let kind = o["kind"].as_str().unwrap_or("");
+                let name = o
+                    .pointer("/metadata/name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("");
+                let object = match o.pointer("/metadata/namespace").and_then(|n| n.as_str()) {
+                    Some(ns) => format!("{kind}/{ns}/{name}"),
+                    None => format!("{kind}/{name}"),
+                };
+                problems.push(ObjectProblem {
+                    object,
+                    source: String::new(),
+                    message: v.reason,
+                });
+            }
+            hs.push(v.health);
+        }
+        let health = health::aggregate(hs);
+        let message = match health {
+            Health::Healthy => format!("{} objects at {} are healthy", live.len(), commit.short()),
+            _ => format!(
+                "{} of {} objects at {} are not healthy yet",
+                problems.len(),
+                live.len(),
+                commit.short()
+            ),
+        };
+        Pass {
+            phase: Phase::Synced,
+            health,
+            message,
+            problems,
+        }
+    }
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = kube_client(&cfg).await?;
+    let mut applier = Applier::new(client, cfg.cluster.clone(), cfg.namespace.clone());
+    // The cluster's API may not be up yet: wait for it, but not for the coordinator.
+    let state = loop {
+        match applier.load_state().await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the agent's state from the cluster; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(cfg.min_backoff.max(Duration::from_secs(1))) => {}
+                }
+            }
+        }
+    };
+    let initial = state.assignment.as_ref().map(restored);
+    if let Some(a) = &initial {
+        tracing::info!(commit = %a.commit, path = %a.path, "resuming the last assignment kept in the cluster");
+    }
+    let (assign_tx, mut assign_rx) = watch::channel(initial);
+    let first = StatusReport {
+        applied_commit: state.applied_commit.clone(),
+        phase: Phase::Pending as i32,
+        objects: state.inventory.len() as u32,
+        reported_unix_ms: now_unix_ms(),
+        ..Default::default()
+    };
+    let (status_tx, status_rx) = watch::channel(first);
+    let (connected_tx, _connected_rx) = watch::channel(false);
+    let link_cfg = link::LinkConfig {
+        dial: cfg.dial.clone(),
+        cluster: cfg.cluster.clone(),
+        labels: cfg.labels.clone(),
+        heartbeat: cfg.heartbeat,
+        min_backoff: cfg.min_backoff,
+        max_backoff: cfg.max_backoff,
+    };
+    let link = tokio::spawn(link::run(
+        link_cfg,
+        assign_tx,
+        status_rx,
+        connected_tx,
+        shutdown.child_token(),
+    ));
+
+    let mut agent = Agent {
+        source: Source::new(cfg.cache_dir.clone()),
+        cfg,
+        applier,
+        state,
+        rendered: None,
+        status: status_tx,
+        drift_corrections: 0,
+        last_sync_ms: 0,
+    };
+    let mut next = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = assign_rx.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+        let assignment = assign_rx.borrow_and_update().clone();
+        let Some(a) = assignment else {
+            agent.report(
+                None,
+                Pass {
+                    phase: Phase::Pending,
+                    health: Health::Unknown,
+                    message: "waiting for an assignment".into(),
+                    problems: vec![],
+                },
+            );
+            next = Instant::now() + agent.cfg.resync;
+            continue;
+        };
+        let pass = agent.pass(&a).await;
+        let delay = match (pass.phase, pass.health) {
+            (Phase::Failed, _) => {
+                failures += 1;
+                (agent.cfg.min_backoff * 2u32.saturating_pow(failures.min(8))).min(agent.cfg.resync)
+            }
+            (_, Health::Progressing | Health::Unknown) => {
+                failures = 0;
+                agent.cfg.health_poll
+            }
+            _ => {
+                failures = 0;
+                agent.cfg.resync
+            }
+        };
+        if pass.phase == Phase::Failed {
+            tracing::warn!(message = %pass.message, "sync failed");
+        }
+        agent.report(Some(&a), pass);
+        next = Instant::now() + delay;
+    }
+    link.abort();
+    Ok(())
+}

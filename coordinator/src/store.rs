@@ -354,20 +354,16 @@ mod tests {
             let s = Store::open(dir.path()).unwrap();
             s.hello("a", &BTreeMap::new(), "v", None, 1).unwrap();
             let names = vec!["a".to_string()];
-            let change = |c: &Commit| PinChange {
-                clusters: &names,
-                commit: c,
-                actor: "me",
-                reason: "why",
-                rollout: "",
-            };
-            assert_eq!(s.pin(&change(&commit('a')), 2).unwrap().len(), 1);
+            fn change<'a>(names: &'a [String], c: &'a Commit) -> PinChange<'a> {
+                PinChange { clusters: names, commit: c, actor: "me", reason: "why", rollout: "" }
+            }
+            assert_eq!(s.pin(&change(&names, &commit('a')), 2).unwrap().len(), 1);
             assert!(
-                s.pin(&change(&commit('a')), 3).unwrap().is_empty(),
+                s.pin(&change(&names, &commit('a')), 3).unwrap().is_empty(),
                 "same commit: no entry"
             );
             assert_eq!(
-                s.pin(&change(&commit('b')), 4).unwrap()[0].from_commit,
+                s.pin(&change(&names, &commit('b')), 4).unwrap()[0].from_commit,
                 commit('a').to_string()
             );
         }
