@@ -151,21 +151,23 @@ pub fn judge(obj: &Value) -> Verdict {
         }
         _ => {
             if let Some(o) = observed
-                && o < generation {
-                    return stale(kind);
-                }
+                && o < generation
+            {
+                return stale(kind);
+            }
             if is_true(condition(obj, "Stalled")) == Some(true) {
                 return verdict(Health::Degraded, "stalled");
             }
             for ready in ["Ready", "Available"] {
                 if let Some(c) = condition(obj, ready)
-                    && c["status"] != "True" {
-                        let msg = c["message"].as_str().unwrap_or("");
-                        return verdict(
-                            Health::Progressing,
-                            format!("{ready} is {}: {msg}", c["status"]),
-                        );
-                    }
+                    && c["status"] != "True"
+                {
+                    let msg = c["message"].as_str().unwrap_or("");
+                    return verdict(
+                        Health::Progressing,
+                        format!("{ready} is {}: {msg}", c["status"]),
+                    );
+                }
             }
             healthy()
         }

@@ -143,7 +143,7 @@ impl ServeArgs {
     }
 }
 
-/// Runs a parsed command line to completion.
+/// Runs a parsed command line to completion, printing its output.
 pub async fn run(args: Args) -> Result<()> {
     if let Command::Serve(s) = &args.command {
         let coordinator = Coordinator::start(s.config()).await?;
@@ -151,6 +151,14 @@ pub async fn run(args: Args) -> Result<()> {
         tracing::info!("shutting down");
         return coordinator.stop(Duration::from_secs(10)).await;
     }
+    print!("{}", execute(args).await?);
+    Ok(())
+}
+
+/// Runs a client command and returns what it would print.
+pub async fn execute(args: Args) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let dial = DialConfig {
         addr: args.addr.clone(),
         ca: args.ca.clone(),
@@ -169,7 +177,7 @@ pub async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|_| "cli".into());
     let json = args.output == Output::Json;
     match args.command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) => anyhow::bail!("serve is not a client command"),
         Command::Clusters => {
             let list = client
                 .list_clusters(with_actor(&actor, ListClustersRequest {}))
@@ -178,14 +186,15 @@ pub async fn run(args: Args) -> Result<()> {
                 .into_inner()
                 .clusters;
             if json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(
                         &list.iter().map(cluster_json).collect::<Vec<_>>()
                     )?
-                );
+                )?;
             } else {
-                print!("{}", clusters_table(&list));
+                write!(out, "{}", clusters_table(&list))?;
             }
         }
         Command::Cluster(ClusterCommand::Show { name }) => {
@@ -195,9 +204,9 @@ pub async fn run(args: Args) -> Result<()> {
                 .map_err(status)?
                 .into_inner();
             if json {
-                println!("{}", serde_json::to_string_pretty(&cluster_json(&c))?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&cluster_json(&c))?)?;
             } else {
-                print!("{}", cluster_details(&c));
+                write!(out, "{}", cluster_details(&c))?;
             }
         }
         Command::Cluster(ClusterCommand::SetPath { name, path }) => {
@@ -207,9 +216,9 @@ pub async fn run(args: Args) -> Result<()> {
                 .map_err(status)?
                 .into_inner();
             if json {
-                println!("{}", serde_json::to_string_pretty(&cluster_json(&c))?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&cluster_json(&c))?)?;
             } else {
-                println!("cluster {} now reads {}", c.name, c.path);
+                writeln!(out, "cluster {} now reads {}", c.name, c.path)?;
             }
         }
         Command::Pin {
@@ -230,22 +239,24 @@ pub async fn run(args: Args) -> Result<()> {
                 .map_err(status)?
                 .into_inner();
             if json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(
                         &json!({"commit": r.commit, "changes": r.entries.iter().map(ledger_json).collect::<Vec<_>>()})
                     )?
-                );
+                )?;
             } else {
-                println!("{reference} is {}", r.commit);
+                writeln!(out, "{reference} is {}", r.commit)?;
                 for c in &clusters {
                     match r.entries.iter().find(|e| &e.cluster == c) {
-                        Some(e) => println!(
+                        Some(e) => writeln!(
+                            out,
                             "  {c}: {} -> {}",
                             short(&e.from_commit),
                             short(&e.to_commit)
-                        ),
-                        None => println!("  {c}: already pinned there"),
+                        )?,
+                        None => writeln!(out, "  {c}: already pinned there")?,
                     }
                 }
             }
@@ -264,18 +275,19 @@ pub async fn run(args: Args) -> Result<()> {
                 .into_inner()
                 .entries;
             if json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(
                         &entries.iter().map(ledger_json).collect::<Vec<_>>()
                     )?
-                );
+                )?;
             } else {
-                print!("{}", history_table(&entries));
+                write!(out, "{}", history_table(&entries))?;
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// A request carrying who is acting, for the ledger.

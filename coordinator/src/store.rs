@@ -355,7 +355,13 @@ mod tests {
             s.hello("a", &BTreeMap::new(), "v", None, 1).unwrap();
             let names = vec!["a".to_string()];
             fn change<'a>(names: &'a [String], c: &'a Commit) -> PinChange<'a> {
-                PinChange { clusters: names, commit: c, actor: "me", reason: "why", rollout: "" }
+                PinChange {
+                    clusters: names,
+                    commit: c,
+                    actor: "me",
+                    reason: "why",
+                    rollout: "",
+                }
             }
             assert_eq!(s.pin(&change(&names, &commit('a')), 2).unwrap().len(), 1);
             assert!(

@@ -3,3 +3,4 @@
 //! crate beside this one.
 
 pub mod harness;
+pub mod world;

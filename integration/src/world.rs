@@ -1,0 +1,464 @@
+//! A whole Ferry world in one process, for end-to-end tests, the sandbox and
+//! the benchmarks: a fleet repository served by a real `git daemon`, a
+//! throwaway PKI, a coordinator with mTLS on a SQLite data dir, and one
+//! emulated cluster (a kube-emulator) with its agent per cluster.
+
+use anyhow::{Context, Result, bail};
+use ferry_coordinator::{Config as CoordinatorConfig, Coordinator, TlsFiles};
+use ferry_proto::DialConfig;
+use ferry_proto::v1::admin_client::AdminClient;
+use ferry_proto::v1::{Cluster, GetClusterRequest, Health, Phase};
+use kube_emulator::tls::Ca;
+use kube_emulator::{Config as EmulatorConfig, Controllers, Emulator};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Ferry Tests")
+        .env("GIT_AUTHOR_EMAIL", "tests@ferry.invalid")
+        .env("GIT_COMMITTER_NAME", "Ferry Tests")
+        .env("GIT_COMMITTER_EMAIL", "tests@ferry.invalid")
+        .output()
+        .with_context(|| format!("running git {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A fleet repository: a work tree to commit from, and a bare repository
+/// served by `git daemon` over git://.
+pub struct GitServer {
+    pub work: PathBuf,
+    pub bare: PathBuf,
+    pub url: String,
+    daemon: Child,
+}
+
+impl GitServer {
+    pub fn start(root: &Path) -> Result<GitServer> {
+        let work = root.join("work");
+        let bare = root.join("served/fleet.git");
+        std::fs::create_dir_all(&work)?;
+        std::fs::create_dir_all(bare.parent().expect("has a parent"))?;
+        git(&work, &["init", "-q", "-b", "main"])?;
+        git(
+            root,
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                bare.to_str().expect("utf-8 path"),
+            ],
+        )?;
+        git(
+            &work,
+            &[
+                "remote",
+                "add",
+                "origin",
+                bare.to_str().expect("utf-8 path"),
+            ],
+        )?;
+        let base = root.join("served");
+        // git daemon cannot pick its own port; retry if another test took ours.
+        for _ in 0..20 {
+            let port = free_port()?;
+            let mut daemon = Command::new("git")
+                .args([
+                    "daemon",
+                    "--reuseaddr",
+                    "--export-all",
+                    "--informative-errors",
+                    "--listen=127.0.0.1",
+                    &format!("--port={port}"),
+                    &format!("--base-path={}", base.display()),
+                    base.to_str().expect("utf-8 path"),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting git daemon (Debian package git-daemon-sysvinit or git)")?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Some(status) = daemon.try_wait()? {
+                    tracing::debug!(%status, port, "git daemon exited; trying another port");
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Ok(GitServer {
+                        work,
+                        bare,
+                        url: format!("git://127.0.0.1:{port}/fleet.git"),
+                        daemon,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        bail!("git daemon did not start")
+    }
+
+    /// Writes files (path -> content; `None` deletes), commits and pushes.
+    /// Returns the new commit.
+    pub fn commit(&self, message: &str, files: &[(&str, Option<&str>)]) -> Result<String> {
+        for (path, content) in files {
+            let p = self.work.join(path);
+            match content {
+                Some(c) => {
+                    std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+                    std::fs::write(&p, c)?;
+                }
+                None => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        git(&self.work, &["add", "-A"])?;
+        git(
+            &self.work,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        )?;
+        git(&self.work, &["push", "-q", "origin", "main"])?;
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    pub fn tag(&self, name: &str) -> Result<()> {
+        git(&self.work, &["tag", name])?;
+        git(&self.work, &["push", "-q", "origin", name])?;
+        Ok(())
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// A CA and the certificates of one world, written to files.
+pub struct Pki {
+    pub ca: Ca,
+    pub dir: PathBuf,
+}
+
+/// A certificate and key on disk.
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Result<Pki> {
+        std::fs::create_dir_all(dir)?;
+        let ca = Ca::new("ferry-test-ca")?;
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+        Ok(Pki {
+            ca,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issues and writes a certificate named `name`.
+    pub fn issue(&self, name: &str, sans: &[&str], client: bool) -> Result<CertFiles> {
+        let leaf = self.ca.issue(name, sans, client)?;
+        let files = CertFiles {
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}-key.pem")),
+        };
+        std::fs::write(&files.cert, leaf.cert_pem)?;
+        std::fs::write(&files.key, leaf.key_pem)?;
+        Ok(files)
+    }
+}
+
+/// One emulated cluster and its agent.
+pub struct ClusterHandle {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub emulator: Emulator,
+    pub kubeconfig: PathBuf,
+    pub agent: Option<(CancellationToken, tokio::task::JoinHandle<Result<()>>)>,
+}
+
+/// Tunables of a world.
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub path_template: String,
+    /// How long emulated workloads take to become available.
+    pub ready_delay: Duration,
+    /// The agents' drift check interval.
+    pub resync: Duration,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        WorldConfig {
+            path_template: ferry_proto::DEFAULT_PATH_TEMPLATE.into(),
+            ready_delay: Duration::from_millis(200),
+            resync: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct World {
+    pub dir: PathBuf,
+    pub git: GitServer,
+    pub pki: Pki,
+    pub coordinator: Option<Coordinator>,
+    pub coordinator_addr: SocketAddr,
+    pub server_cert: CertFiles,
+    pub operator: CertFiles,
+    pub clusters: Vec<ClusterHandle>,
+    pub cfg: WorldConfig,
+}
+
+impl World {
+    /// A git server, a PKI and a coordinator; no clusters yet.
+    pub async fn start(dir: &Path, cfg: WorldConfig) -> Result<World> {
+        crate::harness::init_crypto();
+        let git = GitServer::start(&dir.join("git"))?;
+        let pki = Pki::new(&dir.join("pki"))?;
+        let server_cert = pki.issue("coordinator", &["localhost", "127.0.0.1"], false)?;
+        let operator = pki.issue("operator", &["operator"], true)?;
+        let mut world = World {
+            dir: dir.to_path_buf(),
+            git,
+            pki,
+            coordinator: None,
+            coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            server_cert,
+            operator,
+            clusters: vec![],
+            cfg,
+        };
+        world.start_coordinator().await?;
+        Ok(world)
+    }
+
+    fn coordinator_config(&self) -> CoordinatorConfig {
+        CoordinatorConfig {
+            listen: self.coordinator_addr,
+            data_dir: self.dir.join("coordinator"),
+            repo_url: self.git.url.clone(),
+            path_template: self.cfg.path_template.clone(),
+            tls: Some(TlsFiles {
+                cert: self.server_cert.cert.clone(),
+                key: self.server_cert.key.clone(),
+                client_ca: Some(self.pki.ca_file()),
+            }),
+            insecure: false,
+        }
+    }
+
+    /// (Re)starts the coordinator on its data dir, on the same port as before.
+    pub async fn start_coordinator(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let c = loop {
+            match Coordinator::start(self.coordinator_config()).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "coordinator port busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.coordinator_addr = c.addr;
+        self.coordinator = Some(c);
+        Ok(())
+    }
+
+    /// Stops the coordinator: its sessions end and agents start reconnecting.
+    pub async fn stop_coordinator(&mut self) -> Result<()> {
+        if let Some(c) = self.coordinator.take() {
+            c.stop(Duration::from_secs(5)).await?;
+        }
+        Ok(())
+    }
+
+    pub fn addr(&self) -> String {
+        format!("https://{}", self.coordinator_addr)
+    }
+
+    /// Dial settings of the operator (CLI) identity.
+    pub fn operator_dial(&self) -> DialConfig {
+        DialConfig {
+            addr: self.addr(),
+            ca: Some(self.pki.ca_file()),
+            cert: Some(self.operator.cert.clone()),
+            key: Some(self.operator.key.clone()),
+            insecure: false,
+        }
+    }
+
+    /// The `ferry` CLI's global flags for this world.
+    pub fn cli_flags(&self) -> Vec<String> {
+        vec![
+            "--addr".into(),
+            self.addr(),
+            "--ca".into(),
+            self.pki.ca_file().display().to_string(),
+            "--cert".into(),
+            self.operator.cert.display().to_string(),
+            "--key".into(),
+            self.operator.key.display().to_string(),
+        ]
+    }
+
+    /// Runs a `ferry` CLI command against this world; returns its output.
+    pub async fn ferry(&self, args: &[&str]) -> Result<String> {
+        let mut argv: Vec<String> = vec!["ferry".into()];
+        argv.extend(self.cli_flags());
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let parsed = <ferry_coordinator::cli::Args as clap::Parser>::try_parse_from(argv)?;
+        ferry_coordinator::cli::execute(parsed).await
+    }
+
+    pub async fn admin(&self) -> Result<AdminClient<Channel>> {
+        let channel = self.operator_dial().endpoint()?.connect().await?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Adds an emulated cluster and starts its agent.
+    pub async fn add_cluster(&mut self, name: &str, labels: &[(&str, &str)]) -> Result<usize> {
+        let emulator = Emulator::start(EmulatorConfig {
+            controllers: Controllers {
+                ready_delay: self.cfg.ready_delay,
+            },
+            ..EmulatorConfig::default()
+        })
+        .await?;
+        let kubeconfig = self.dir.join(format!("{name}.kubeconfig"));
+        emulator.write_kubeconfig(&kubeconfig)?;
+        self.pki.issue(name, &[name], true)?;
+        self.clusters.push(ClusterHandle {
+            name: name.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            emulator,
+            kubeconfig,
+            agent: None,
+        });
+        let i = self.clusters.len() - 1;
+        self.start_agent(i);
+        Ok(i)
+    }
+
+    pub fn agent_config(&self, i: usize) -> ferry_agent::Config {
+        let c = &self.clusters[i];
+        let dial = DialConfig {
+            addr: self.addr(),
+            ca: Some(self.pki.ca_file()),
+            cert: Some(self.pki.dir.join(format!("{}.pem", c.name))),
+            key: Some(self.pki.dir.join(format!("{}-key.pem", c.name))),
+            insecure: false,
+        };
+        let mut cfg =
+            ferry_agent::Config::new(c.name.clone(), dial, self.dir.join("cache").join(&c.name));
+        cfg.labels = c.labels.clone();
+        cfg.kubeconfig = Some(c.kubeconfig.clone());
+        cfg.resync = self.cfg.resync;
+        cfg.health_poll = Duration::from_millis(200);
+        cfg.min_backoff = Duration::from_millis(100);
+        cfg.max_backoff = Duration::from_secs(2);
+        cfg
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let cfg = self.agent_config(i);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(ferry_agent::run(cfg, token.clone()));
+        self.clusters[i].agent = Some((token, task));
+    }
+
+    /// Stops an agent and waits for it to end.
+    pub async fn stop_agent(&mut self, i: usize) -> Result<()> {
+        if let Some((token, task)) = self.clusters[i].agent.take() {
+            token.cancel();
+            task.await??;
+        }
+        Ok(())
+    }
+
+    pub fn index(&self, name: &str) -> usize {
+        self.clusters
+            .iter()
+            .position(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    }
+
+    pub fn emulator(&self, name: &str) -> &Emulator {
+        &self.clusters[self.index(name)].emulator
+    }
+
+    pub async fn cluster(&self, name: &str) -> Result<Cluster> {
+        Ok(self
+            .admin()
+            .await?
+            .get_cluster(GetClusterRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until every named cluster is known to the coordinator and connected.
+    pub async fn wait_connected(&self, names: &[&str]) {
+        for name in names {
+            crate::harness::eventually(&format!("cluster {name} connected"), || async {
+                self.cluster(name).await.ok().filter(|c| c.connected)
+            })
+            .await;
+        }
+    }
+
+    /// Waits until a cluster reports `commit` applied, Synced and Healthy.
+    pub async fn wait_healthy_at(&self, name: &str, commit: &str) -> Cluster {
+        crate::harness::eventually(&format!("cluster {name} healthy at {commit}"), || async {
+            let c = self.cluster(name).await.ok()?;
+            let s = c.status.as_ref()?;
+            (s.applied_commit == commit
+                && s.phase == Phase::Synced as i32
+                && s.health == Health::Healthy as i32)
+                .then_some(c)
+        })
+        .await
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &self.clusters {
+            if let Some((t, _)) = &c.agent {
+                t.cancel();
+            }
+        }
+    }
+}

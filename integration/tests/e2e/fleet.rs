@@ -1,0 +1,397 @@
+//! End to end: a coordinator on SQLite with mTLS, a real git daemon, and
+//! agents applying to emulated clusters.
+
+use ferry_integration::harness::{eventually, init_tracing};
+use ferry_integration::world::{World, WorldConfig};
+use ferry_proto::v1::{Health, Phase, PinRequest};
+use kube_emulator::Emulator;
+use serde_json::Value;
+
+fn app(cluster: &str, version: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+data:
+  cluster: {cluster}
+  version: "{version}"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:{version}
+"#
+    )
+}
+
+const EXTRA: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n  namespace: shop\ndata:\n  a: b\n";
+
+fn setting(emu: &Emulator) -> Option<String> {
+    emu.object("", "configmaps", Some("shop"), "settings")
+        .and_then(|o| o["data"]["version"].as_str().map(str::to_string))
+}
+
+async fn pin(world: &World, clusters: &[&str], reference: &str) -> anyhow::Result<String> {
+    let r = world
+        .admin()
+        .await?
+        .pin(PinRequest {
+            clusters: clusters.iter().map(|s| s.to_string()).collect(),
+            r#ref: reference.into(),
+            reason: "test".into(),
+        })
+        .await?;
+    Ok(r.into_inner().commit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pins_move_each_cluster_to_exactly_its_commit() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let names = ["c1", "c2", "c3"];
+    let mut files: Vec<(String, Option<String>)> = vec![];
+    for n in names {
+        files.push((format!("clusters/{n}/app.yaml"), Some(app(n, "1.0"))));
+        files.push((format!("clusters/{n}/extra.yaml"), Some(EXTRA.into())));
+    }
+    fn commit(
+        git: &ferry_integration::world::GitServer,
+        msg: &str,
+        f: Vec<(String, Option<String>)>,
+    ) -> String {
+        let borrowed: Vec<(&str, Option<&str>)> =
+            f.iter().map(|(p, c)| (p.as_str(), c.as_deref())).collect();
+        git.commit(msg, &borrowed).unwrap()
+    }
+    let a = commit(&world.git, "A", files.clone());
+    for n in names {
+        world.add_cluster(n, &[("ring", "canary")]).await.unwrap();
+    }
+    world.wait_connected(&names).await;
+    assert_eq!(
+        pin(&world, &names, "main").await.unwrap(),
+        a,
+        "a branch resolves to its commit"
+    );
+    for n in names {
+        world.wait_healthy_at(n, &a).await;
+        assert_eq!(setting(world.emulator(n)).as_deref(), Some("1.0"));
+        assert!(
+            world
+                .emulator(n)
+                .object("", "configmaps", Some("shop"), "extra")
+                .is_some()
+        );
+    }
+
+    // B: every cluster's app changes in Git; only c1 is pinned to it.
+    let b = commit(
+        &world.git,
+        "B",
+        names
+            .iter()
+            .map(|n| (format!("clusters/{n}/app.yaml"), Some(app(n, "2.0"))))
+            .collect(),
+    );
+    let short_b = &b[..10];
+    assert_eq!(
+        pin(&world, &["c1"], short_b).await.unwrap(),
+        b,
+        "a short commit resolves"
+    );
+    world.wait_healthy_at("c1", &b).await;
+    assert_eq!(setting(world.emulator("c1")).as_deref(), Some("2.0"));
+    for n in ["c2", "c3"] {
+        assert_eq!(
+            setting(world.emulator(n)).as_deref(),
+            Some("1.0"),
+            "{n} stays on A"
+        );
+        assert_eq!(
+            world
+                .cluster(n)
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .applied_commit,
+            a
+        );
+    }
+
+    // C: extra.yaml leaves Git; pinned on c1 only, so only c1 prunes it.
+    let c = commit(
+        &world.git,
+        "C",
+        names
+            .iter()
+            .map(|n| (format!("clusters/{n}/extra.yaml"), None))
+            .collect(),
+    );
+    pin(&world, &["c1"], &c).await.unwrap();
+    world.wait_healthy_at("c1", &c).await;
+    assert!(
+        world
+            .emulator("c1")
+            .object("", "configmaps", Some("shop"), "extra")
+            .is_none(),
+        "pruned on c1"
+    );
+    for n in ["c2", "c3"] {
+        assert!(
+            world
+                .emulator(n)
+                .object("", "configmaps", Some("shop"), "extra")
+                .is_some(),
+            "{n} keeps extra"
+        );
+    }
+
+    // D: invalid YAML on c1: Failed, naming file and document; nothing changes.
+    let broken = app("c1", "3.0").replace("kind: ConfigMap", "kind: [ConfigMap");
+    let d = commit(
+        &world.git,
+        "D",
+        vec![("clusters/c1/app.yaml".into(), Some(broken))],
+    );
+    let writes_before = world.emulator("c1").writes();
+    let rv_before = world.emulator("c1").resource_version();
+    pin(&world, &["c1"], &d).await.unwrap();
+    let failed = eventually("c1 reports the bad commit as Failed", || async {
+        let s = world.cluster("c1").await.ok()?.status?;
+        (s.target_commit == d && s.phase == Phase::Failed as i32).then_some(s)
+    })
+    .await;
+    assert_eq!(failed.applied_commit, c, "the applied commit stays C");
+    assert!(
+        failed
+            .problems
+            .iter()
+            .any(|p| p.source == "app.yaml#2" && p.message.contains("YAML")),
+        "{:?}",
+        failed.problems
+    );
+    assert_eq!(
+        world.emulator("c1").writes(),
+        writes_before,
+        "no write for a bad commit"
+    );
+    assert_eq!(world.emulator("c1").resource_version(), rv_before);
+    assert_eq!(setting(world.emulator("c1")).as_deref(), Some("2.0"));
+
+    // An unknown ref is rejected and pins nothing.
+    let err = pin(&world, &["c2"], "no-such-branch").await.unwrap_err();
+    assert!(err.to_string().contains("unknown ref"), "{err}");
+    assert_eq!(world.cluster("c2").await.unwrap().pinned_commit, a);
+
+    // The ledger has one entry per change, with its actor and reason.
+    let history = world.ferry(&["history", "c1", "-o", "json"]).await.unwrap();
+    let entries: Vec<Value> = serde_json::from_str(&history).unwrap();
+    let tos: Vec<&str> = entries.iter().map(|e| e["to"].as_str().unwrap()).collect();
+    assert_eq!(tos, [d.as_str(), c.as_str(), b.as_str(), a.as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_restart_keeps_state_and_agents_resync() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let a = world
+        .git
+        .commit(
+            "A",
+            &[
+                ("clusters/r1/app.yaml", Some(&app("r1", "1.0"))),
+                ("clusters/r2/app.yaml", Some(&app("r2", "1.0"))),
+            ],
+        )
+        .unwrap();
+    world.add_cluster("r1", &[("region", "eu")]).await.unwrap();
+    world.add_cluster("r2", &[("region", "us")]).await.unwrap();
+    world.wait_connected(&["r1", "r2"]).await;
+    pin(&world, &["r1", "r2"], &a).await.unwrap();
+    world.wait_healthy_at("r1", &a).await;
+    world.wait_healthy_at("r2", &a).await;
+
+    world.stop_coordinator().await.unwrap();
+    let b = world
+        .git
+        .commit(
+            "B",
+            &[
+                ("clusters/r1/app.yaml", Some(&app("r1", "2.0"))),
+                ("clusters/r2/app.yaml", Some(&app("r2", "2.0"))),
+            ],
+        )
+        .unwrap();
+    world.start_coordinator().await.unwrap();
+
+    // Pins, ledger and clusters survived; agents came back by themselves.
+    let r1 = world.cluster("r1").await.unwrap();
+    assert_eq!(r1.pinned_commit, a);
+    assert_eq!(r1.labels.get("region").map(String::as_str), Some("eu"));
+    assert_eq!(
+        world
+            .admin()
+            .await
+            .unwrap()
+            .history(ferry_proto::v1::HistoryRequest {
+                cluster: String::new(),
+                limit: 10
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .len(),
+        2
+    );
+    world.wait_connected(&["r1", "r2"]).await;
+    pin(&world, &["r1", "r2"], &b).await.unwrap();
+    world.wait_healthy_at("r1", &b).await;
+    world.wait_healthy_at("r2", &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_agent_converges_with_zero_writes_even_without_coordinator() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let a = world
+        .git
+        .commit("A", &[("clusters/z1/app.yaml", Some(&app("z1", "1.0")))])
+        .unwrap();
+    world.add_cluster("z1", &[]).await.unwrap();
+    world.wait_connected(&["z1"]).await;
+    pin(&world, &["z1"], &a).await.unwrap();
+    world.wait_healthy_at("z1", &a).await;
+
+    // Restart the agent with nothing changed: zero writes.
+    world.stop_agent(0).await.unwrap();
+    world.emulator("z1").reset_counters();
+    let restarted = ferry_proto::now_unix_ms();
+    world.start_agent(0);
+    eventually("the restarted agent reports", || async {
+        let s = world.cluster("z1").await.ok()?.status?;
+        (s.reported_unix_ms >= restarted
+            && s.phase == Phase::Synced as i32
+            && s.health == Health::Healthy as i32)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        world.emulator("z1").writes(),
+        0,
+        "{:?}",
+        world.emulator("z1").counters().requests
+    );
+
+    // With the coordinator down, a restarted agent still repairs drift from its kept state.
+    world.stop_agent(0).await.unwrap();
+    world.stop_coordinator().await.unwrap();
+    let client = ferry_integration::harness::kube_client(world.emulator("z1")).await;
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client, "shop");
+    cms.delete("settings", &Default::default()).await.unwrap();
+    world.start_agent(0);
+    eventually("the deleted configmap is back", || async {
+        setting(world.emulator("z1"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_lists_clusters_and_path_templates_use_labels() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WorldConfig {
+        path_template: "clusters/{label.region}/{cluster}".into(),
+        ..WorldConfig::default()
+    };
+    let mut world = World::start(dir.path(), cfg).await.unwrap();
+    let a = world
+        .git
+        .commit("A", &[("clusters/eu/p1/app.yaml", Some(&app("p1", "1.0")))])
+        .unwrap();
+    world.add_cluster("p1", &[("region", "eu")]).await.unwrap();
+    world.add_cluster("p2", &[]).await.unwrap();
+    world.wait_connected(&["p1", "p2"]).await;
+    world
+        .ferry(&["pin", "p1", "--commit", "main", "--reason", "first"])
+        .await
+        .unwrap();
+    world.wait_healthy_at("p1", &a).await;
+
+    let table = world.ferry(&["clusters"]).await.unwrap();
+    let header = table.lines().next().unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME",
+            "LABELS",
+            "CONNECTED",
+            "PINNED",
+            "APPLIED",
+            "PHASE",
+            "HEALTH",
+            "LAST",
+            "SEEN"
+        ]
+    );
+    let p1 = table.lines().find(|l| l.starts_with("p1")).unwrap();
+    assert!(
+        p1.contains("region=eu")
+            && p1.contains(&a[..8])
+            && p1.contains("Synced")
+            && p1.contains("Healthy"),
+        "{table}"
+    );
+
+    let shown = world.ferry(&["cluster", "show", "p2"]).await.unwrap();
+    assert!(
+        shown.contains("unresolved") && shown.contains("region"),
+        "p2 has no region label: {shown}"
+    );
+    let json: Value = serde_json::from_str(
+        &world
+            .ferry(&["cluster", "show", "p1", "-o", "json"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["path"], "clusters/eu/p1");
+    assert_eq!(json["status"]["appliedCommit"], a.as_str());
+
+    let err = world
+        .ferry(&["pin", "ghost", "--commit", "main"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ghost"), "{err}");
+}
