@@ -1,1 +1,335 @@
-fn main() {}
+//! `ferry-sandbox`: Ferry's main job on embedded defaults. A fleet repository
+//! served by a real `git daemon`, a coordinator with mTLS on a SQLite data
+//! dir, six emulated clusters with their agents, and a commit moved through
+//! them in steps, canaries first, with a live view.
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use ferry_integration::world::{World, WorldConfig};
+use ferry_proto::v1::{Health, ListClustersRequest, Phase, PinRequest};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Run a local Ferry fleet: coordinator, Git server, emulated clusters, agents.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-sandbox", version)]
+struct Args {
+    /// Exit 0 once every cluster runs the final commit and is Healthy
+    /// (non-zero with a reason otherwise).
+    #[arg(long)]
+    exit_when_done: bool,
+    /// Where to keep the sandbox's files (default: a fresh temporary folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    timeout_seconds: u64,
+}
+
+const CLUSTERS: [(&str, &str, &str); 6] = [
+    ("canary-eu", "canary", "eu"),
+    ("canary-us", "canary", "us"),
+    ("eu-1", "main", "eu"),
+    ("eu-2", "main", "eu"),
+    ("us-1", "main", "us"),
+    ("us-2", "main", "us"),
+];
+
+fn manifests(cluster: &str, region: &str, version: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: shop-config
+  namespace: shop
+data:
+  cluster: {cluster}
+  region: {region}
+  release: "{version}"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: storefront
+  namespace: shop
+  labels: {{app: storefront}}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: storefront}}
+  template:
+    metadata:
+      labels: {{app: storefront}}
+    spec:
+      containers:
+      - name: storefront
+        image: example.com/storefront:{version}
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: storefront
+  namespace: shop
+spec:
+  selector: {{app: storefront}}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#
+    )
+}
+
+fn commit_all(world: &World, message: &str, version: &str) -> Result<String> {
+    let files: Vec<(String, String)> = CLUSTERS
+        .iter()
+        .map(|(c, _, region)| {
+            (
+                format!("clusters/{c}/shop.yaml"),
+                manifests(c, region, version),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, Option<&str>)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), Some(c.as_str())))
+        .collect();
+    world.git.commit(message, &refs)
+}
+
+struct View {
+    tty: bool,
+    last: String,
+    log: Vec<String>,
+}
+
+impl View {
+    fn say(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        if !self.tty {
+            println!("{line}");
+        }
+        self.log.push(line);
+    }
+
+    async fn draw(&mut self, world: &World, target: &str) -> Result<bool> {
+        let clusters = world
+            .admin()
+            .await?
+            .list_clusters(ListClustersRequest {})
+            .await?
+            .into_inner()
+            .clusters;
+        let mut table = format!(
+            "{:<10} {:<7} {:<6} {:<9} {:<9} {:<8} {:<11} {}\n",
+            "CLUSTER", "RING", "REGION", "PINNED", "APPLIED", "PHASE", "HEALTH", "MESSAGE"
+        );
+        let mut done = clusters.len() == CLUSTERS.len();
+        for c in &clusters {
+            let s = c.status.clone().unwrap_or_default();
+            let short = |x: &str| {
+                if x.is_empty() {
+                    "-".to_string()
+                } else {
+                    x[..8].to_string()
+                }
+            };
+            let phase = Phase::try_from(s.phase).unwrap_or_default();
+            let health = Health::try_from(s.health).unwrap_or_default();
+            done &=
+                s.applied_commit == target && health == Health::Healthy && phase == Phase::Synced;
+            table.push_str(&format!(
+                "{:<10} {:<7} {:<6} {:<9} {:<9} {:<8} {:<11} {}\n",
+                c.name,
+                c.labels.get("ring").map_or("-", String::as_str),
+                c.labels.get("region").map_or("-", String::as_str),
+                short(&c.pinned_commit),
+                short(&s.applied_commit),
+                phase.to_string(),
+                health.to_string(),
+                s.message,
+            ));
+        }
+        if table != self.last {
+            let mut out = std::io::stdout().lock();
+            if self.tty {
+                write!(out, "\x1b[2J\x1b[H")?;
+                for l in &self.log {
+                    writeln!(out, "{l}")?;
+                }
+                writeln!(out)?;
+            }
+            write!(out, "{table}")?;
+            if !self.tty {
+                writeln!(out)?;
+            }
+            out.flush()?;
+            self.last = table;
+        }
+        Ok(done)
+    }
+}
+
+async fn pin(world: &World, clusters: &[&str], reference: &str, reason: &str) -> Result<()> {
+    world
+        .admin()
+        .await?
+        .pin(PinRequest {
+            clusters: clusters.iter().map(|s| s.to_string()).collect(),
+            r#ref: reference.into(),
+            reason: reason.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Redraws until the named clusters run `commit` healthily.
+async fn settle(
+    world: &World,
+    view: &mut View,
+    names: &[&str],
+    commit: &str,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        view.draw(world, commit).await?;
+        let mut ok = true;
+        for n in names {
+            let c = world.cluster(n).await?;
+            let s = c.status.unwrap_or_default();
+            if s.phase == Phase::Failed as i32 {
+                bail!("cluster {n} failed at {}: {}", &commit[..8], s.message);
+            }
+            ok &= s.applied_commit == commit
+                && s.health == Health::Healthy as i32
+                && s.phase == Phase::Synced as i32;
+        }
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out waiting for {names:?} to run {} healthily",
+                &commit[..8]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(args).await {
+        eprintln!("ferry-sandbox: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("ferry-sandbox-")
+                .tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
+    let cfg = WorldConfig {
+        ready_delay: Duration::from_millis(1500),
+        ..WorldConfig::default()
+    };
+    let mut world = World::start(&dir, cfg).await?;
+    let mut view = View {
+        tty: std::io::stdout().is_terminal(),
+        last: String::new(),
+        log: vec![],
+    };
+    view.say(format!("Ferry sandbox in {}", dir.display()));
+    view.say(format!("  git daemon serving {}", world.git.url));
+    view.say(format!("  coordinator (mTLS, SQLite) on {}", world.addr()));
+
+    let first = commit_all(&world, "storefront 1.0 everywhere", "1.0")?;
+    view.say(format!("  committed {} (storefront 1.0)", &first[..8]));
+    for (name, ring, region) in CLUSTERS {
+        world
+            .add_cluster(name, &[("ring", ring), ("region", region)])
+            .await?;
+    }
+    let all: Vec<&str> = CLUSTERS.iter().map(|c| c.0).collect();
+    view.say(format!(
+        "  started {} emulated clusters with agents",
+        all.len()
+    ));
+    world.wait_connected(&all).await;
+
+    view.say(format!("step 1: pin every cluster to {}", &first[..8]));
+    pin(&world, &all, &first, "sandbox: initial release").await?;
+    settle(&world, &mut view, &all, &first, deadline).await?;
+
+    let second = commit_all(&world, "storefront 2.0", "2.0")?;
+    let canaries: Vec<&str> = CLUSTERS
+        .iter()
+        .filter(|c| c.1 == "canary")
+        .map(|c| c.0)
+        .collect();
+    let rest: Vec<&str> = CLUSTERS
+        .iter()
+        .filter(|c| c.1 != "canary")
+        .map(|c| c.0)
+        .collect();
+    view.say(format!(
+        "step 2: committed {} (storefront 2.0); pin the canaries",
+        &second[..8]
+    ));
+    pin(&world, &canaries, &second, "sandbox: canaries first").await?;
+    settle(&world, &mut view, &canaries, &second, deadline).await?;
+    view.say("step 3: canaries are healthy; pin the rest");
+    pin(&world, &rest, &second, "sandbox: the rest").await?;
+    settle(&world, &mut view, &all, &second, deadline).await?;
+    view.draw(&world, &second).await?;
+    println!("\nEvery cluster runs {} and is Healthy.", &second[..8]);
+
+    if args.exit_when_done {
+        return Ok(());
+    }
+    let flags = world.cli_flags();
+    println!("\nThe sandbox keeps running (Ctrl-C stops it). Try, in another terminal:\n");
+    println!(
+        "  export FERRY_ADDR={} FERRY_CA={} FERRY_CERT={} FERRY_KEY={}",
+        flags[1], flags[3], flags[5], flags[7]
+    );
+    println!("  cargo run -q --bin ferry -- clusters");
+    println!("  cargo run -q --bin ferry -- cluster show eu-1");
+    println!("  cargo run -q --bin ferry -- history");
+    println!(
+        "  cargo run -q --bin ferry -- pin eu-1 --commit {} --reason 'roll eu-1 back'",
+        &first[..8]
+    );
+    println!(
+        "  KUBECONFIG={} kubectl get all -n shop",
+        dir.join("eu-1.kubeconfig").display()
+    );
+    println!("  git -C {} log --oneline", world.git.work.display());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
