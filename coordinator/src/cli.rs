@@ -75,6 +75,25 @@ pub enum Command {
         /// Why, for the ledger.
         #[arg(long, default_value = "")]
         reason: String,
+        /// Pin even clusters inside an active rollout (recorded in the ledger).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Staged rollouts: waves of clusters gated on health.
+    #[command(subcommand)]
+    Rollout(crate::cli_rollout::RolloutCommand),
+    /// Roll a ref out, in one wave, to the clusters a label selector picks.
+    Promote {
+        /// Branch, tag, full or short commit.
+        reference: String,
+        /// Label selector of the clusters.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        policy: crate::cli_rollout::PolicyArgs,
+        /// Pin the moved clusters back if the wave fails.
+        #[arg(long)]
+        auto_rollback: bool,
     },
     /// The ledger of pin changes, newest first.
     History {
@@ -151,14 +170,18 @@ pub async fn run(args: Args) -> Result<()> {
         tracing::info!("shutting down");
         return coordinator.stop(Duration::from_secs(10)).await;
     }
+    if let Command::Rollout(crate::cli_rollout::RolloutCommand::Status { id, watch: true }) =
+        &args.command
+    {
+        let mut client = admin(&args).await?;
+        return crate::cli_rollout::watch(&mut client, id.clone().unwrap_or_default()).await;
+    }
     print!("{}", execute(args).await?);
     Ok(())
 }
 
-/// Runs a client command and returns what it would print.
-pub async fn execute(args: Args) -> Result<String> {
-    use std::fmt::Write as _;
-    let mut out = String::new();
+/// Connects the Admin client the global flags describe.
+pub async fn admin(args: &Args) -> Result<AdminClient<tonic::transport::Channel>> {
     let dial = DialConfig {
         addr: args.addr.clone(),
         ca: args.ca.clone(),
@@ -171,10 +194,22 @@ pub async fn execute(args: Args) -> Result<String> {
         .connect()
         .await
         .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
-    let mut client = AdminClient::new(channel);
-    let actor = std::env::var("FERRY_ACTOR")
+    Ok(AdminClient::new(channel))
+}
+
+/// Who is acting: `FERRY_ACTOR`, else the user name.
+pub fn actor_name() -> String {
+    std::env::var("FERRY_ACTOR")
         .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "cli".into());
+        .unwrap_or_else(|_| "cli".into())
+}
+
+/// Runs a client command and returns what it would print.
+pub async fn execute(args: Args) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut client = admin(&args).await?;
+    let actor = actor_name();
     let json = args.output == Output::Json;
     match args.command {
         Command::Serve(_) => anyhow::bail!("serve is not a client command"),
@@ -225,6 +260,7 @@ pub async fn execute(args: Args) -> Result<String> {
             clusters,
             reference,
             reason,
+            force,
         } => {
             let r = client
                 .pin(with_actor(
@@ -233,6 +269,7 @@ pub async fn execute(args: Args) -> Result<String> {
                         clusters: clusters.clone(),
                         r#ref: reference.clone(),
                         reason,
+                        force,
                     },
                 ))
                 .await
@@ -260,6 +297,18 @@ pub async fn execute(args: Args) -> Result<String> {
                     }
                 }
             }
+        }
+        Command::Rollout(cmd) => {
+            out.push_str(&crate::cli_rollout::execute(&mut client, &actor, cmd, json).await?);
+        }
+        Command::Promote {
+            reference,
+            to,
+            policy,
+            auto_rollback,
+        } => {
+            let plan = crate::cli_rollout::promote_plan(reference, to, &policy, auto_rollback)?;
+            out.push_str(&crate::cli_rollout::start(&mut client, &actor, plan, json).await?);
         }
         Command::History { cluster, limit } => {
             let entries = client
@@ -291,7 +340,7 @@ pub async fn execute(args: Args) -> Result<String> {
 }
 
 /// A request carrying who is acting, for the ledger.
-fn with_actor<T>(actor: &str, msg: T) -> tonic::Request<T> {
+pub fn with_actor<T>(actor: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Ok(v) = actor.parse() {
         r.metadata_mut().insert("ferry-actor", v);
@@ -300,7 +349,7 @@ fn with_actor<T>(actor: &str, msg: T) -> tonic::Request<T> {
 }
 
 /// A gRPC error as the message the coordinator gave, for humans.
-fn status(s: tonic::Status) -> anyhow::Error {
+pub fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 
@@ -319,7 +368,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-fn short(c: &str) -> &str {
+pub fn short(c: &str) -> &str {
     if c.is_empty() {
         "-"
     } else {
@@ -327,7 +376,7 @@ fn short(c: &str) -> &str {
     }
 }
 
-fn ago(ms: i64) -> String {
+pub fn ago(ms: i64) -> String {
     if ms <= 0 {
         return "never".into();
     }
@@ -360,7 +409,7 @@ fn phase_health(c: &Cluster) -> (String, String) {
 }
 
 /// Left-aligned columns, two spaces apart.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, cell) in r.iter().enumerate() {

@@ -25,6 +25,8 @@ pub struct Hub {
     pub path_template: String,
     sessions: Mutex<HashMap<String, Session>>,
     next_id: AtomicU64,
+    /// Woken by every status report, so rollouts react at once.
+    pub status_changed: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -35,6 +37,7 @@ impl Hub {
             path_template,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            status_changed: tokio::sync::Notify::new(),
         }
     }
 

@@ -6,8 +6,11 @@
 //! never dials out to clusters.
 
 pub mod cli;
+pub mod cli_rollout;
+pub mod driver;
 pub mod hub;
 pub mod repo;
+pub mod rollout;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,6 +1,7 @@
 //! `ferry serve`: builds the coordinator from its config and runs it until
 //! shut down. TLS by default; plaintext only when explicitly insecure.
 
+use crate::driver::Driver;
 use crate::hub::Hub;
 use crate::repo::Repo;
 use crate::service::{AdminService, AgentLinkService};
@@ -87,16 +88,24 @@ impl Coordinator {
             cfg.repo_url.clone(),
             cfg.path_template.clone(),
         ));
+        let driver = Arc::new(Driver::new(hub.clone(), repo.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<AgentLinkServer<AgentLinkService>>()
             .await;
         health.set_serving::<AdminServer<AdminService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both reflection versions: grpcurl before 1.8.8 only speaks v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .context("building the reflection service")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .context("building the reflection service")?;
 
         let listener = TcpListener::bind(cfg.listen)
@@ -113,7 +122,8 @@ impl Coordinator {
         let shutdown = CancellationToken::new();
         let router = server
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(
                 AgentLinkServer::new(AgentLinkService { hub: hub.clone() })
                     .max_decoding_message_size(4 << 20),
@@ -121,7 +131,9 @@ impl Coordinator {
             .add_service(AdminServer::new(AdminService {
                 hub: hub.clone(),
                 repo,
+                driver: driver.clone(),
             }));
+        tokio::spawn(driver.run(shutdown.clone()));
         let stop = shutdown.clone();
         let task = tokio::spawn(
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

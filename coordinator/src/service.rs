@@ -2,15 +2,17 @@
 //! every error to a specific status code with a message naming the cluster,
 //! ref or commit.
 
+use crate::driver::{self, Driver};
 use crate::hub::Hub;
 use crate::repo::{self, Repo};
-use crate::store::{self, ClusterRecord, PinChange};
+use crate::store::{self, ClusterRecord, EventRecord, PinChange};
 use ferry_proto::v1::admin_server::Admin;
 use ferry_proto::v1::agent_link_server::AgentLink;
 use ferry_proto::v1::{
-    AgentMessage, Cluster, CoordinatorMessage, GetClusterRequest, HistoryRequest, HistoryResponse,
-    ListClustersRequest, ListClustersResponse, PinRequest, PinResponse, SetClusterPathRequest,
-    agent_message,
+    AgentMessage, Cluster, ControlRolloutRequest, CoordinatorMessage, Event, GetClusterRequest,
+    GetRolloutRequest, HistoryRequest, HistoryResponse, ListClustersRequest, ListClustersResponse,
+    ListRolloutsRequest, ListRolloutsResponse, PinRequest, PinResponse, Rollout, RolloutControl,
+    SetClusterPathRequest, StartRolloutRequest, WatchEventsRequest, agent_message,
 };
 use ferry_proto::{now_unix_ms, validate_cluster_name};
 use std::collections::BTreeMap;
@@ -27,7 +29,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn store_status(e: store::Error) -> Status {
     match e {
-        store::Error::UnknownCluster(_) => Status::not_found(e.to_string()),
+        store::Error::UnknownCluster(_) | store::Error::UnknownRollout(_) => {
+            Status::not_found(e.to_string())
+        }
+        store::Error::Overlap { .. } => Status::failed_precondition(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -88,6 +93,7 @@ impl AgentLink for AgentLinkService {
                         if let Err(e) = hub.store.report(&cluster, &report, now_unix_ms()) {
                             tracing::error!(cluster = %cluster, error = %e, "storing a status report");
                         }
+                        hub.status_changed.notify_one();
                     }
                     Ok(Some(_)) => {
                         let _ = hub.store.seen(&cluster, now_unix_ms());
@@ -100,6 +106,7 @@ impl AgentLink for AgentLinkService {
                 }
             }
             hub.leave(&cluster, id);
+            hub.status_changed.notify_one();
             tracing::info!(cluster = %cluster, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -109,6 +116,33 @@ impl AgentLink for AgentLinkService {
 pub struct AdminService {
     pub hub: Arc<Hub>,
     pub repo: Arc<Repo>,
+    pub driver: Arc<Driver>,
+}
+
+fn driver_status(e: driver::Error) -> Status {
+    match e {
+        driver::Error::Plan(_) => Status::invalid_argument(e.to_string()),
+        driver::Error::Phase { .. } => Status::failed_precondition(e.to_string()),
+        driver::Error::Store(store::Error::Overlap { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
+        driver::Error::Store(s) => store_status(s),
+        driver::Error::Repo(repo::Error::UnknownRef { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
+        driver::Error::Repo(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn event_proto(e: EventRecord) -> Event {
+    Event {
+        id: e.id,
+        at_unix_ms: e.at_ms,
+        rollout: e.rollout,
+        cluster: e.cluster,
+        message: e.message,
+        actor: e.actor,
+    }
 }
 
 impl AdminService {
@@ -174,6 +208,19 @@ impl Admin for AdminService {
         if r.r#ref.trim().is_empty() {
             return Err(Status::invalid_argument("a ref to pin to is required"));
         }
+        let mut reason = r.reason.clone();
+        for c in &r.clusters {
+            if let Some(rollout) = self.hub.store.active_rollout_of(c).map_err(store_status)? {
+                if !r.force {
+                    return Err(Status::failed_precondition(format!(
+                        "cluster {c} is in active rollout {rollout}; pause or abort it, or pin with --force"
+                    )));
+                }
+                reason = format!("{reason} [forced during rollout {rollout}]")
+                    .trim()
+                    .to_string();
+            }
+        }
         let repo = self.repo.clone();
         let reference = r.r#ref.clone();
         let commit = tokio::task::spawn_blocking(move || repo.resolve(&reference))
@@ -191,7 +238,7 @@ impl Admin for AdminService {
                     clusters: &r.clusters,
                     commit: &commit,
                     actor: &actor,
-                    reason: &r.reason,
+                    reason: &reason,
                     rollout: "",
                 },
                 now_unix_ms(),
@@ -228,6 +275,120 @@ impl Admin for AdminService {
             .map_err(store_status)?
             .ok_or_else(|| Status::not_found(format!("unknown cluster {:?}", r.name)))?;
         Ok(Response::new(self.to_proto(c)))
+    }
+
+    async fn start_rollout(
+        &self,
+        req: Request<StartRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let actor = actor(&req);
+        let plan = req
+            .into_inner()
+            .plan
+            .ok_or_else(|| Status::invalid_argument("a rollout plan is required"))?;
+        let r = self
+            .driver
+            .start(&plan, &actor)
+            .await
+            .map_err(driver_status)?;
+        Ok(Response::new(driver::to_proto(&r)))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<GetRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let id = req.into_inner().id;
+        let r = if id.is_empty() {
+            self.hub
+                .store
+                .rollouts(false)
+                .map_err(store_status)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Status::not_found("there are no rollouts yet"))?
+        } else {
+            self.hub.store.rollout(&id).map_err(store_status)?
+        };
+        Ok(Response::new(driver::to_proto(&r)))
+    }
+
+    async fn list_rollouts(
+        &self,
+        _req: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        let rollouts = self.hub.store.rollouts(false).map_err(store_status)?;
+        Ok(Response::new(ListRolloutsResponse {
+            rollouts: rollouts.iter().map(driver::to_proto).collect(),
+        }))
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<ControlRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        let control = RolloutControl::try_from(r.control).unwrap_or(RolloutControl::Unspecified);
+        if control == RolloutControl::Unspecified {
+            return Err(Status::invalid_argument(
+                "say what to do: pause, resume, abort, rollback or approve",
+            ));
+        }
+        let rec = self
+            .driver
+            .control(&r.id, control, &actor)
+            .await
+            .map_err(driver_status)?;
+        Ok(Response::new(driver::to_proto(&rec)))
+    }
+
+    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        req: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let r = req.into_inner();
+        let filter = (!r.rollout.is_empty()).then_some(r.rollout);
+        // Subscribe before reading the backlog, so nothing falls between.
+        let mut live = self.driver.events.subscribe();
+        let backlog = self
+            .hub
+            .store
+            .events(filter.as_deref(), r.after_id, 10_000)
+            .map_err(store_status)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut last = r.after_id;
+            for e in backlog {
+                last = e.id;
+                if tx.send(Ok(event_proto(e))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let e = tokio::select! {
+                    _ = tx.closed() => return,
+                    e = live.recv() => match e {
+                        Ok(e) => e,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(Err(Status::data_loss("the watch fell behind; watch again from the last event id"))).await;
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                };
+                if e.id <= last || filter.as_deref().is_some_and(|f| f != e.rollout) {
+                    continue;
+                }
+                last = e.id;
+                if tx.send(Ok(event_proto(e))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn history(

@@ -23,6 +23,15 @@ pub enum Error {
     /// A cluster the coordinator has never heard of.
     #[error("unknown cluster {0:?} (a cluster appears when its agent first connects)")]
     UnknownCluster(String),
+    /// A rollout that would share clusters with an active one.
+    #[error("rollout {rollout} is already moving cluster(s) {}", .clusters.join(", "))]
+    Overlap {
+        rollout: String,
+        clusters: Vec<String>,
+    },
+    /// A rollout id that does not exist.
+    #[error("unknown rollout {0:?}")]
+    UnknownRollout(String),
     /// The database was written by a newer coordinator.
     #[error("the database schema is version {found}, newer than this coordinator's {known}")]
     TooNew { found: i64, known: i64 },
@@ -38,7 +47,8 @@ fn db(what: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
 }
 
 /// Schema migrations, applied in order; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE clusters (
     name TEXT PRIMARY KEY,
     labels TEXT NOT NULL DEFAULT '{}',
@@ -65,7 +75,28 @@ CREATE TABLE ledger (
     rollout TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX ledger_cluster ON ledger(cluster, id);
-"#];
+"#,
+    r#"
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    rollout TEXT NOT NULL,
+    cluster TEXT NOT NULL,
+    message TEXT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX events_rollout ON events(rollout, id);
+"#,
+];
 
 /// A cluster as the store knows it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -91,6 +122,115 @@ pub struct PinChange<'a> {
 
 pub struct Store {
     conn: Mutex<Connection>,
+}
+
+/// A stored rollout: spec and state as JSON.
+#[derive(Clone, Debug)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub spec: String,
+    pub state: String,
+    pub actor: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub at_ms: i64,
+    pub rollout: String,
+    pub cluster: String,
+    pub message: String,
+    pub actor: String,
+}
+
+/// One rollout transition: its new state, the pins it makes, its events.
+pub struct Advance<'a> {
+    pub id: &'a str,
+    pub state: &'a str,
+    pub active: bool,
+    pub actor: &'a str,
+    /// (cluster, commit, reason)
+    pub pins: &'a [(String, Commit, String)],
+    /// (cluster or "", message)
+    pub events: &'a [(String, String)],
+}
+
+fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        id: format!("r{}", r.get::<_, i64>(0)?),
+        spec: r.get(1)?,
+        state: r.get(2)?,
+        actor: r.get(3)?,
+        created_ms: r.get(4)?,
+        updated_ms: r.get(5)?,
+    })
+}
+
+/// The pin logic, inside a caller's transaction.
+fn pin_in(
+    tx: &rusqlite::Transaction<'_>,
+    change: &PinChange<'_>,
+    now_ms: i64,
+) -> Result<Vec<LedgerEntry>> {
+    let mut entries = vec![];
+    for cluster in change.clusters {
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM clusters WHERE name = ?1", [cluster], |_| {
+                Ok(true)
+            })
+            .optional()
+            .map_err(db("pin"))?
+            .unwrap_or(false);
+        if !exists {
+            return Err(Error::UnknownCluster(cluster.clone()));
+        }
+        let current: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT commit_sha, generation FROM pins WHERE cluster = ?1",
+                [cluster],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("pin"))?;
+        let (from, generation) = current.unwrap_or_default();
+        if from == change.commit.as_str() {
+            continue;
+        }
+        tx.execute(
+            "INSERT INTO pins (cluster, commit_sha, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(cluster) DO UPDATE SET commit_sha = ?2, generation = ?3, updated_ms = ?4",
+            params![cluster, change.commit.as_str(), generation + 1, now_ms],
+        )
+        .map_err(db("pin"))?;
+        tx.execute(
+            "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                now_ms,
+                change.actor,
+                cluster,
+                from,
+                change.commit.as_str(),
+                change.reason,
+                change.rollout
+            ],
+        )
+        .map_err(db("append to the ledger"))?;
+        entries.push(LedgerEntry {
+            id: tx.last_insert_rowid(),
+            at_unix_ms: now_ms,
+            actor: change.actor.to_string(),
+            cluster: cluster.clone(),
+            from_commit: from,
+            to_commit: change.commit.to_string(),
+            reason: change.reason.to_string(),
+            rollout: change.rollout.to_string(),
+        });
+    }
+    Ok(entries)
 }
 
 impl Store {
@@ -251,63 +391,192 @@ impl Store {
     pub fn pin(&self, change: &PinChange<'_>, now_ms: i64) -> Result<Vec<LedgerEntry>> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("pin"))?;
-        let mut entries = vec![];
-        for cluster in change.clusters {
-            let exists: bool = tx
-                .query_row("SELECT 1 FROM clusters WHERE name = ?1", [cluster], |_| {
-                    Ok(true)
-                })
-                .optional()
-                .map_err(db("pin"))?
-                .unwrap_or(false);
-            if !exists {
-                return Err(Error::UnknownCluster(cluster.clone()));
-            }
-            let current: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT commit_sha, generation FROM pins WHERE cluster = ?1",
-                    [cluster],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db("pin"))?;
-            let (from, generation) = current.unwrap_or_default();
-            if from == change.commit.as_str() {
-                continue;
-            }
-            tx.execute(
-                "INSERT INTO pins (cluster, commit_sha, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(cluster) DO UPDATE SET commit_sha = ?2, generation = ?3, updated_ms = ?4",
-                params![cluster, change.commit.as_str(), generation + 1, now_ms],
-            )
-            .map_err(db("pin"))?;
-            tx.execute(
-                "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    now_ms,
-                    change.actor,
-                    cluster,
-                    from,
-                    change.commit.as_str(),
-                    change.reason,
-                    change.rollout
-                ],
-            )
-            .map_err(db("append to the ledger"))?;
-            entries.push(LedgerEntry {
-                id: tx.last_insert_rowid(),
-                at_unix_ms: now_ms,
-                actor: change.actor.to_string(),
-                cluster: cluster.clone(),
-                from_commit: from,
-                to_commit: change.commit.to_string(),
-                reason: change.reason.to_string(),
-                rollout: change.rollout.to_string(),
-            });
-        }
+        let entries = pin_in(&tx, change, now_ms)?;
         tx.commit().map_err(db("pin"))?;
         Ok(entries)
+    }
+
+    /// Creates a rollout unless one of its clusters is in an active rollout.
+    pub fn create_rollout(
+        &self,
+        spec: &str,
+        state: &str,
+        clusters: &[String],
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<String> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("create a rollout"))?;
+        {
+            let mut stmt = tx
+                .prepare("SELECT id, state FROM rollouts WHERE active = 1")
+                .map_err(db("read rollouts"))?;
+            let active = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .map_err(db("read rollouts"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db("read rollouts"))?;
+            for (id, state) in active {
+                let st: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+                let theirs: Vec<String> = st["clusters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect();
+                let shared: Vec<String> = clusters
+                    .iter()
+                    .filter(|c| theirs.contains(c))
+                    .cloned()
+                    .collect();
+                if !shared.is_empty() {
+                    return Err(Error::Overlap {
+                        rollout: format!("r{id}"),
+                        clusters: shared,
+                    });
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO rollouts (spec, state, active, actor, created_ms, updated_ms) VALUES (?1, ?2, 1, ?3, ?4, ?4)",
+            params![spec, state, actor, now_ms],
+        )
+        .map_err(db("create a rollout"))?;
+        let id = format!("r{}", tx.last_insert_rowid());
+        tx.commit().map_err(db("create a rollout"))?;
+        Ok(id)
+    }
+
+    /// Rollouts, newest first (only active ones if asked).
+    pub fn rollouts(&self, active_only: bool) -> Result<Vec<RolloutRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, spec, state, actor, created_ms, updated_ms FROM rollouts WHERE active = 1 OR ?1 = 0 ORDER BY id DESC",
+            )
+            .map_err(db("read rollouts"))?;
+        let rows = stmt
+            .query_map([active_only], rollout_row)
+            .map_err(db("read rollouts"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db("read rollouts"))?;
+        Ok(rows)
+    }
+
+    pub fn rollout(&self, id: &str) -> Result<RolloutRecord> {
+        let n: i64 = id
+            .strip_prefix('r')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::UnknownRollout(id.to_string()))?;
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT id, spec, state, actor, created_ms, updated_ms FROM rollouts WHERE id = ?1",
+            [n],
+            rollout_row,
+        )
+        .optional()
+        .map_err(db("read a rollout"))?
+        .ok_or_else(|| Error::UnknownRollout(id.to_string()))
+    }
+
+    /// The active rollout a cluster belongs to, if any.
+    pub fn active_rollout_of(&self, cluster: &str) -> Result<Option<String>> {
+        for r in self.rollouts(true)? {
+            let st: serde_json::Value = serde_json::from_str(&r.state).unwrap_or_default();
+            if st["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == cluster)
+            {
+                return Ok(Some(r.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Persists one rollout transition with its pins and events, atomically.
+    pub fn advance(
+        &self,
+        step: &Advance<'_>,
+        now_ms: i64,
+    ) -> Result<(Vec<LedgerEntry>, Vec<EventRecord>)> {
+        let n: i64 = step
+            .id
+            .strip_prefix('r')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::UnknownRollout(step.id.to_string()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("advance a rollout"))?;
+        let mut entries = vec![];
+        for (cluster, commit, reason) in step.pins {
+            let names = [cluster.clone()];
+            entries.extend(pin_in(
+                &tx,
+                &PinChange {
+                    clusters: &names,
+                    commit,
+                    actor: step.actor,
+                    reason,
+                    rollout: step.id,
+                },
+                now_ms,
+            )?);
+        }
+        let mut events = vec![];
+        for (cluster, message) in step.events {
+            tx.execute(
+                "INSERT INTO events (at_ms, rollout, cluster, message, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now_ms, step.id, cluster, message, step.actor],
+            )
+            .map_err(db("record an event"))?;
+            events.push(EventRecord {
+                id: tx.last_insert_rowid(),
+                at_ms: now_ms,
+                rollout: step.id.to_string(),
+                cluster: cluster.clone(),
+                message: message.clone(),
+                actor: step.actor.to_string(),
+            });
+        }
+        tx.execute(
+            "UPDATE rollouts SET state = ?2, active = ?3, updated_ms = ?4 WHERE id = ?1",
+            params![n, step.state, step.active, now_ms],
+        )
+        .map_err(db("advance a rollout"))?;
+        tx.commit().map_err(db("advance a rollout"))?;
+        Ok((entries, events))
+    }
+
+    /// Stored events after `after_id`, oldest first.
+    pub fn events(
+        &self,
+        rollout: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, at_ms, rollout, cluster, message, actor FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR rollout = ?2) ORDER BY id LIMIT ?3",
+            )
+            .map_err(db("read events"))?;
+        let rows = stmt
+            .query_map(params![after_id, rollout, limit], |r| {
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    rollout: r.get(2)?,
+                    cluster: r.get(3)?,
+                    message: r.get(4)?,
+                    actor: r.get(5)?,
+                })
+            })
+            .map_err(db("read events"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db("read events"))?;
+        Ok(rows)
     }
 
     /// Ledger entries, newest first.

@@ -42,16 +42,22 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The real `kubectl`: `FERRY_KUBECTL`, else the test venv's, else PATH's.
-pub fn kubectl() -> PathBuf {
-    if let Ok(p) = std::env::var("FERRY_KUBECTL") {
+/// A tool the test command installs into `.venv`: `FERRY_<NAME>` if set,
+/// else the venv's, else PATH's.
+pub fn tool(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("FERRY_{}", name.to_uppercase())) {
         return p.into();
     }
-    let venv = workspace_root().join(".venv/bin/kubectl");
+    let venv = workspace_root().join(".venv/bin").join(name);
     if venv.exists() {
         return venv;
     }
-    "kubectl".into()
+    name.into()
+}
+
+/// The real `kubectl`.
+pub fn kubectl() -> PathBuf {
+    tool("kubectl")
 }
 
 /// Installs the process-wide rustls provider (aws-lc-rs) once.

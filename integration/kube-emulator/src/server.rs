@@ -2,7 +2,7 @@
 //! watches as streamed JSON lines, faults and request counters.
 
 use crate::registry::ResourceType;
-use crate::selector::{FieldSelector, LabelSelector};
+use crate::selector::{FieldSelector, LabelSelector, labels_match};
 use crate::store::{ApiError, Event, Store, WriteOpts};
 use crate::{Counters, Faults, patch};
 use bytes::Bytes;
@@ -378,7 +378,7 @@ impl Shared {
                 let items: Vec<Value> = s
                     .list(&rt, ns)
                     .into_iter()
-                    .filter(|o| labels.matches(o) && fields.matches(o))
+                    .filter(|o| labels_match(&labels, o) && fields.matches(o))
                     .map(|o| present(o.clone(), &rt, &t.version))
                     .collect();
                 full(
@@ -492,7 +492,7 @@ impl Shared {
                 let names: Vec<(Option<String>, String)> = s
                     .list(&rt, ns)
                     .into_iter()
-                    .filter(|o| labels.matches(o))
+                    .filter(|o| labels_match(&labels, o))
                     .map(|o| {
                         (
                             o.pointer("/metadata/namespace")
@@ -659,7 +659,7 @@ impl Shared {
                     return;
                 }
             };
-            let keep = |o: &Value| labels.matches(o) && fields.matches(o);
+            let keep = |o: &Value| labels_match(&labels, o) && fields.matches(o);
             for (kind, obj) in backlog {
                 if (kind == "BOOKMARK" || keep(&obj))
                     && tx

@@ -395,3 +395,51 @@ async fn cli_lists_clusters_and_path_templates_use_labels() {
         .unwrap_err();
     assert!(err.to_string().contains("ghost"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpcurl_lists_and_calls_the_coordinator() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let grpcurl = |args: Vec<String>| {
+        let mut all = vec![
+            "-cacert".to_string(),
+            world.pki.ca_file().display().to_string(),
+            "-cert".into(),
+            world.operator.cert.display().to_string(),
+            "-key".into(),
+            world.operator.key.display().to_string(),
+        ];
+        all.extend(args);
+        let out = std::process::Command::new(ferry_integration::harness::tool("grpcurl"))
+            .args(&all)
+            .output()
+            .expect("grpcurl runs");
+        assert!(
+            out.status.success(),
+            "grpcurl {all:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let addr = world.coordinator_addr.to_string();
+    let services = grpcurl(vec![addr.clone(), "list".into()]);
+    for s in [
+        "ferry.v1.Admin",
+        "ferry.v1.AgentLink",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(s), "{s} not listed: {services}");
+    }
+    let health = grpcurl(vec![addr.clone(), "grpc.health.v1.Health/Check".into()]);
+    assert!(health.contains("SERVING"), "{health}");
+    let clusters = grpcurl(vec![
+        "-d".into(),
+        "{}".into(),
+        addr,
+        "ferry.v1.Admin/ListClusters".into(),
+    ]);
+    assert_eq!(clusters.trim(), "{\n  \n}", "no clusters yet: {clusters}");
+}

@@ -1,0 +1,720 @@
+//! Staged rollouts as a pure state machine: a spec, the observed state of
+//! the clusters and the time go in; the next state and the pins to make come
+//! out. No I/O, no clock of its own: the driver persists each transition
+//! together with its pins, so a coordinator killed at any point resumes
+//! exactly where it was.
+
+use ferry_proto::v1::{Health, Phase};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How clusters are picked for a wave, from those not in an earlier wave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Selector {
+    /// A Kubernetes-style label selector: `ring=canary,region in (eu,us)`.
+    Labels(String),
+    Names(Vec<String>),
+    /// This many of the clusters still to go.
+    Count(u32),
+    /// This percentage (1-100) of the clusters still to go, rounded up.
+    Percent(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offline {
+    /// Wait for it (its progress deadline still runs).
+    Wait,
+    /// Leave it out of the wave.
+    Skip,
+    /// Count it as failed.
+    Fail,
+}
+
+/// How many failed clusters a wave tolerates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Budget {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Budget {
+    /// Allowed failures among `n` clusters.
+    pub fn allowed(self, n: usize) -> usize {
+        match self {
+            Budget::Count(c) => c as usize,
+            Budget::Percent(p) => n * p as usize / 100,
+        }
+    }
+}
+
+/// The policy of a wave (defaults, overridden per wave).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    /// Clusters of the wave being moved at once; 0 means all.
+    pub max_parallel: u32,
+    /// Every cluster of the wave on the target and Healthy for this long.
+    pub bake_ms: i64,
+    /// A cluster not Healthy at the target this long after its pin has failed.
+    pub deadline_ms: i64,
+    pub max_failures: Budget,
+    pub offline: Offline,
+    /// An operator approves the wave before it starts.
+    pub approval: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_parallel: 0,
+            bake_ms: 0,
+            deadline_ms: 10 * 60 * 1000,
+            max_failures: Budget::Count(0),
+            offline: Offline::Wait,
+            approval: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveSpec {
+    pub name: String,
+    pub selector: Selector,
+    pub policy: Policy,
+}
+
+/// A rollout as created: the commit is resolved once, membership frozen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    pub reference: String,
+    pub commit: String,
+    pub waves: Vec<WaveSpec>,
+    pub auto_rollback: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RolloutPhase {
+    Running,
+    Paused,
+    /// The next wave waits for an operator's approval.
+    AwaitingApproval,
+    Succeeded,
+    /// Over the failure budget: halted (and rolled back if asked).
+    Failed,
+    Aborted,
+    RolledBack,
+}
+
+impl RolloutPhase {
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused | Self::AwaitingApproval)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ClusterPhase {
+    /// Not pinned yet.
+    Waiting,
+    /// Pinned to the target; not Healthy there yet.
+    Pinned,
+    Healthy,
+    Failed,
+    /// Left out (offline, under the skip policy).
+    Skipped,
+    /// Pinned back to its previous commit.
+    RolledBack,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterProgress {
+    pub name: String,
+    pub wave: usize,
+    /// The pin before this rollout moved it (empty: it had none).
+    pub previous: String,
+    pub phase: ClusterPhase,
+    pub pinned_ms: i64,
+    pub reason: String,
+}
+
+/// The persisted state of a rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub phase: RolloutPhase,
+    pub wave: usize,
+    /// When the current wave started (0: not yet).
+    pub wave_started_ms: i64,
+    /// Since when every cluster of the wave has been Healthy at the target.
+    pub baked_since_ms: i64,
+    /// Waves an operator approved.
+    pub approved: BTreeSet<usize>,
+    pub clusters: Vec<ClusterProgress>,
+    pub message: String,
+}
+
+/// What the engine sees of a cluster.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub connected: bool,
+    pub labels: BTreeMap<String, String>,
+    pub pinned: String,
+    pub target: String,
+    pub applied: String,
+    pub phase: Phase,
+    pub health: Health,
+}
+
+/// What the driver must do, in order, together with persisting the state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Pin {
+        cluster: String,
+        commit: String,
+        reason: String,
+    },
+    Event {
+        cluster: String,
+        message: String,
+    },
+}
+
+/// Picks each wave's clusters, in wave order, from those not yet taken.
+pub fn plan(spec: &Spec, clusters: &BTreeMap<String, Observed>) -> Result<State, String> {
+    let mut left: Vec<&String> = clusters.keys().collect();
+    let mut progress = vec![];
+    for (i, w) in spec.waves.iter().enumerate() {
+        let taken: Vec<String> = match &w.selector {
+            Selector::Labels(s) => {
+                let sel = ferry_proto::LabelSelector::parse(s)
+                    .map_err(|e| format!("wave {}: {e}", w.name))?;
+                left.iter()
+                    .filter(|c| sel.matches(&clusters[**c].labels))
+                    .map(|c| c.to_string())
+                    .collect()
+            }
+            Selector::Names(names) => {
+                for n in names {
+                    if !clusters.contains_key(n) {
+                        return Err(format!("wave {}: unknown cluster {n:?}", w.name));
+                    }
+                }
+                left.iter()
+                    .filter(|c| names.contains(c))
+                    .map(|c| c.to_string())
+                    .collect()
+            }
+            Selector::Count(n) => left
+                .iter()
+                .take(*n as usize)
+                .map(|c| c.to_string())
+                .collect(),
+            Selector::Percent(p) => {
+                let n = (left.len() * (*p).min(100) as usize).div_ceil(100);
+                left.iter().take(n).map(|c| c.to_string()).collect()
+            }
+        };
+        left.retain(|c| !taken.contains(c));
+        for name in taken {
+            let previous = clusters[&name].pinned.clone();
+            progress.push(ClusterProgress {
+                name,
+                wave: i,
+                previous,
+                phase: ClusterPhase::Waiting,
+                pinned_ms: 0,
+                reason: String::new(),
+            });
+        }
+    }
+    if progress.is_empty() {
+        return Err("no cluster matches any wave".into());
+    }
+    Ok(State {
+        phase: RolloutPhase::Running,
+        wave: 0,
+        wave_started_ms: 0,
+        baked_since_ms: 0,
+        approved: BTreeSet::new(),
+        clusters: progress,
+        message: String::new(),
+    })
+}
+
+fn at_target_healthy(o: &Observed, commit: &str) -> bool {
+    o.applied == commit && o.phase == Phase::Synced && o.health == Health::Healthy
+}
+
+fn failed_at_target(o: &Observed, commit: &str) -> Option<String> {
+    if o.target == commit && o.phase == Phase::Failed {
+        return Some("the agent failed to apply the target commit".into());
+    }
+    if o.applied == commit && o.health == Health::Degraded {
+        return Some("Degraded at the target commit".into());
+    }
+    None
+}
+
+/// Rolls back every cluster this rollout moved; returns the pins to make.
+pub fn rollback(spec: &Spec, state: &mut State, why: &str) -> Vec<Action> {
+    let mut actions = vec![];
+    for c in state.clusters.iter_mut() {
+        if matches!(
+            c.phase,
+            ClusterPhase::Pinned | ClusterPhase::Healthy | ClusterPhase::Failed
+        ) {
+            if !c.previous.is_empty() && c.previous != spec.commit {
+                actions.push(Action::Pin {
+                    cluster: c.name.clone(),
+                    commit: c.previous.clone(),
+                    reason: format!("rollback: {why}"),
+                });
+            }
+            c.phase = ClusterPhase::RolledBack;
+        }
+    }
+    actions
+}
+
+/// One step of the rollout at `now_ms`.
+pub fn step(
+    spec: &Spec,
+    state: &mut State,
+    observed: &BTreeMap<String, Observed>,
+    now_ms: i64,
+) -> Vec<Action> {
+    let mut actions = vec![];
+    if state.phase != RolloutPhase::Running && state.phase != RolloutPhase::AwaitingApproval {
+        return actions;
+    }
+    loop {
+        let Some(wave) = spec.waves.get(state.wave) else {
+            state.phase = RolloutPhase::Succeeded;
+            state.message = format!("every wave runs {}", &spec.commit[..8]);
+            actions.push(Action::Event {
+                cluster: String::new(),
+                message: state.message.clone(),
+            });
+            return actions;
+        };
+        let p = &wave.policy;
+        if state.wave_started_ms == 0 {
+            if p.approval && !state.approved.contains(&state.wave) {
+                if state.phase != RolloutPhase::AwaitingApproval {
+                    state.phase = RolloutPhase::AwaitingApproval;
+                    state.message = format!("wave {} waits for approval", wave.name);
+                    actions.push(Action::Event {
+                        cluster: String::new(),
+                        message: state.message.clone(),
+                    });
+                }
+                return actions;
+            }
+            state.phase = RolloutPhase::Running;
+            state.wave_started_ms = now_ms;
+            state.baked_since_ms = 0;
+            state.message = format!("wave {} started", wave.name);
+            actions.push(Action::Event {
+                cluster: String::new(),
+                message: state.message.clone(),
+            });
+        }
+        let idx = state.wave;
+        let members: Vec<usize> = (0..state.clusters.len())
+            .filter(|&i| state.clusters[i].wave == idx)
+            .collect();
+
+        // Judge the clusters already moving.
+        for &i in &members {
+            let c = &mut state.clusters[i];
+            let o = observed.get(&c.name).cloned().unwrap_or_default();
+            match c.phase {
+                ClusterPhase::Pinned | ClusterPhase::Healthy => {
+                    if let Some(why) = failed_at_target(&o, &spec.commit) {
+                        c.phase = ClusterPhase::Failed;
+                        c.reason = why;
+                    } else if at_target_healthy(&o, &spec.commit) {
+                        if c.phase == ClusterPhase::Pinned {
+                            actions.push(Action::Event {
+                                cluster: c.name.clone(),
+                                message: "Healthy at the target".into(),
+                            });
+                        }
+                        c.phase = ClusterPhase::Healthy;
+                    } else if c.phase == ClusterPhase::Pinned
+                        && now_ms - c.pinned_ms > p.deadline_ms
+                    {
+                        c.phase = ClusterPhase::Failed;
+                        c.reason =
+                            format!("not Healthy at the target within {}s", p.deadline_ms / 1000);
+                    } else if c.phase == ClusterPhase::Healthy {
+                        // It was healthy and no longer is: back to waiting for it.
+                        c.phase = ClusterPhase::Pinned;
+                    }
+                    if c.phase == ClusterPhase::Failed {
+                        actions.push(Action::Event {
+                            cluster: c.name.clone(),
+                            message: format!("failed: {}", c.reason),
+                        });
+                    }
+                }
+                ClusterPhase::Waiting
+                    if !o.connected && now_ms - state.wave_started_ms > p.deadline_ms =>
+                {
+                    c.phase = ClusterPhase::Failed;
+                    c.reason = format!("offline for the whole {}s deadline", p.deadline_ms / 1000);
+                    actions.push(Action::Event {
+                        cluster: c.name.clone(),
+                        message: format!("failed: {}", c.reason),
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        // The failure budget.
+        let failed = members
+            .iter()
+            .filter(|&&i| state.clusters[i].phase == ClusterPhase::Failed)
+            .count();
+        if failed > p.max_failures.allowed(members.len()) {
+            state.phase = RolloutPhase::Failed;
+            state.message = format!(
+                "wave {}: {failed} of {} clusters failed, over the budget; halted",
+                wave.name,
+                members.len()
+            );
+            actions.push(Action::Event {
+                cluster: String::new(),
+                message: state.message.clone(),
+            });
+            if spec.auto_rollback {
+                actions.extend(rollback(
+                    spec,
+                    state,
+                    &format!("rollout failed in wave {}", wave.name),
+                ));
+                state.phase = RolloutPhase::RolledBack;
+                state.message.push_str("; rolled back");
+            }
+            return actions;
+        }
+
+        // Move more clusters, up to max_parallel in flight.
+        let in_flight = members
+            .iter()
+            .filter(|&&i| state.clusters[i].phase == ClusterPhase::Pinned)
+            .count();
+        let mut room = if p.max_parallel == 0 {
+            usize::MAX
+        } else {
+            (p.max_parallel as usize).saturating_sub(in_flight)
+        };
+        for &i in &members {
+            if room == 0 {
+                break;
+            }
+            let c = &mut state.clusters[i];
+            if c.phase != ClusterPhase::Waiting {
+                continue;
+            }
+            let o = observed.get(&c.name).cloned().unwrap_or_default();
+            if !o.connected {
+                match p.offline {
+                    Offline::Wait => continue,
+                    Offline::Skip => {
+                        c.phase = ClusterPhase::Skipped;
+                        c.reason = "offline: skipped".into();
+                        actions.push(Action::Event {
+                            cluster: c.name.clone(),
+                            message: "offline: skipped".into(),
+                        });
+                        continue;
+                    }
+                    Offline::Fail => {
+                        c.phase = ClusterPhase::Failed;
+                        c.reason = "offline".into();
+                        actions.push(Action::Event {
+                            cluster: c.name.clone(),
+                            message: "failed: offline".into(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            c.phase = ClusterPhase::Pinned;
+            c.pinned_ms = now_ms;
+            room -= 1;
+            actions.push(Action::Pin {
+                cluster: c.name.clone(),
+                commit: spec.commit.clone(),
+                reason: format!("wave {}", wave.name),
+            });
+        }
+        // Offline failures may have broken the budget: judge again next step.
+        let failed = members
+            .iter()
+            .filter(|&&i| state.clusters[i].phase == ClusterPhase::Failed)
+            .count();
+        if failed > p.max_failures.allowed(members.len()) {
+            continue;
+        }
+
+        // Bake: every remaining member Healthy at the target for long enough.
+        let settled = members.iter().all(|&i| {
+            matches!(
+                state.clusters[i].phase,
+                ClusterPhase::Healthy | ClusterPhase::Skipped | ClusterPhase::Failed
+            )
+        });
+        if !settled {
+            state.baked_since_ms = 0;
+            return actions;
+        }
+        if state.baked_since_ms == 0 {
+            state.baked_since_ms = now_ms;
+            state.message = format!("wave {} healthy; baking", wave.name);
+        }
+        if now_ms - state.baked_since_ms < p.bake_ms {
+            return actions;
+        }
+        actions.push(Action::Event {
+            cluster: String::new(),
+            message: format!("wave {} done", wave.name),
+        });
+        state.wave += 1;
+        state.wave_started_ms = 0;
+        state.baked_since_ms = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "1111111111111111111111111111111111111111";
+    const OLD: &str = "0000000000000000000000000000000000000000";
+
+    fn fleet(n: &[(&str, &str)]) -> BTreeMap<String, Observed> {
+        n.iter()
+            .map(|(name, ring)| {
+                (
+                    name.to_string(),
+                    Observed {
+                        connected: true,
+                        labels: [("ring".to_string(), ring.to_string())].into(),
+                        pinned: OLD.into(),
+                        target: OLD.into(),
+                        applied: OLD.into(),
+                        phase: Phase::Synced,
+                        health: Health::Healthy,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn spec(waves: Vec<(Selector, Policy)>, auto_rollback: bool) -> Spec {
+        Spec {
+            reference: "main".into(),
+            commit: T.into(),
+            waves: waves
+                .into_iter()
+                .enumerate()
+                .map(|(i, (selector, policy))| WaveSpec {
+                    name: format!("w{i}"),
+                    selector,
+                    policy,
+                })
+                .collect(),
+            auto_rollback,
+        }
+    }
+
+    /// Applies pins to the fake fleet as agents would: healthy at once.
+    fn agents(obs: &mut BTreeMap<String, Observed>, actions: &[Action], healthy: bool) {
+        for a in actions {
+            if let Action::Pin {
+                cluster, commit, ..
+            } = a
+            {
+                let o = obs.get_mut(cluster).unwrap();
+                o.pinned = commit.clone();
+                o.target = commit.clone();
+                o.applied = commit.clone();
+                o.health = if healthy {
+                    Health::Healthy
+                } else {
+                    Health::Degraded
+                };
+            }
+        }
+    }
+
+    fn pins(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Pin { cluster, .. } => Some(cluster.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn waves_wait_for_health_and_bake() {
+        let mut obs = fleet(&[("a", "canary"), ("b", "main"), ("c", "main")]);
+        let bake = Policy {
+            bake_ms: 1000,
+            ..Policy::default()
+        };
+        let s = spec(
+            vec![
+                (Selector::Labels("ring=canary".into()), bake.clone()),
+                (Selector::Percent(100), bake),
+            ],
+            false,
+        );
+        let mut st = plan(&s, &obs).unwrap();
+        let a = step(&s, &mut st, &obs, 0);
+        assert_eq!(pins(&a), ["a"]);
+        agents(&mut obs, &a, true);
+        assert!(pins(&step(&s, &mut st, &obs, 10)).is_empty(), "baking");
+        assert!(
+            pins(&step(&s, &mut st, &obs, 500)).is_empty(),
+            "still baking"
+        );
+        let a = step(&s, &mut st, &obs, 1010);
+        assert_eq!(pins(&a), ["b", "c"], "next wave after the bake");
+        agents(&mut obs, &a, true);
+        step(&s, &mut st, &obs, 1020);
+        step(&s, &mut st, &obs, 2100);
+        assert_eq!(st.phase, RolloutPhase::Succeeded);
+    }
+
+    #[test]
+    fn over_budget_halts_and_rolls_back() {
+        let mut obs = fleet(&[("a", "canary"), ("b", "main")]);
+        let s = spec(
+            vec![
+                (Selector::Labels("ring=canary".into()), Policy::default()),
+                (Selector::Percent(100), Policy::default()),
+            ],
+            true,
+        );
+        let mut st = plan(&s, &obs).unwrap();
+        let a = step(&s, &mut st, &obs, 0);
+        agents(&mut obs, &a, false);
+        let a = step(&s, &mut st, &obs, 10);
+        assert_eq!(st.phase, RolloutPhase::RolledBack);
+        assert!(a.contains(&Action::Pin {
+            cluster: "a".into(),
+            commit: OLD.into(),
+            reason: "rollback: rollout failed in wave w0".into()
+        }));
+        assert!(
+            !pins(&a).contains(&"b".to_string()),
+            "later waves untouched"
+        );
+        assert!(
+            pins(&step(&s, &mut st, &obs, 20)).is_empty(),
+            "halted for good"
+        );
+    }
+
+    #[test]
+    fn deadline_counts_against_the_budget() {
+        let mut obs = fleet(&[("a", "x"), ("b", "x")]);
+        let p = Policy {
+            deadline_ms: 100,
+            max_failures: Budget::Count(1),
+            ..Policy::default()
+        };
+        let s = spec(vec![(Selector::Percent(100), p)], false);
+        let mut st = plan(&s, &obs).unwrap();
+        let a = step(&s, &mut st, &obs, 0);
+        assert_eq!(pins(&a), ["a", "b"]);
+        let first_pin: Vec<Action> = a
+            .into_iter()
+            .filter(|x| matches!(x, Action::Pin { cluster, .. } if cluster == "a"))
+            .collect();
+        agents(&mut obs, &first_pin, true); // b never applies the target
+        step(&s, &mut st, &obs, 50);
+        step(&s, &mut st, &obs, 200);
+        assert_eq!(st.clusters[1].phase, ClusterPhase::Failed);
+        assert_eq!(
+            st.phase,
+            RolloutPhase::Succeeded,
+            "one failure is within the budget"
+        );
+    }
+
+    #[test]
+    fn offline_policies() {
+        for (policy, want) in [
+            (Offline::Skip, ClusterPhase::Skipped),
+            (Offline::Fail, ClusterPhase::Failed),
+            (Offline::Wait, ClusterPhase::Waiting),
+        ] {
+            let mut obs = fleet(&[("a", "x"), ("b", "x")]);
+            obs.get_mut("b").unwrap().connected = false;
+            let p = Policy {
+                offline: policy,
+                max_failures: Budget::Count(1),
+                ..Policy::default()
+            };
+            let s = spec(vec![(Selector::Percent(100), p)], false);
+            let mut st = plan(&s, &obs).unwrap();
+            let a = step(&s, &mut st, &obs, 0);
+            assert_eq!(pins(&a), ["a"], "{policy:?}");
+            assert_eq!(st.clusters[1].phase, want, "{policy:?}");
+            agents(&mut obs, &a, true);
+            step(&s, &mut st, &obs, 10);
+            let done = st.phase == RolloutPhase::Succeeded;
+            assert_eq!(done, policy != Offline::Wait, "{policy:?}: {:?}", st.phase);
+        }
+    }
+
+    #[test]
+    fn approval_and_parallelism() {
+        let mut obs = fleet(&[("a", "x"), ("b", "x"), ("c", "x")]);
+        let p = Policy {
+            approval: true,
+            max_parallel: 2,
+            ..Policy::default()
+        };
+        let s = spec(vec![(Selector::Percent(100), p)], false);
+        let mut st = plan(&s, &obs).unwrap();
+        assert!(pins(&step(&s, &mut st, &obs, 0)).is_empty());
+        assert_eq!(st.phase, RolloutPhase::AwaitingApproval);
+        st.approved.insert(0);
+        let a = step(&s, &mut st, &obs, 1);
+        assert_eq!(pins(&a), ["a", "b"], "two at a time");
+        agents(&mut obs, &a, true);
+        let a = step(&s, &mut st, &obs, 2);
+        assert_eq!(pins(&a), ["c"]);
+    }
+
+    #[test]
+    fn paused_does_nothing_and_percent_rounds_up() {
+        let obs = fleet(&[("a", "x"), ("b", "x"), ("c", "x")]);
+        let s = spec(
+            vec![
+                (Selector::Percent(50), Policy::default()),
+                (Selector::Count(10), Policy::default()),
+            ],
+            false,
+        );
+        let mut st = plan(&s, &obs).unwrap();
+        assert_eq!(st.clusters.iter().filter(|c| c.wave == 0).count(), 2);
+        st.phase = RolloutPhase::Paused;
+        assert!(step(&s, &mut st, &obs, 0).is_empty());
+    }
+}
