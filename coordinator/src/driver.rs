@@ -399,7 +399,7 @@ impl Driver {
             let before = state.clone();
             let actions = rollout::step(&spec, &mut state, &observed, now);
             if state != before || !actions.is_empty() {
-                self.commit(&r.id, &state, actions, "ferry-rollout")?;
+                self.commit(&r.id, &state, actions, &r.actor)?;
             }
         }
         Ok(())

@@ -6,7 +6,7 @@
 use anyhow::{Result, bail};
 use clap::Parser;
 use ferry_integration::world::{World, WorldConfig};
-use ferry_proto::v1::{Health, ListClustersRequest, Phase, PinRequest};
+use ferry_proto::v1::{GetRolloutRequest, Health, ListClustersRequest, Phase};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -119,6 +119,23 @@ impl View {
         self.log.push(line);
     }
 
+    fn draw_rollout(&mut self, status: &str) {
+        if status == self.last {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if self.tty {
+            let _ = write!(out, "\x1b[2J\x1b[H");
+            for l in &self.log {
+                let _ = writeln!(out, "{l}");
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out, "{status}");
+        let _ = out.flush();
+        self.last = status.to_string();
+    }
+
     async fn draw(&mut self, world: &World, target: &str) -> Result<bool> {
         let clusters = world
             .admin()
@@ -178,15 +195,10 @@ impl View {
 }
 
 async fn pin(world: &World, clusters: &[&str], reference: &str, reason: &str) -> Result<()> {
-    world
-        .admin()
-        .await?
-        .pin(PinRequest {
-            clusters: clusters.iter().map(|s| s.to_string()).collect(),
-            r#ref: reference.into(),
-            reason: reason.into(),
-        })
-        .await?;
+    let mut args = vec!["pin"];
+    args.extend(clusters);
+    args.extend(["--commit", reference, "--reason", reason]);
+    world.ferry(&args).await?;
     Ok(())
 }
 
@@ -287,27 +299,55 @@ async fn run(args: Args) -> Result<()> {
     settle(&world, &mut view, &all, &first, deadline).await?;
 
     let second = commit_all(&world, "storefront 2.0", "2.0")?;
-    let canaries: Vec<&str> = CLUSTERS
-        .iter()
-        .filter(|c| c.1 == "canary")
-        .map(|c| c.0)
-        .collect();
-    let rest: Vec<&str> = CLUSTERS
-        .iter()
-        .filter(|c| c.1 != "canary")
-        .map(|c| c.0)
-        .collect();
-    view.say(format!(
-        "step 2: committed {} (storefront 2.0); pin the canaries",
-        &second[..8]
-    ));
-    pin(&world, &canaries, &second, "sandbox: canaries first").await?;
-    settle(&world, &mut view, &canaries, &second, deadline).await?;
-    view.say("step 3: canaries are healthy; pin the rest");
-    pin(&world, &rest, &second, "sandbox: the rest").await?;
+    view.say(format!("step 2: committed {} (storefront 2.0); a staged rollout: canaries, then eu, then the rest, 3s bake each", &second[..8]));
+    let started = world
+        .ferry(&[
+            "rollout",
+            "start",
+            "--commit",
+            "main",
+            "--wave",
+            "ring=canary",
+            "--wave",
+            "region=eu",
+            "--wave",
+            "100%",
+            "--bake",
+            "3s",
+            "--auto-rollback",
+        ])
+        .await?;
+    let id = started
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    loop {
+        let status = world.ferry(&["rollout", "status", &id]).await?;
+        view.draw_rollout(&status);
+        let phase = world
+            .admin()
+            .await?
+            .get_rollout(GetRolloutRequest { id: id.clone() })
+            .await?
+            .into_inner()
+            .phase;
+        match phase.as_str() {
+            "Succeeded" => break,
+            "Running" | "Paused" | "AwaitingApproval" => {}
+            other => bail!("rollout {id} ended {other}:\n{status}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for rollout {id}:\n{status}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     settle(&world, &mut view, &all, &second, deadline).await?;
-    view.draw(&world, &second).await?;
-    println!("\nEvery cluster runs {} and is Healthy.", &second[..8]);
+    println!(
+        "\nRollout {id} succeeded: every cluster runs {} and is Healthy.",
+        &second[..8]
+    );
+    println!("\n{}", world.ferry(&["history", "--limit", "8"]).await?);
 
     if args.exit_when_done {
         return Ok(());
@@ -321,6 +361,12 @@ async fn run(args: Args) -> Result<()> {
     println!("  cargo run -q --bin ferry -- clusters");
     println!("  cargo run -q --bin ferry -- cluster show eu-1");
     println!("  cargo run -q --bin ferry -- history");
+    println!("  cargo run -q --bin ferry -- rollout status {id}");
+    println!(
+        "  cargo run -q --bin ferry -- rollout start --commit {} --wave ring=canary --wave 100% --bake 10s --auto-rollback",
+        &first[..8]
+    );
+    println!("  cargo run -q --bin ferry -- rollout status --watch");
     println!(
         "  cargo run -q --bin ferry -- pin eu-1 --commit {} --reason 'roll eu-1 back'",
         &first[..8]

@@ -59,6 +59,7 @@ async fn pin(world: &World, clusters: &[&str], reference: &str) -> anyhow::Resul
             clusters: clusters.iter().map(|s| s.to_string()).collect(),
             r#ref: reference.into(),
             reason: "test".into(),
+            force: false,
         })
         .await?;
     Ok(r.into_inner().commit)

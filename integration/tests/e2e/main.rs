@@ -2,3 +2,4 @@
 
 mod emulator;
 mod fleet;
+mod rollouts;
