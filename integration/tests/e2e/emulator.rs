@@ -755,3 +755,67 @@ async fn faults_and_counters() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn simulated_controllers_over_plain_http() {
+    let emu = Emulator::start(Config {
+        tls: false,
+        controllers: Controllers {
+            ready_delay: Duration::from_millis(50),
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    assert!(emu.url().starts_with("http://"));
+    let client = kube_client(&emu).await;
+    let ferry = PatchParams::apply("ferry");
+    let apply = |group: &str, kind: &str, plural: &str, body: Value| {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "default", &ar(group, "v1", kind, plural));
+        let obj: DynamicObject = serde_json::from_value(body).unwrap();
+        let ferry = ferry.clone();
+        async move {
+            let name = obj.metadata.name.clone().unwrap();
+            api.patch(&name, &ferry, &Patch::Apply(obj)).await.unwrap();
+            api
+        }
+    };
+    let template = json!({"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}});
+    let sts = apply("apps", "StatefulSet", "statefulsets", json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "default"}, "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"a": "b"}}, "template": template}})).await;
+    let ds = apply("apps", "DaemonSet", "daemonsets", json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "default"}, "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": template}})).await;
+    let job_spec = |image: &str| json!({"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": image}]}}});
+    let jobs = apply("batch", "Job", "jobs", json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ok", "namespace": "default"}, "spec": job_spec("i:1")})).await;
+    apply("batch", "Job", "jobs", json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "bad", "namespace": "default"}, "spec": job_spec("i:never-ready")})).await;
+    let pvcs = apply("", "PersistentVolumeClaim", "persistentvolumeclaims", json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "default"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})).await;
+
+    let at = |api: Api<DynamicObject>, name: &'static str, pointer: &'static str| async move {
+        eventually(&format!("{name} {pointer}"), || async {
+            api.get(name).await.ok()?.data.pointer(pointer).cloned()
+        })
+        .await
+    };
+    assert_eq!(at(sts, "db", "/status/readyReplicas").await, 2);
+    assert_eq!(at(ds, "agent", "/status/numberAvailable").await, 1);
+    assert_eq!(
+        at(jobs.clone(), "ok", "/status/conditions/0/type").await,
+        "Complete"
+    );
+    assert_eq!(
+        at(jobs.clone(), "bad", "/status/conditions/0/type").await,
+        "Failed"
+    );
+    assert_eq!(at(pvcs, "data", "/status/phase").await, "Bound");
+
+    // Field selectors on metadata.name.
+    let only = jobs
+        .list(&ListParams::default().fields("metadata.name=ok"))
+        .await
+        .unwrap();
+    assert_eq!(only.items.len(), 1);
+    let others = jobs
+        .list(&ListParams::default().fields("metadata.name!=ok"))
+        .await
+        .unwrap();
+    assert_eq!(others.items[0].metadata.name.as_deref(), Some("bad"));
+}

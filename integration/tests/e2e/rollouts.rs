@@ -420,3 +420,83 @@ async fn a_restarted_coordinator_resumes_mid_wave_without_duplicate_pins() {
         "no duplicate pins: {pins:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_files_promote_and_the_event_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (world, _) = fleet(dir.path()).await;
+    let v2 = commit_all(&world, "v2", "app:2");
+    world.git.tag("v2.0").unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "ref: v2.0\nautoRollback: true\ndefaults:\n  bake: 1s\n  maxFailures: 0\nwaves:\n  - name: canaries\n    selector: ring=canary\n  - name: eu\n    selector: region=eu\n    approval: true\n",
+    )
+    .unwrap();
+    let id = started_id(
+        &world
+            .ferry(&["rollout", "start", "-f", plan.to_str().unwrap()])
+            .await
+            .unwrap(),
+    );
+    let r = wait_phase(&world, &id, "AwaitingApproval").await;
+    assert_eq!(r.commit, v2, "a tag resolves to its commit");
+    assert!(r.waves[1].clusters.iter().all(|c| c.phase == "Waiting"));
+
+    // The event stream replays what happened, then follows live.
+    let mut events = world
+        .admin()
+        .await
+        .unwrap()
+        .watch_events(ferry_proto::v1::WatchEventsRequest {
+            rollout: id.clone(),
+            after_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = vec![];
+    while !seen
+        .iter()
+        .any(|m: &String| m.contains("waits for approval"))
+    {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(e.message);
+    }
+    assert!(seen.iter().any(|m| m.contains("pinned to")), "{seen:?}");
+    world.ferry(&["rollout", "approve", &id]).await.unwrap();
+    let live = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if e.message.contains("approved") {
+            break e;
+        }
+    };
+    assert!(!live.actor.is_empty());
+    wait_phase(&world, &id, "Succeeded").await;
+
+    // promote: a one-wave rollout to a selector.
+    let v3 = commit_all(&world, "v3", "app:3");
+    let id = started_id(
+        &world
+            .ferry(&["promote", &v3, "--to", "region=us,ring=main"])
+            .await
+            .unwrap(),
+    );
+    let r = wait_phase(&world, &id, "Succeeded").await;
+    let names: Vec<&str> = r.waves[0]
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["us-1", "us-2", "us-3"]);
+    let list = world.ferry(&["rollout", "list"]).await.unwrap();
+    assert_eq!(list.lines().count(), 3, "{list}");
+}
