@@ -2,5 +2,6 @@
 //! and the benchmarks. The Kubernetes API emulator is the `kube-emulator`
 //! crate beside this one.
 
+pub mod githttp;
 pub mod harness;
 pub mod world;

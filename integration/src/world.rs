@@ -207,9 +207,23 @@ pub struct ClusterHandle {
     pub agent: Option<(CancellationToken, tokio::task::JoinHandle<Result<()>>)>,
 }
 
+/// How agents and the coordinator reach the fleet repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `git://` from `git daemon`.
+    GitDaemon,
+    /// `http://` from `git http-backend`.
+    Http,
+    /// `file://` (gix runs `git upload-pack` locally).
+    File,
+    /// A plain local path.
+    Path,
+}
+
 /// Tunables of a world.
 #[derive(Clone, Debug)]
 pub struct WorldConfig {
+    pub transport: Transport,
     pub path_template: String,
     /// How long emulated workloads take to become available.
     pub ready_delay: Duration,
@@ -220,6 +234,7 @@ pub struct WorldConfig {
 impl Default for WorldConfig {
     fn default() -> Self {
         WorldConfig {
+            transport: Transport::GitDaemon,
             path_template: ferry_proto::DEFAULT_PATH_TEMPLATE.into(),
             ready_delay: Duration::from_millis(200),
             resync: Duration::from_secs(5),
@@ -230,6 +245,10 @@ impl Default for WorldConfig {
 pub struct World {
     pub dir: PathBuf,
     pub git: GitServer,
+    /// The repository URL the coordinator hands to agents.
+    pub repo_url: String,
+    /// Keeps the http:// Git server alive as long as the world.
+    _http: Option<crate::githttp::HttpGit>,
     pub pki: Pki,
     pub coordinator: Option<Coordinator>,
     pub coordinator_addr: SocketAddr,
@@ -247,9 +266,26 @@ impl World {
         let pki = Pki::new(&dir.join("pki"))?;
         let server_cert = pki.issue("coordinator", &["localhost", "127.0.0.1"], false)?;
         let operator = pki.issue("operator", &["operator"], true)?;
+        let mut http = None;
+        let repo_url = match cfg.transport {
+            Transport::GitDaemon => git.url.clone(),
+            Transport::Http => {
+                let h = crate::githttp::HttpGit::start(
+                    git.bare.parent().expect("served/").to_path_buf(),
+                )
+                .await?;
+                let url = format!("{}/fleet.git", h.base);
+                http = Some(h);
+                url
+            }
+            Transport::File => format!("file://{}", git.bare.display()),
+            Transport::Path => git.bare.display().to_string(),
+        };
         let mut world = World {
             dir: dir.to_path_buf(),
             git,
+            repo_url,
+            _http: http,
             pki,
             coordinator: None,
             coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -266,7 +302,7 @@ impl World {
         CoordinatorConfig {
             listen: self.coordinator_addr,
             data_dir: self.dir.join("coordinator"),
-            repo_url: self.git.url.clone(),
+            repo_url: self.repo_url.clone(),
             path_template: self.cfg.path_template.clone(),
             tls: Some(TlsFiles {
                 cert: self.server_cert.cert.clone(),

@@ -2,7 +2,7 @@
 //! agents applying to emulated clusters.
 
 use ferry_integration::harness::{eventually, init_tracing};
-use ferry_integration::world::{World, WorldConfig};
+use ferry_integration::world::{Transport, World, WorldConfig};
 use ferry_proto::v1::{Health, Phase, PinRequest};
 use kube_emulator::Emulator;
 use serde_json::Value;
@@ -443,4 +443,45 @@ async fn grpcurl_lists_and_calls_the_coordinator() {
         "ferry.v1.Admin/ListClusters".into(),
     ]);
     assert_eq!(clusters.trim(), "{\n  \n}", "no clusters yet: {clusters}");
+}
+
+/// Agents (and the coordinator) read the fleet repository over every
+/// transport: git:// is covered above; here http:// (git http-backend),
+/// file:// and a plain local path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_git_transport_works() {
+    init_tracing();
+    for transport in [Transport::Http, Transport::File, Transport::Path] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WorldConfig {
+            transport,
+            ..WorldConfig::default()
+        };
+        let mut world = World::start(dir.path(), cfg).await.unwrap();
+        let a = world
+            .git
+            .commit("A", &[("clusters/t1/app.yaml", Some(&app("t1", "1.0")))])
+            .unwrap();
+        world.add_cluster("t1", &[]).await.unwrap();
+        world.wait_connected(&["t1"]).await;
+        assert_eq!(
+            pin(&world, &["t1"], "main").await.unwrap(),
+            a,
+            "{transport:?}: the coordinator resolves"
+        );
+        world.wait_healthy_at("t1", &a).await;
+        assert_eq!(
+            setting(world.emulator("t1")).as_deref(),
+            Some("1.0"),
+            "{transport:?}"
+        );
+        // A commit the agent has not cached yet is fetched.
+        let b = world
+            .git
+            .commit("B", &[("clusters/t1/app.yaml", Some(&app("t1", "2.0")))])
+            .unwrap();
+        pin(&world, &["t1"], &b).await.unwrap();
+        world.wait_healthy_at("t1", &b).await;
+        assert!(world.repo_url.contains("http://") || transport != Transport::Http);
+    }
 }
