@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod health;
+pub mod identity;
 pub mod link;
 pub mod render;
 pub mod source;
@@ -44,6 +45,8 @@ pub struct Config {
     pub heartbeat: Duration,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A one-time join token, used when the cluster has no identity yet.
+    pub join_token: Option<String>,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             heartbeat: Duration::from_secs(15),
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            join_token: None,
         }
     }
 }
@@ -313,6 +317,104 @@ impl Agent {
     }
 }
 
+/// The identity kept in the cluster, pre-provisioned files, or a new one
+/// from enrollment. `None` when shut down while waiting.
+async fn obtain_identity(
+    cfg: &Config,
+    client: &kube::Client,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<identity::Identity>> {
+    let mut delay = cfg.min_backoff;
+    loop {
+        let attempt: anyhow::Result<Option<identity::Identity>> = async {
+            if let Some(id) = identity::load(client, &cfg.namespace).await? {
+                return Ok(Some(id));
+            }
+            if let (Some(c), Some(k)) = (&cfg.dial.cert, &cfg.dial.key) {
+                // Pre-provisioned certificate files: used as they are, not renewed.
+                let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+                return Ok(Some(identity::Identity { cert_pem: read(c)?, key_pem: read(k)?, ca_pem: String::new(), not_before_ms: 0, not_after_ms: 0 }));
+            }
+            let Some(token) = &cfg.join_token else {
+                anyhow::bail!("cluster {} has no identity yet: start the agent with --join-token (from `ferry cluster add`)", cfg.cluster);
+            };
+            let mut dial = cfg.dial.clone();
+            dial.cert = None;
+            dial.key = None;
+            let id = match identity::enroll(&dial, &cfg.cluster, token).await {
+                Ok(id) => id,
+                Err(e @ identity::Error::Refused(_)) => anyhow::bail!(e),
+                Err(e) => return Err(e.into()).map(|(): ()| None),
+            };
+            identity::save(client, &cfg.namespace, &id).await?;
+            tracing::info!(cluster = %cfg.cluster, "enrolled: certificate issued and kept in the cluster");
+            Ok(Some(id))
+        }
+        .await;
+        match attempt {
+            Ok(Some(id)) => return Ok(Some(id)),
+            Err(e)
+                if e.downcast_ref::<identity::Error>()
+                    .is_none_or(|ie| matches!(ie, identity::Error::Refused(_)))
+                    && !is_transient(&e) =>
+            {
+                return Err(e);
+            }
+            Err(e) => tracing::warn!(error = %e, "obtaining an identity; retrying"),
+            Ok(None) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(cfg.max_backoff);
+    }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<identity::Error>(),
+        Some(identity::Error::Unreachable(_) | identity::Error::Secret { .. })
+    )
+}
+
+/// Renews the certificate at two thirds of its lifetime, keeps it in the
+/// cluster and hands it to the link; the live session is not interrupted.
+async fn renew_forever(
+    cfg: Config,
+    client: kube::Client,
+    mut current: identity::Identity,
+    tx: watch::Sender<Option<identity::Identity>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let wait = Duration::from_millis((current.renew_at_ms() - now_unix_ms()).max(0) as u64);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match identity::renew(&cfg.dial, &cfg.cluster, &current).await {
+            Ok(next) => {
+                if let Err(e) = identity::save(&client, &cfg.namespace, &next).await {
+                    tracing::warn!(error = %e, "renewed, but keeping the new certificate failed; using it anyway");
+                }
+                tracing::info!(not_after = next.not_after_ms, "certificate renewed");
+                current = next;
+                tx.send_replace(Some(current.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the certificate; retrying");
+                let left = (current.not_after_ms - now_unix_ms()).max(0) as u64;
+                let pause = Duration::from_millis((left / 10).clamp(200, 30_000));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Runs the agent until `shutdown`.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = kube_client(&cfg).await?;
@@ -330,6 +432,24 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             }
         }
     };
+    let identity = if cfg.dial.insecure {
+        None
+    } else {
+        match obtain_identity(&cfg, applier.client(), &shutdown).await? {
+            Some(id) => Some(id),
+            None => return Ok(()),
+        }
+    };
+    let (identity_tx, identity_rx) = watch::channel(identity.clone());
+    if let Some(id) = identity.filter(|i| i.not_after_ms > 0) {
+        tokio::spawn(renew_forever(
+            cfg.clone(),
+            applier.client().clone(),
+            id,
+            identity_tx,
+            shutdown.child_token(),
+        ));
+    }
     let initial = state.assignment.as_ref().map(restored);
     if let Some(a) = &initial {
         tracing::info!(commit = %a.commit, path = %a.path, "resuming the last assignment kept in the cluster");
@@ -354,6 +474,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     let link = tokio::spawn(link::run(
         link_cfg,
+        identity_rx,
         assign_tx,
         status_rx,
         connected_tx,

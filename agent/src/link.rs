@@ -40,6 +40,7 @@ fn backoff(cfg: &LinkConfig) -> impl Iterator<Item = Duration> {
 /// change of `status` is reported.
 pub async fn run(
     cfg: LinkConfig,
+    identity: watch::Receiver<Option<crate::identity::Identity>>,
     assignments: watch::Sender<Option<Assignment>>,
     mut status: watch::Receiver<StatusReport>,
     connected: watch::Sender<bool>,
@@ -50,7 +51,7 @@ pub async fn run(
         let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = session(&cfg, &assignments, &mut status, &connected) => r,
+            r = session(&cfg, identity.borrow().clone(), &assignments, &mut status, &connected) => r,
         };
         connected.send_replace(false);
         match result {
@@ -71,11 +72,16 @@ pub async fn run(
 
 async fn session(
     cfg: &LinkConfig,
+    identity: Option<crate::identity::Identity>,
     assignments: &watch::Sender<Option<Assignment>>,
     status: &mut watch::Receiver<StatusReport>,
     connected: &watch::Sender<bool>,
 ) -> anyhow::Result<()> {
-    let channel = cfg.dial.endpoint()?.connect().await?;
+    let mut dial = cfg.dial.clone();
+    if let Some(id) = identity {
+        dial.identity = Some((id.cert_pem, id.key_pem));
+    }
+    let channel = dial.endpoint()?.connect().await?;
     let mut client = AgentLinkClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let hello = Hello {

@@ -39,6 +39,12 @@ struct Args {
     /// Client key (PEM) for mTLS.
     #[arg(long, env = "FERRY_KEY")]
     key: Option<PathBuf>,
+    /// One-time join token from `ferry cluster add`, used if the cluster has no identity yet.
+    #[arg(long, env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// A file holding the join token (a mounted Secret).
+    #[arg(long, env = "FERRY_JOIN_TOKEN_FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// Allow a plaintext http:// coordinator. For local development only.
     #[arg(long, env = "FERRY_INSECURE")]
     insecure: bool,
@@ -55,11 +61,19 @@ fn config(args: Args) -> Result<Config, String> {
         .filter(|l| !l.is_empty())
         .map(|l| parse_label(l).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
+    let join_token = match (&args.join_token, &args.join_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => {
+            Some(std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))?)
+        }
+        (None, None) => None,
+    };
     let dial = DialConfig {
         addr: args.coordinator,
         ca: args.ca,
         cert: args.cert,
         key: args.key,
+        identity: None,
         insecure: args.insecure,
     };
     let mut cfg = Config::new(args.cluster, dial, args.cache_dir);
@@ -67,6 +81,7 @@ fn config(args: Args) -> Result<Config, String> {
     cfg.kubeconfig = args.kubeconfig;
     cfg.namespace = args.namespace;
     cfg.resync = Duration::from_secs(args.resync_seconds.max(1));
+    cfg.join_token = join_token;
     Ok(cfg)
 }
 

@@ -6,10 +6,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{
-    Cluster, GetClusterRequest, Health, HistoryRequest, LedgerEntry, ListClustersRequest, Phase,
-    PinRequest, SetClusterPathRequest,
+    AddClusterRequest, Cluster, CreateTokenRequest, GetClusterRequest, Health, HistoryRequest,
+    LedgerEntry, ListClustersRequest, Phase, PinRequest, RevokeClusterRequest,
+    SetClusterPathRequest,
 };
-use ferry_proto::{DEFAULT_PATH_TEMPLATE, DialConfig};
+use ferry_proto::{Bearer, DEFAULT_PATH_TEMPLATE, DialConfig};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,18 @@ pub struct Args {
     /// Client key (PEM) for mTLS.
     #[arg(long, global = true, env = "FERRY_KEY")]
     pub key: Option<PathBuf>,
+    /// API token (see `ferry token create`; the first admin token is the
+    /// coordinator's data-dir/admin-token).
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the API token.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(
         short,
@@ -95,6 +108,9 @@ pub enum Command {
         #[arg(long)]
         auto_rollback: bool,
     },
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The ledger of pin changes, newest first.
     History {
         /// Only this cluster.
@@ -111,6 +127,31 @@ pub enum ClusterCommand {
     Show { name: String },
     /// Override the cluster's directory in the repository ("" clears it).
     SetPath { name: String, path: String },
+    /// Create a cluster and a one-time join token for its agent (admin).
+    Add {
+        name: String,
+        /// key=value (repeat).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// How long the join token lasts (30m, 1h, 1d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Close the cluster's stream and refuse its certificates (admin).
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create an API token (admin); it is shown once.
+    Create {
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// Who or what it is for: the actor in the ledger.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,45 +168,49 @@ pub struct ServeArgs {
     /// Each cluster's directory: {cluster} and {label.KEY} placeholders.
     #[arg(long, env = "FERRY_PATH_TEMPLATE", default_value = DEFAULT_PATH_TEMPLATE)]
     pub path_template: String,
-    /// Serving certificate (PEM).
+    /// Serving certificate (PEM) instead of one from the coordinator's CA.
     #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// Serving key (PEM).
     #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// CA of agent and operator client certificates; makes mTLS mandatory.
-    #[arg(long, env = "FERRY_CLIENT_CA", requires = "tls_cert")]
-    pub client_ca: Option<PathBuf>,
-    /// Serve plaintext gRPC. For local development only.
+    /// Names (DNS or IP) for the serving certificate the coordinator's CA issues.
+    #[arg(
+        long = "tls-san",
+        env = "FERRY_TLS_SANS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    pub tls_sans: Vec<String>,
+    /// How long agent certificates live (renewed automatically at two thirds).
+    #[arg(long, env = "FERRY_CERT_LIFETIME", default_value = "30d")]
+    pub cert_lifetime: String,
+    /// Serve plaintext gRPC without certificates. For local development only.
     #[arg(long, env = "FERRY_INSECURE", conflicts_with = "tls_cert")]
     pub insecure: bool,
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> Config {
-        Config {
-            listen: self.listen,
-            data_dir: self.data_dir.clone(),
-            repo_url: self.repo.clone(),
-            path_template: self.path_template.clone(),
-            tls: self
-                .tls_cert
-                .clone()
-                .zip(self.tls_key.clone())
-                .map(|(cert, key)| TlsFiles {
-                    cert,
-                    key,
-                    client_ca: self.client_ca.clone(),
-                }),
-            insecure: self.insecure,
-        }
+    pub fn config(&self) -> Result<Config> {
+        let mut cfg = Config::new(self.listen, self.data_dir.clone(), self.repo.clone());
+        cfg.path_template = self.path_template.clone();
+        cfg.tls_names = self.tls_sans.clone();
+        cfg.tls = self
+            .tls_cert
+            .clone()
+            .zip(self.tls_key.clone())
+            .map(|(cert, key)| TlsFiles { cert, key });
+        cfg.cert_lifetime =
+            Duration::from_secs(crate::cli_rollout::seconds(&self.cert_lifetime)?.max(60) as u64);
+        cfg.insecure = self.insecure;
+        Ok(cfg)
     }
 }
 
 /// Runs a parsed command line to completion, printing its output.
 pub async fn run(args: Args) -> Result<()> {
     if let Command::Serve(s) = &args.command {
-        let coordinator = Coordinator::start(s.config()).await?;
+        let coordinator = Coordinator::start(s.config()?).await?;
         shutdown_signal().await;
         tracing::info!("shutting down");
         return coordinator.stop(Duration::from_secs(10)).await;
@@ -180,13 +225,18 @@ pub async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The Admin client, carrying the caller's token.
+pub type Admin =
+    AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
 /// Connects the Admin client the global flags describe.
-pub async fn admin(args: &Args) -> Result<AdminClient<tonic::transport::Channel>> {
+pub async fn admin(args: &Args) -> Result<Admin> {
     let dial = DialConfig {
         addr: args.addr.clone(),
         ca: args.ca.clone(),
         cert: args.cert.clone(),
         key: args.key.clone(),
+        identity: None,
         insecure: true,
     };
     let channel = dial
@@ -194,14 +244,13 @@ pub async fn admin(args: &Args) -> Result<AdminClient<tonic::transport::Channel>
         .connect()
         .await
         .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
-    Ok(AdminClient::new(channel))
-}
-
-/// Who is acting: `FERRY_ACTOR`, else the user name.
-pub fn actor_name() -> String {
-    std::env::var("FERRY_ACTOR")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "cli".into())
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?,
+        (None, None) => String::new(),
+    };
+    Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?))
 }
 
 /// Runs a client command and returns what it would print.
@@ -209,13 +258,12 @@ pub async fn execute(args: Args) -> Result<String> {
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut client = admin(&args).await?;
-    let actor = actor_name();
     let json = args.output == Output::Json;
     match args.command {
         Command::Serve(_) => anyhow::bail!("serve is not a client command"),
         Command::Clusters => {
             let list = client
-                .list_clusters(with_actor(&actor, ListClustersRequest {}))
+                .list_clusters(ListClustersRequest {})
                 .await
                 .map_err(status)?
                 .into_inner()
@@ -234,7 +282,7 @@ pub async fn execute(args: Args) -> Result<String> {
         }
         Command::Cluster(ClusterCommand::Show { name }) => {
             let c = client
-                .get_cluster(with_actor(&actor, GetClusterRequest { name }))
+                .get_cluster(GetClusterRequest { name })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -246,7 +294,7 @@ pub async fn execute(args: Args) -> Result<String> {
         }
         Command::Cluster(ClusterCommand::SetPath { name, path }) => {
             let c = client
-                .set_cluster_path(with_actor(&actor, SetClusterPathRequest { name, path }))
+                .set_cluster_path(SetClusterPathRequest { name, path })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -263,15 +311,12 @@ pub async fn execute(args: Args) -> Result<String> {
             force,
         } => {
             let r = client
-                .pin(with_actor(
-                    &actor,
-                    PinRequest {
-                        clusters: clusters.clone(),
-                        r#ref: reference.clone(),
-                        reason,
-                        force,
-                    },
-                ))
+                .pin(PinRequest {
+                    clusters: clusters.clone(),
+                    r#ref: reference.clone(),
+                    reason,
+                    force,
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
@@ -299,7 +344,7 @@ pub async fn execute(args: Args) -> Result<String> {
             }
         }
         Command::Rollout(cmd) => {
-            out.push_str(&crate::cli_rollout::execute(&mut client, &actor, cmd, json).await?);
+            out.push_str(&crate::cli_rollout::execute(&mut client, cmd, json).await?);
         }
         Command::Promote {
             reference,
@@ -308,17 +353,82 @@ pub async fn execute(args: Args) -> Result<String> {
             auto_rollback,
         } => {
             let plan = crate::cli_rollout::promote_plan(reference, to, &policy, auto_rollback)?;
-            out.push_str(&crate::cli_rollout::start(&mut client, &actor, plan, json).await?);
+            out.push_str(&crate::cli_rollout::start(&mut client, plan, json).await?);
+        }
+        Command::Cluster(ClusterCommand::Add { name, labels, ttl }) => {
+            let labels = labels
+                .iter()
+                .map(|l| ferry_proto::parse_label(l).map_err(|e| anyhow::anyhow!(e)))
+                .collect::<Result<_>>()?;
+            let ttl = crate::cli_rollout::seconds(&ttl)?;
+            let r = client
+                .add_cluster(AddClusterRequest {
+                    name: name.clone(),
+                    labels,
+                    token_ttl_seconds: ttl,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"cluster": r.cluster.as_ref().map(cluster_json), "joinToken": r.join_token, "expiresUnixMs": r.expires_unix_ms})
+                    )?
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "cluster {name} added; its one-time join token (valid {}s):\n{}\n",
+                    ttl, r.join_token
+                )?;
+                writeln!(
+                    out,
+                    "start its agent with: ferry-agent --cluster {name} --join-token <token> --ca <coordinator ca.pem> ..."
+                )?;
+            }
+        }
+        Command::Cluster(ClusterCommand::Revoke { name }) => {
+            let c = client
+                .revoke_cluster(RevokeClusterRequest { name })
+                .await
+                .map_err(status)?
+                .into_inner();
+            writeln!(
+                out,
+                "cluster {} revoked: its session is closed and its certificates are refused",
+                c.name
+            )?;
+        }
+        Command::Token(TokenCommand::Create { role, name }) => {
+            let t = client
+                .create_token(CreateTokenRequest {
+                    role: role.clone(),
+                    name: name.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"name": name, "role": role, "token": t.token})
+                    )?
+                )?;
+            } else {
+                writeln!(out, "{}", t.token)?;
+            }
         }
         Command::History { cluster, limit } => {
             let entries = client
-                .history(with_actor(
-                    &actor,
-                    HistoryRequest {
-                        cluster: cluster.unwrap_or_default(),
-                        limit,
-                    },
-                ))
+                .history(HistoryRequest {
+                    cluster: cluster.unwrap_or_default(),
+                    limit,
+                })
                 .await
                 .map_err(status)?
                 .into_inner()
@@ -337,15 +447,6 @@ pub async fn execute(args: Args) -> Result<String> {
         }
     }
     Ok(out)
-}
-
-/// A request carrying who is acting, for the ledger.
-pub fn with_actor<T>(actor: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Ok(v) = actor.parse() {
-        r.metadata_mut().insert("ferry-actor", v);
-    }
-    r
 }
 
 /// A gRPC error as the message the coordinator gave, for humans.

@@ -24,10 +24,9 @@
 //!   - count: 10             # ten of the clusters still to go
 //! ```
 
-use crate::cli::{ago, short, status, table, with_actor};
+use crate::cli::{Admin, ago, short, status, table};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{
     ClusterNames, ControlRolloutRequest, GetRolloutRequest, Health, ListClustersRequest,
     ListRolloutsRequest, Rollout, RolloutControl, RolloutPlan, StartRolloutRequest,
@@ -38,7 +37,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
-use tonic::transport::Channel;
 
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
@@ -114,7 +112,7 @@ pub struct PolicyArgs {
     pub approval: bool,
 }
 
-/// "90", "30s", "5m", "1h" as seconds.
+/// "90", "30s", "5m", "1h", "30d" as seconds.
 pub fn seconds(s: &str) -> Result<i64> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -125,6 +123,7 @@ pub fn seconds(s: &str) -> Result<i64> {
         "" | "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
+        "d" => n * 86_400,
         _ => bail!("{s:?} is not a duration (30s, 5m, 1h)"),
     })
 }
@@ -332,14 +331,9 @@ pub fn promote_plan(
     })
 }
 
-pub async fn start(
-    client: &mut AdminClient<Channel>,
-    actor: &str,
-    plan: RolloutPlan,
-    json: bool,
-) -> Result<String> {
+pub async fn start(client: &mut Admin, plan: RolloutPlan, json: bool) -> Result<String> {
     let r = client
-        .start_rollout(with_actor(actor, StartRolloutRequest { plan: Some(plan) }))
+        .start_rollout(StartRolloutRequest { plan: Some(plan) })
         .await
         .map_err(status)?
         .into_inner();
@@ -356,12 +350,7 @@ pub async fn start(
     ))
 }
 
-pub async fn execute(
-    client: &mut AdminClient<Channel>,
-    actor: &str,
-    cmd: RolloutCommand,
-    json: bool,
-) -> Result<String> {
+pub async fn execute(client: &mut Admin, cmd: RolloutCommand, json: bool) -> Result<String> {
     let control = |id: String, c: RolloutControl| (id, c);
     let (id, c) = match cmd {
         RolloutCommand::Start {
@@ -391,28 +380,25 @@ pub async fn execute(
             if plan.r#ref.is_empty() {
                 bail!("give the ref to roll out: --commit REF (or ref: in the plan file)");
             }
-            return start(client, actor, plan, json).await;
+            return start(client, plan, json).await;
         }
         RolloutCommand::Status { id, watch: _ } => {
             let r = client
-                .get_rollout(with_actor(
-                    actor,
-                    GetRolloutRequest {
-                        id: id.unwrap_or_default(),
-                    },
-                ))
+                .get_rollout(GetRolloutRequest {
+                    id: id.unwrap_or_default(),
+                })
                 .await
                 .map_err(status)?
                 .into_inner();
             if json {
                 return Ok(serde_json::to_string_pretty(&rollout_json(&r))? + "\n");
             }
-            let clusters = cluster_states(client, actor).await?;
+            let clusters = cluster_states(client).await?;
             return Ok(render(&r, &clusters, &[]));
         }
         RolloutCommand::List => {
             let list = client
-                .list_rollouts(with_actor(actor, ListRolloutsRequest {}))
+                .list_rollouts(ListRolloutsRequest {})
                 .await
                 .map_err(status)?
                 .into_inner()
@@ -456,13 +442,10 @@ pub async fn execute(
         RolloutCommand::Approve { id } => control(id, RolloutControl::Approve),
     };
     let r = client
-        .control_rollout(with_actor(
-            actor,
-            ControlRolloutRequest {
-                id,
-                control: c as i32,
-            },
-        ))
+        .control_rollout(ControlRolloutRequest {
+            id,
+            control: c as i32,
+        })
         .await
         .map_err(status)?
         .into_inner();
@@ -473,12 +456,9 @@ pub async fn execute(
 }
 
 /// (applied commit, health) of every cluster.
-async fn cluster_states(
-    client: &mut AdminClient<Channel>,
-    actor: &str,
-) -> Result<BTreeMap<String, (String, String, String)>> {
+async fn cluster_states(client: &mut Admin) -> Result<BTreeMap<String, (String, String, String)>> {
     let list = client
-        .list_clusters(with_actor(actor, ListClustersRequest {}))
+        .list_clusters(ListClustersRequest {})
         .await
         .map_err(status)?
         .into_inner()
@@ -596,26 +576,22 @@ pub fn render(
 }
 
 /// Follows a rollout from the server's event stream until it ends.
-pub async fn watch(client: &mut AdminClient<Channel>, id: String) -> Result<()> {
-    let actor = crate::cli::actor_name();
+pub async fn watch(client: &mut Admin, id: String) -> Result<()> {
     let mut r = client
-        .get_rollout(with_actor(&actor, GetRolloutRequest { id }))
+        .get_rollout(GetRolloutRequest { id })
         .await
         .map_err(status)?
         .into_inner();
     let mut stream = client
-        .watch_events(with_actor(
-            &actor,
-            WatchEventsRequest {
-                rollout: r.id.clone(),
-                after_id: 0,
-            },
-        ))
+        .watch_events(WatchEventsRequest {
+            rollout: r.id.clone(),
+            after_id: 0,
+        })
         .await
         .map_err(status)?
         .into_inner();
     let tty = std::io::stdout().is_terminal();
-    let mut clusters = cluster_states(client, &actor).await?;
+    let mut clusters = cluster_states(client).await?;
     let mut events: Vec<String> = vec![];
     let mut countdown = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut last = String::new();
@@ -625,8 +601,8 @@ pub async fn watch(client: &mut AdminClient<Channel>, id: String) -> Result<()> 
                 Some(e) => {
                     let who = if e.cluster.is_empty() { String::new() } else { format!("{}: ", e.cluster) };
                     events.push(format!("{} {who}{}", ago(e.at_unix_ms), e.message));
-                    r = client.get_rollout(with_actor(&actor, GetRolloutRequest { id: r.id.clone() })).await.map_err(status)?.into_inner();
-                    clusters = cluster_states(client, &actor).await?;
+                    r = client.get_rollout(GetRolloutRequest { id: r.id.clone() }).await.map_err(status)?.into_inner();
+                    clusters = cluster_states(client).await?;
                 }
                 None => break,
             },

@@ -70,6 +70,11 @@ impl Hub {
         }
     }
 
+    /// Ends one cluster's session (its stream closes).
+    pub fn close(&self, cluster: &str) {
+        self.sessions().remove(cluster);
+    }
+
     /// Ends every session (their streams close; agents reconnect).
     pub fn close_all(&self) {
         self.sessions().clear();

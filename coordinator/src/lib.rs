@@ -5,10 +5,12 @@
 //! cluster's last reported state. Agents dial in over gRPC; the coordinator
 //! never dials out to clusters.
 
+pub mod auth;
 pub mod cli;
 pub mod cli_rollout;
 pub mod driver;
 pub mod hub;
+pub mod pki;
 pub mod repo;
 pub mod rollout;
 pub mod server;

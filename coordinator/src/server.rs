@@ -1,14 +1,17 @@
 //! `ferry serve`: builds the coordinator from its config and runs it until
 //! shut down. TLS by default; plaintext only when explicitly insecure.
 
+use crate::auth::{self, Authenticate};
 use crate::driver::Driver;
 use crate::hub::Hub;
+use crate::pki::{self, Pki};
 use crate::repo::Repo;
-use crate::service::{AdminService, AgentLinkService};
+use crate::service::{AdminService, AgentLinkService, EnrollmentService};
 use crate::store::Store;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferry_proto::v1::admin_server::AdminServer;
 use ferry_proto::v1::agent_link_server::AgentLinkServer;
+use ferry_proto::v1::enrollment_server::EnrollmentServer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,13 +21,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-/// PEM files for serving TLS.
+/// PEM files of an externally issued serving certificate.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// CA whose client certificates are accepted (mTLS).
-    pub client_ca: Option<PathBuf>,
 }
 
 /// Everything `ferry serve` needs.
@@ -35,10 +36,33 @@ pub struct Config {
     /// The fleet repository, as agents reach it.
     pub repo_url: String,
     pub path_template: String,
-    /// `None` only together with `insecure`.
+    /// Names (DNS names or IPs) of the serving certificate the CA issues.
+    pub tls_names: Vec<String>,
+    /// Serve this certificate instead of one from the coordinator's CA.
     pub tls: Option<TlsFiles>,
+    /// How long agent certificates live.
+    pub cert_lifetime: Duration,
+    /// Plaintext gRPC and no certificates: local development only.
     pub insecure: bool,
 }
+
+impl Config {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, repo_url: String) -> Self {
+        Config {
+            listen,
+            data_dir,
+            repo_url,
+            path_template: ferry_proto::DEFAULT_PATH_TEMPLATE.into(),
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+            tls: None,
+            cert_lifetime: Duration::from_secs(30 * 86_400),
+            insecure: false,
+        }
+    }
+}
+
+/// The first admin token, written once to the data dir (owner-only).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// A running coordinator.
 pub struct Coordinator {
@@ -51,34 +75,52 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the store, binds, and starts serving in the background.
     pub async fn start(cfg: Config) -> Result<Coordinator> {
-        let tls = match (&cfg.tls, cfg.insecure) {
-            (Some(t), _) => {
-                let read = |p: &PathBuf| {
-                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-                };
-                let mut tls = ServerTlsConfig::new()
-                    .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
-                if let Some(ca) = &t.client_ca {
-                    tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-                }
-                Some(tls)
-            }
-            (None, true) => {
-                tracing::warn!(
-                    "serving PLAINTEXT gRPC (--insecure): anyone who can reach this port can pin clusters"
-                );
-                None
-            }
-            (None, false) => bail!(
-                "TLS is required: give --tls-cert and --tls-key (and --client-ca for mTLS), or --insecure for a plaintext dev setup"
-            ),
-        };
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", cfg.data_dir.display()))?;
+        }
         let store = Arc::new(
             Store::open(&cfg.data_dir)
                 .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
         );
+        if store.token_count()? == 0 {
+            let token = auth::new_secret("ferry-");
+            store.create_token(
+                &auth::hash(&token),
+                "bootstrap-admin",
+                "admin",
+                ferry_proto::now_unix_ms(),
+            )?;
+            let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+            pki::write_private(&path, &format!("{token}\n"))?;
+            tracing::info!(file = %path.display(), "wrote the bootstrap admin token");
+        }
+        let (tls, pki) = if cfg.insecure {
+            tracing::warn!(
+                "serving PLAINTEXT gRPC without certificates (--insecure): for local development only"
+            );
+            (None, None)
+        } else {
+            let pki = Arc::new(Pki::open(&cfg.data_dir, cfg.cert_lifetime)?);
+            let (cert, key) = match &cfg.tls {
+                Some(t) => (t.cert.clone(), t.key.clone()),
+                None => pki.serving(&cfg.data_dir, &cfg.tls_names)?,
+            };
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            // Client certificates are optional at the TLS layer: enrollment
+            // runs without one. AgentLink and Renew demand one themselves.
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(read(&cert)?, read(&key)?))
+                .client_ca_root(Certificate::from_pem(pki.ca_pem.as_bytes()))
+                .client_auth_optional(true)
+                .timeout(Duration::from_secs(10));
+            (Some(tls), Some(pki))
+        };
         let repo = Arc::new(Repo::new(
             cfg.repo_url.clone(),
             cfg.data_dir.join("repo.git"),
@@ -125,14 +167,30 @@ impl Coordinator {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(
-                AgentLinkServer::new(AgentLinkService { hub: hub.clone() })
-                    .max_decoding_message_size(4 << 20),
+                AgentLinkServer::new(AgentLinkService {
+                    hub: hub.clone(),
+                    insecure: cfg.insecure,
+                })
+                .max_decoding_message_size(4 << 20),
             )
-            .add_service(AdminServer::new(AdminService {
-                hub: hub.clone(),
-                repo,
-                driver: driver.clone(),
-            }));
+            .add_service(
+                EnrollmentServer::new(EnrollmentService {
+                    hub: hub.clone(),
+                    pki,
+                })
+                .max_decoding_message_size(64 << 10),
+            )
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                AdminServer::new(AdminService {
+                    hub: hub.clone(),
+                    repo,
+                    driver: driver.clone(),
+                })
+                .max_decoding_message_size(1 << 20),
+                Authenticate {
+                    store: hub.store.clone(),
+                },
+            ));
         tokio::spawn(driver.run(shutdown.clone()));
         let stop = shutdown.clone();
         let task = tokio::spawn(

@@ -2,16 +2,21 @@
 //! every error to a specific status code with a message naming the cluster,
 //! ref or commit.
 
+use crate::auth::{self, Role, require};
 use crate::driver::{self, Driver};
 use crate::hub::Hub;
+use crate::pki::Pki;
 use crate::repo::{self, Repo};
 use crate::store::{self, ClusterRecord, EventRecord, PinChange};
 use ferry_proto::v1::admin_server::Admin;
 use ferry_proto::v1::agent_link_server::AgentLink;
+use ferry_proto::v1::enrollment_server::Enrollment;
 use ferry_proto::v1::{
-    AgentMessage, Cluster, ControlRolloutRequest, CoordinatorMessage, Event, GetClusterRequest,
-    GetRolloutRequest, HistoryRequest, HistoryResponse, ListClustersRequest, ListClustersResponse,
-    ListRolloutsRequest, ListRolloutsResponse, PinRequest, PinResponse, Rollout, RolloutControl,
+    AddClusterRequest, AddClusterResponse, AgentMessage, Cluster, ControlRolloutRequest,
+    CoordinatorMessage, CreateTokenRequest, CreateTokenResponse, EnrollRequest, EnrollResponse,
+    Event, GetClusterRequest, GetRolloutRequest, HistoryRequest, HistoryResponse,
+    ListClustersRequest, ListClustersResponse, ListRolloutsRequest, ListRolloutsResponse,
+    PinRequest, PinResponse, RenewRequest, RevokeClusterRequest, Rollout, RolloutControl,
     SetClusterPathRequest, StartRolloutRequest, WatchEventsRequest, agent_message,
 };
 use ferry_proto::{now_unix_ms, validate_cluster_name};
@@ -39,6 +44,20 @@ fn store_status(e: store::Error) -> Status {
 
 pub struct AgentLinkService {
     pub hub: Arc<Hub>,
+    /// Plaintext dev mode: no certificates, so the Hello names the cluster.
+    pub insecure: bool,
+}
+
+/// The cluster a request's client certificate names (already verified
+/// against the coordinator's CA by TLS).
+fn peer_cluster<T>(req: &Request<T>) -> Result<String, Status> {
+    let certs = req.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate is required: enroll with a join token first")
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    crate::pki::cluster_of(leaf).map_err(|e| Status::unauthenticated(format!("{e:#}")))
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
@@ -51,6 +70,11 @@ impl AgentLink for AgentLinkService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let identity = if self.insecure {
+            None
+        } else {
+            Some(peer_cluster(&request)?)
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -65,18 +89,32 @@ impl AgentLink for AgentLinkService {
         };
         validate_cluster_name(&hello.cluster)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(id) = &identity {
+            if *id != hello.cluster {
+                tracing::warn!(certificate = %id, claimed = %hello.cluster, "refused: a cluster claimed another's name");
+                return Err(Status::permission_denied(format!(
+                    "this certificate belongs to cluster {id}, not {}",
+                    hello.cluster
+                )));
+            }
+        }
         let cluster = hello.cluster.clone();
         let labels: BTreeMap<String, String> = hello.labels.into_iter().collect();
         self.hub
             .store
             .hello(
                 &cluster,
-                &labels,
+                identity.is_none().then_some(&labels),
                 &hello.agent_version,
                 hello.status.as_ref(),
                 now_unix_ms(),
             )
-            .map_err(store_status)?;
+            .map_err(|e| match e {
+                store::Error::UnknownCluster(_) | store::Error::Revoked(_) => {
+                    Status::unauthenticated(e.to_string())
+                }
+                other => store_status(other),
+            })?;
         tracing::info!(cluster = %cluster, agent_version = %hello.agent_version, "agent connected");
 
         let (tx, rx) = mpsc::channel(16);
@@ -117,6 +155,79 @@ pub struct AdminService {
     pub hub: Arc<Hub>,
     pub repo: Arc<Repo>,
     pub driver: Arc<Driver>,
+}
+
+pub struct EnrollmentService {
+    pub hub: Arc<Hub>,
+    pub pki: Option<Arc<Pki>>,
+}
+
+impl EnrollmentService {
+    fn issue(&self, cluster: &str, csr_pem: &str) -> Result<EnrollResponse, Status> {
+        let pki = self.pki.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator runs without TLS (--insecure) and cannot enroll",
+            )
+        })?;
+        let issued = pki
+            .sign(cluster, csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        };
+        tracing::info!(
+            cluster,
+            not_after = ms(issued.not_after),
+            "issued a client certificate"
+        );
+        Ok(EnrollResponse {
+            cluster: cluster.to_string(),
+            cert_pem: issued.cert_pem,
+            ca_pem: pki.ca_pem.clone(),
+            not_before_unix_ms: ms(issued.not_before),
+            not_after_unix_ms: ms(issued.not_after),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let r = req.into_inner();
+        let cluster = self
+            .hub
+            .store
+            .redeem(&auth::hash(&r.join_token), now_unix_ms())
+            .map_err(|e| match e {
+                store::Error::JoinToken(_) | store::Error::Revoked(_) => {
+                    Status::unauthenticated(e.to_string())
+                }
+                other => store_status(other),
+            })?;
+        Ok(Response::new(self.issue(&cluster, &r.csr_pem)?))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let cluster = peer_cluster(&req)?;
+        if self
+            .hub
+            .store
+            .is_revoked(&cluster)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?
+        {
+            return Err(Status::unauthenticated(format!(
+                "cluster {cluster} is revoked"
+            )));
+        }
+        Ok(Response::new(
+            self.issue(&cluster, &req.into_inner().csr_pem)?,
+        ))
+    }
 }
 
 fn driver_status(e: driver::Error) -> Status {
@@ -166,22 +277,13 @@ impl AdminService {
     }
 }
 
-/// Who is acting: the `ferry-actor` metadata the CLI sends, or "anonymous".
-fn actor<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get("ferry-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or("anonymous")
-        .to_string()
-}
-
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn list_clusters(
         &self,
-        _req: Request<ListClustersRequest>,
+        req: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
+        require(&req, Role::Viewer, "listing clusters")?;
         let clusters = self.hub.store.clusters().map_err(store_status)?;
         Ok(Response::new(ListClustersResponse {
             clusters: clusters.into_iter().map(|c| self.to_proto(c)).collect(),
@@ -192,6 +294,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetClusterRequest>,
     ) -> Result<Response<Cluster>, Status> {
+        require(&req, Role::Viewer, "reading a cluster")?;
         let name = req.into_inner().name;
         match self.hub.store.cluster(&name).map_err(store_status)? {
             Some(c) => Ok(Response::new(self.to_proto(c))),
@@ -200,7 +303,7 @@ impl Admin for AdminService {
     }
 
     async fn pin(&self, req: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
-        let actor = actor(&req);
+        let actor = require(&req, Role::Operator, "pinning")?.name;
         let r = req.into_inner();
         if r.clusters.is_empty() {
             return Err(Status::invalid_argument("name at least one cluster to pin"));
@@ -258,6 +361,7 @@ impl Admin for AdminService {
         &self,
         req: Request<SetClusterPathRequest>,
     ) -> Result<Response<Cluster>, Status> {
+        require(&req, Role::Operator, "setting a path")?;
         let r = req.into_inner();
         let path = r.path.trim().trim_matches('/');
         if path.split('/').any(|s| s == ".." || s == ".") {
@@ -281,7 +385,7 @@ impl Admin for AdminService {
         &self,
         req: Request<StartRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
-        let actor = actor(&req);
+        let actor = require(&req, Role::Operator, "starting a rollout")?.name;
         let plan = req
             .into_inner()
             .plan
@@ -298,6 +402,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
+        require(&req, Role::Viewer, "reading a rollout")?;
         let id = req.into_inner().id;
         let r = if id.is_empty() {
             self.hub
@@ -315,8 +420,9 @@ impl Admin for AdminService {
 
     async fn list_rollouts(
         &self,
-        _req: Request<ListRolloutsRequest>,
+        req: Request<ListRolloutsRequest>,
     ) -> Result<Response<ListRolloutsResponse>, Status> {
+        require(&req, Role::Viewer, "listing rollouts")?;
         let rollouts = self.hub.store.rollouts(false).map_err(store_status)?;
         Ok(Response::new(ListRolloutsResponse {
             rollouts: rollouts.iter().map(driver::to_proto).collect(),
@@ -327,7 +433,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ControlRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
-        let actor = actor(&req);
+        let actor = require(&req, Role::Operator, "controlling a rollout")?.name;
         let r = req.into_inner();
         let control = RolloutControl::try_from(r.control).unwrap_or(RolloutControl::Unspecified);
         if control == RolloutControl::Unspecified {
@@ -349,6 +455,7 @@ impl Admin for AdminService {
         &self,
         req: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        require(&req, Role::Viewer, "watching events")?;
         let r = req.into_inner();
         let filter = (!r.rollout.is_empty()).then_some(r.rollout);
         // Subscribe before reading the backlog, so nothing falls between.
@@ -391,10 +498,99 @@ impl Admin for AdminService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn add_cluster(
+        &self,
+        req: Request<AddClusterRequest>,
+    ) -> Result<Response<AddClusterResponse>, Status> {
+        let caller = require(&req, Role::Admin, "adding a cluster")?;
+        let r = req.into_inner();
+        validate_cluster_name(&r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = if r.token_ttl_seconds <= 0 {
+            3600
+        } else {
+            r.token_ttl_seconds
+        };
+        let token = auth::new_secret("ferry-join-");
+        let expires = now_unix_ms() + ttl * 1000;
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        self.hub
+            .store
+            .add_cluster(
+                &r.name,
+                &labels,
+                &auth::hash(&token),
+                expires,
+                now_unix_ms(),
+            )
+            .map_err(store_status)?;
+        tracing::info!(cluster = %r.name, by = %caller.name, "cluster added; join token issued");
+        let c = self
+            .hub
+            .store
+            .cluster(&r.name)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::internal("the cluster vanished"))?;
+        Ok(Response::new(AddClusterResponse {
+            cluster: Some(self.to_proto(c)),
+            join_token: token,
+            expires_unix_ms: expires,
+        }))
+    }
+
+    async fn revoke_cluster(
+        &self,
+        req: Request<RevokeClusterRequest>,
+    ) -> Result<Response<Cluster>, Status> {
+        let caller = require(&req, Role::Admin, "revoking a cluster")?;
+        let name = req.into_inner().name;
+        self.hub
+            .store
+            .revoke(&name, now_unix_ms())
+            .map_err(store_status)?;
+        self.hub.close(&name);
+        tracing::warn!(cluster = %name, by = %caller.name, "cluster revoked; its session is closed");
+        let c = self
+            .hub
+            .store
+            .cluster(&name)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("unknown cluster {name:?}")))?;
+        Ok(Response::new(self.to_proto(c)))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let caller = require(&req, Role::Admin, "creating tokens")?;
+        let r = req.into_inner();
+        let role = Role::parse(&r.role).ok_or_else(|| {
+            Status::invalid_argument(format!("role {:?}: viewer, operator or admin", r.role))
+        })?;
+        if r.name.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "name the token (who or what it is for)",
+            ));
+        }
+        let token = auth::new_secret("ferry-");
+        self.hub
+            .store
+            .create_token(
+                &auth::hash(&token),
+                r.name.trim(),
+                role.as_str(),
+                now_unix_ms(),
+            )
+            .map_err(store_status)?;
+        tracing::info!(name = %r.name, role = role.as_str(), by = %caller.name, "API token created");
+        Ok(Response::new(CreateTokenResponse { token }))
+    }
+
     async fn history(
         &self,
         req: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
+        require(&req, Role::Viewer, "reading the ledger")?;
         let r = req.into_inner();
         let limit = if r.limit == 0 {
             100

@@ -29,6 +29,12 @@ pub enum Error {
         rollout: String,
         clusters: Vec<String>,
     },
+    /// A join token that is unknown, expired or already used.
+    #[error("the join token is {0}")]
+    JoinToken(&'static str),
+    /// A revoked cluster.
+    #[error("cluster {0:?} is revoked")]
+    Revoked(String),
     /// A rollout id that does not exist.
     #[error("unknown rollout {0:?}")]
     UnknownRollout(String),
@@ -95,6 +101,21 @@ CREATE TABLE events (
     actor TEXT NOT NULL
 );
 CREATE INDEX events_rollout ON events(rollout, id);
+"#,
+    r#"
+ALTER TABLE clusters ADD COLUMN revoked_ms INTEGER;
+CREATE TABLE join_tokens (
+    hash TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL REFERENCES clusters(name),
+    expires_ms INTEGER NOT NULL,
+    used_ms INTEGER
+);
+CREATE TABLE api_tokens (
+    hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -275,20 +296,22 @@ impl Store {
         tx.commit().map_err(db("migrate"))
     }
 
-    /// Records a Hello: creates the cluster on first sight, refreshes its
-    /// labels, agent version and state.
+    /// Records a Hello from an enrolled cluster: agent version and state.
+    /// Labels are the operator's (set by `cluster add`), never the agent's,
+    /// except in insecure dev mode where `declared` labels create the cluster.
     pub fn hello(
         &self,
         name: &str,
-        labels: &BTreeMap<String, String>,
+        declared: Option<&BTreeMap<String, String>>,
         agent_version: &str,
         status: Option<&StatusReport>,
         now_ms: i64,
     ) -> Result<()> {
-        let labels = serde_json::to_string(labels).expect("labels serialize");
         let status = status.map(Message::encode_to_vec);
-        self.conn()
-            .execute(
+        let conn = self.conn();
+        if let Some(labels) = declared {
+            let labels = serde_json::to_string(labels).expect("labels serialize");
+            conn.execute(
                 "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status)
                  VALUES (?1, ?2, ?3, ?4, ?4, ?5)
                  ON CONFLICT(name) DO UPDATE SET labels = ?2, agent_version = ?3, last_seen_ms = ?4,
@@ -296,7 +319,143 @@ impl Store {
                 params![name, labels, agent_version, now_ms, status],
             )
             .map_err(db("record hello"))?;
+            return Ok(());
+        }
+        let revoked: Option<Option<i64>> = conn
+            .query_row(
+                "SELECT revoked_ms FROM clusters WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("record hello"))?;
+        match revoked {
+            None => return Err(Error::UnknownCluster(name.to_string())),
+            Some(Some(_)) => return Err(Error::Revoked(name.to_string())),
+            Some(None) => {}
+        }
+        conn.execute(
+            "UPDATE clusters SET agent_version = ?2, last_seen_ms = ?3, status = COALESCE(?4, status) WHERE name = ?1",
+            params![name, agent_version, now_ms, status],
+        )
+        .map_err(db("record hello"))?;
         Ok(())
+    }
+
+    /// Creates (or re-admits) a cluster with its labels and a join token.
+    pub fn add_cluster(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        token_hash: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        let labels = serde_json::to_string(labels).expect("labels serialize");
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("add a cluster"))?;
+        tx.execute(
+            "INSERT INTO clusters (name, labels, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, 0)
+             ON CONFLICT(name) DO UPDATE SET labels = ?2, revoked_ms = NULL",
+            params![name, labels, now_ms],
+        )
+        .map_err(db("add a cluster"))?;
+        tx.execute(
+            "INSERT INTO join_tokens (hash, cluster, expires_ms) VALUES (?1, ?2, ?3)",
+            params![token_hash, name, expires_ms],
+        )
+        .map_err(db("store a join token"))?;
+        tx.commit().map_err(db("add a cluster"))
+    }
+
+    /// Uses a join token once; returns its cluster.
+    pub fn redeem(&self, token_hash: &str, now_ms: i64) -> Result<String> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("redeem a join token"))?;
+        let row: Option<(String, i64, Option<i64>, Option<i64>)> = tx
+            .query_row(
+                "SELECT t.cluster, t.expires_ms, t.used_ms, c.revoked_ms FROM join_tokens t
+                 JOIN clusters c ON c.name = t.cluster WHERE t.hash = ?1",
+                [token_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db("redeem a join token"))?;
+        let (cluster, expires, used, revoked) = row.ok_or(Error::JoinToken("unknown"))?;
+        if used.is_some() {
+            return Err(Error::JoinToken("already used"));
+        }
+        if expires < now_ms {
+            return Err(Error::JoinToken("expired"));
+        }
+        if revoked.is_some() {
+            return Err(Error::Revoked(cluster));
+        }
+        tx.execute(
+            "UPDATE join_tokens SET used_ms = ?2 WHERE hash = ?1",
+            params![token_hash, now_ms],
+        )
+        .map_err(db("redeem a join token"))?;
+        tx.commit().map_err(db("redeem a join token"))?;
+        Ok(cluster)
+    }
+
+    pub fn revoke(&self, name: &str, now_ms: i64) -> Result<()> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE clusters SET revoked_ms = ?2 WHERE name = ?1",
+                params![name, now_ms],
+            )
+            .map_err(db("revoke a cluster"))?;
+        if n == 0 {
+            return Err(Error::UnknownCluster(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn is_revoked(&self, name: &str) -> Result<bool> {
+        let r: Option<Option<i64>> = self
+            .conn()
+            .query_row(
+                "SELECT revoked_ms FROM clusters WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("read a cluster"))?;
+        match r {
+            None => Err(Error::UnknownCluster(name.to_string())),
+            Some(v) => Ok(v.is_some()),
+        }
+    }
+
+    pub fn create_token(&self, hash: &str, name: &str, role: &str, now_ms: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO api_tokens (hash, name, role, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![hash, name, role, now_ms],
+            )
+            .map_err(db("store a token"))?;
+        Ok(())
+    }
+
+    /// (name, role) of a token, by its hash.
+    pub fn token(&self, hash: &str) -> Result<Option<(String, String)>> {
+        self.conn()
+            .query_row(
+                "SELECT name, role FROM api_tokens WHERE hash = ?1",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("read a token"))
+    }
+
+    pub fn token_count(&self) -> Result<i64> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM api_tokens", [], |r| r.get(0))
+            .map_err(db("count tokens"))
     }
 
     /// Stores a cluster's latest full status.
@@ -621,7 +780,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.hello("a", &BTreeMap::new(), "v", None, 1).unwrap();
+            s.hello("a", Some(&BTreeMap::new()), "v", None, 1).unwrap();
             let names = vec!["a".to_string()];
             fn change<'a>(names: &'a [String], c: &'a Commit) -> PinChange<'a> {
                 PinChange {
@@ -652,7 +811,7 @@ mod tests {
     fn pin_is_all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.hello("a", &BTreeMap::new(), "v", None, 1).unwrap();
+        s.hello("a", Some(&BTreeMap::new()), "v", None, 1).unwrap();
         let names = vec!["a".to_string(), "ghost".to_string()];
         let err = s
             .pin(

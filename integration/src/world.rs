@@ -4,11 +4,10 @@
 //! emulated cluster (a kube-emulator) with its agent per cluster.
 
 use anyhow::{Context, Result, bail};
-use ferry_coordinator::{Config as CoordinatorConfig, Coordinator, TlsFiles};
+use ferry_coordinator::{Config as CoordinatorConfig, Coordinator};
 use ferry_proto::DialConfig;
 use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{Cluster, GetClusterRequest, Health, Phase};
-use kube_emulator::tls::Ca;
 use kube_emulator::{Config as EmulatorConfig, Controllers, Emulator};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -16,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("git")
@@ -157,53 +155,14 @@ impl Drop for GitServer {
     }
 }
 
-/// A CA and the certificates of one world, written to files.
-pub struct Pki {
-    pub ca: Ca,
-    pub dir: PathBuf,
-}
-
-/// A certificate and key on disk.
-#[derive(Clone, Debug)]
-pub struct CertFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl Pki {
-    pub fn new(dir: &Path) -> Result<Pki> {
-        std::fs::create_dir_all(dir)?;
-        let ca = Ca::new("ferry-test-ca")?;
-        std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
-        Ok(Pki {
-            ca,
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    pub fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// Issues and writes a certificate named `name`.
-    pub fn issue(&self, name: &str, sans: &[&str], client: bool) -> Result<CertFiles> {
-        let leaf = self.ca.issue(name, sans, client)?;
-        let files = CertFiles {
-            cert: self.dir.join(format!("{name}.pem")),
-            key: self.dir.join(format!("{name}-key.pem")),
-        };
-        std::fs::write(&files.cert, leaf.cert_pem)?;
-        std::fs::write(&files.key, leaf.key_pem)?;
-        Ok(files)
-    }
-}
-
 /// One emulated cluster and its agent.
 pub struct ClusterHandle {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub emulator: Emulator,
     pub kubeconfig: PathBuf,
+    /// The one-time join token `ferry cluster add` gave this cluster.
+    pub join_token: String,
     pub agent: Option<(CancellationToken, tokio::task::JoinHandle<Result<()>>)>,
 }
 
@@ -229,6 +188,8 @@ pub struct WorldConfig {
     pub ready_delay: Duration,
     /// The agents' drift check interval.
     pub resync: Duration,
+    /// How long agent certificates live.
+    pub cert_lifetime: Duration,
 }
 
 impl Default for WorldConfig {
@@ -238,6 +199,7 @@ impl Default for WorldConfig {
             path_template: ferry_proto::DEFAULT_PATH_TEMPLATE.into(),
             ready_delay: Duration::from_millis(200),
             resync: Duration::from_secs(5),
+            cert_lifetime: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -245,15 +207,15 @@ impl Default for WorldConfig {
 pub struct World {
     pub dir: PathBuf,
     pub git: GitServer,
+    /// The coordinator's CA (from its data dir) and bootstrap admin token.
+    pub ca_file: PathBuf,
+    pub admin_token: String,
     /// The repository URL the coordinator hands to agents.
     pub repo_url: String,
     /// Keeps the http:// Git server alive as long as the world.
     _http: Option<crate::githttp::HttpGit>,
-    pub pki: Pki,
     pub coordinator: Option<Coordinator>,
     pub coordinator_addr: SocketAddr,
-    pub server_cert: CertFiles,
-    pub operator: CertFiles,
     pub clusters: Vec<ClusterHandle>,
     pub cfg: WorldConfig,
 }
@@ -263,9 +225,6 @@ impl World {
     pub async fn start(dir: &Path, cfg: WorldConfig) -> Result<World> {
         crate::harness::init_crypto();
         let git = GitServer::start(&dir.join("git"))?;
-        let pki = Pki::new(&dir.join("pki"))?;
-        let server_cert = pki.issue("coordinator", &["localhost", "127.0.0.1"], false)?;
-        let operator = pki.issue("operator", &["operator"], true)?;
         let mut http = None;
         let repo_url = match cfg.transport {
             Transport::GitDaemon => git.url.clone(),
@@ -284,33 +243,36 @@ impl World {
         let mut world = World {
             dir: dir.to_path_buf(),
             git,
+            ca_file: dir.join("coordinator").join("ca.pem"),
+            admin_token: String::new(),
             repo_url,
             _http: http,
-            pki,
             coordinator: None,
             coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            server_cert,
-            operator,
             clusters: vec![],
             cfg,
         };
         world.start_coordinator().await?;
+        world.admin_token = std::fs::read_to_string(
+            world
+                .dir
+                .join("coordinator")
+                .join(ferry_coordinator::server::ADMIN_TOKEN_FILE),
+        )?
+        .trim()
+        .to_string();
         Ok(world)
     }
 
     fn coordinator_config(&self) -> CoordinatorConfig {
-        CoordinatorConfig {
-            listen: self.coordinator_addr,
-            data_dir: self.dir.join("coordinator"),
-            repo_url: self.repo_url.clone(),
-            path_template: self.cfg.path_template.clone(),
-            tls: Some(TlsFiles {
-                cert: self.server_cert.cert.clone(),
-                key: self.server_cert.key.clone(),
-                client_ca: Some(self.pki.ca_file()),
-            }),
-            insecure: false,
-        }
+        let mut cfg = CoordinatorConfig::new(
+            self.coordinator_addr,
+            self.dir.join("coordinator"),
+            self.repo_url.clone(),
+        );
+        cfg.path_template = self.cfg.path_template.clone();
+        cfg.cert_lifetime = self.cfg.cert_lifetime;
+        cfg
     }
 
     /// (Re)starts the coordinator on its data dir, on the same port as before.
@@ -343,28 +305,24 @@ impl World {
         format!("https://{}", self.coordinator_addr)
     }
 
-    /// Dial settings of the operator (CLI) identity.
+    /// Dial settings of operators: verify the coordinator; no client certificate.
     pub fn operator_dial(&self) -> DialConfig {
         DialConfig {
             addr: self.addr(),
-            ca: Some(self.pki.ca_file()),
-            cert: Some(self.operator.cert.clone()),
-            key: Some(self.operator.key.clone()),
-            insecure: false,
+            ca: Some(self.ca_file.clone()),
+            ..DialConfig::default()
         }
     }
 
-    /// The `ferry` CLI's global flags for this world.
+    /// The `ferry` CLI's global flags for this world (as the bootstrap admin).
     pub fn cli_flags(&self) -> Vec<String> {
         vec![
             "--addr".into(),
             self.addr(),
             "--ca".into(),
-            self.pki.ca_file().display().to_string(),
-            "--cert".into(),
-            self.operator.cert.display().to_string(),
-            "--key".into(),
-            self.operator.key.display().to_string(),
+            self.ca_file.display().to_string(),
+            "--token".into(),
+            self.admin_token.clone(),
         ]
     }
 
@@ -377,9 +335,18 @@ impl World {
         ferry_coordinator::cli::execute(parsed).await
     }
 
-    pub async fn admin(&self) -> Result<AdminClient<Channel>> {
+    /// An Admin client acting with `token`.
+    pub async fn admin_as(&self, token: &str) -> Result<ferry_coordinator::cli::Admin> {
         let channel = self.operator_dial().endpoint()?.connect().await?;
-        Ok(AdminClient::new(channel))
+        Ok(AdminClient::with_interceptor(
+            channel,
+            ferry_proto::Bearer::new(token)?,
+        ))
+    }
+
+    /// An Admin client acting as the bootstrap admin.
+    pub async fn admin(&self) -> Result<ferry_coordinator::cli::Admin> {
+        self.admin_as(&self.admin_token).await
     }
 
     /// Adds an emulated cluster and starts its agent.
@@ -393,8 +360,21 @@ impl World {
         .await?;
         let kubeconfig = self.dir.join(format!("{name}.kubeconfig"));
         emulator.write_kubeconfig(&kubeconfig)?;
-        self.pki.issue(name, &[name], true)?;
+        let added = self
+            .admin()
+            .await?
+            .add_cluster(ferry_proto::v1::AddClusterRequest {
+                name: name.to_string(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                token_ttl_seconds: 600,
+            })
+            .await?
+            .into_inner();
         self.clusters.push(ClusterHandle {
+            join_token: added.join_token,
             name: name.to_string(),
             labels: labels
                 .iter()
@@ -413,10 +393,8 @@ impl World {
         let c = &self.clusters[i];
         let dial = DialConfig {
             addr: self.addr(),
-            ca: Some(self.pki.ca_file()),
-            cert: Some(self.pki.dir.join(format!("{}.pem", c.name))),
-            key: Some(self.pki.dir.join(format!("{}-key.pem", c.name))),
-            insecure: false,
+            ca: Some(self.ca_file.clone()),
+            ..DialConfig::default()
         };
         let mut cfg =
             ferry_agent::Config::new(c.name.clone(), dial, self.dir.join("cache").join(&c.name));
@@ -426,6 +404,7 @@ impl World {
         cfg.health_poll = Duration::from_millis(200);
         cfg.min_backoff = Duration::from_millis(100);
         cfg.max_backoff = Duration::from_secs(2);
+        cfg.join_token = Some(c.join_token.clone());
         cfg
     }
 

@@ -36,6 +36,8 @@ pub struct DialConfig {
     /// Client certificate and key for mTLS.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Client certificate and key (PEM) held in memory; preferred over files.
+    pub identity: Option<(String, String)>,
     /// Allow plaintext `http://`.
     pub insecure: bool,
 }
@@ -70,7 +72,9 @@ impl DialConfig {
                 let mut tls = ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(read(ca)?))
                     .domain_name(uri.host().unwrap_or("localhost").to_string());
-                if let (Some(c), Some(k)) = (&self.cert, &self.key) {
+                if let Some((c, k)) = &self.identity {
+                    tls = tls.identity(Identity::from_pem(c, k));
+                } else if let (Some(c), Some(k)) = (&self.cert, &self.key) {
                     tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
                 }
                 ep = ep.tls_config(tls).map_err(|e| bad(&e))?;
@@ -84,5 +88,35 @@ impl DialConfig {
             }
         }
         Ok(ep)
+    }
+}
+
+/// Adds `authorization: Bearer TOKEN` to every request (Admin API).
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// A bearer token; an empty one adds nothing.
+    pub fn new(token: &str) -> Result<Self, DialError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Ok(Bearer(None));
+        }
+        let v = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| DialError::Address {
+                addr: String::new(),
+                message: "the API token has characters a header cannot carry".into(),
+            })?;
+        Ok(Bearer(Some(v)))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
     }
 }

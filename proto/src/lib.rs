@@ -13,6 +13,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferr
 mod client;
 mod domain;
 mod selector;
-pub use client::{DialConfig, DialError};
+pub use client::{Bearer, DialConfig, DialError};
 pub use domain::*;
 pub use selector::LabelSelector;

@@ -462,6 +462,7 @@ impl Store {
         now: &str,
         dry_run: bool,
     ) -> Result<Value> {
+        fold_string_data(rt, &mut body);
         let m = meta_mut(&mut body);
         m.insert("uid".into(), uid().into());
         m.insert("creationTimestamp".into(), now.into());
@@ -670,6 +671,7 @@ impl Store {
         update_by: Option<(&str, Option<&str>)>,
         dry_run: bool,
     ) -> Result<Value> {
+        fold_string_data(rt, &mut new);
         let now = now_rfc3339();
         // Server-owned metadata survives whatever the client sent.
         {
@@ -897,6 +899,29 @@ impl Store {
             self.objects.insert(p.key.clone(), obj.clone());
             self.emit(&rt, &p.key.1, "MODIFIED", obj);
         }
+    }
+}
+
+/// A Secret's write-only `stringData` is folded into `data` (base64), as
+/// the real API server does.
+fn fold_string_data(rt: &ResourceType, obj: &mut Value) {
+    use base64::Engine;
+    if !(rt.group.is_empty() && rt.kind == "Secret") {
+        return;
+    }
+    let Some(m) = obj.as_object_mut() else { return };
+    let Some(Value::Object(sd)) = m.remove("stringData") else {
+        return;
+    };
+    let data = m.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (k, v) in sd {
+        let text = v.as_str().unwrap_or_default().to_string();
+        data[k] = base64::engine::general_purpose::STANDARD
+            .encode(text)
+            .into();
     }
 }
 

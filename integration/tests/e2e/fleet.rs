@@ -407,11 +407,9 @@ async fn grpcurl_lists_and_calls_the_coordinator() {
     let grpcurl = |args: Vec<String>| {
         let mut all = vec![
             "-cacert".to_string(),
-            world.pki.ca_file().display().to_string(),
-            "-cert".into(),
-            world.operator.cert.display().to_string(),
-            "-key".into(),
-            world.operator.key.display().to_string(),
+            world.ca_file.display().to_string(),
+            "-H".into(),
+            format!("authorization: Bearer {}", world.admin_token),
         ];
         all.extend(args);
         let out = std::process::Command::new(ferry_integration::harness::tool("grpcurl"))
