@@ -37,6 +37,7 @@ pub struct Identity {
     pub cert_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
+    /// When the certificate was received (Unix ms).
     pub not_before_ms: i64,
     pub not_after_ms: i64,
 }
@@ -63,11 +64,14 @@ fn request(cluster: &str) -> Result<(String, String)> {
 }
 
 fn identity(r: EnrollResponse, key_pem: String) -> Identity {
+    // Renewal counts from when the certificate arrived: its notBefore is
+    // backdated for clock skew, which would pull renewal forward.
+    let received = ferry_proto::now_unix_ms();
     Identity {
         cert_pem: r.cert_pem,
         key_pem,
         ca_pem: r.ca_pem,
-        not_before_ms: r.not_before_unix_ms,
+        not_before_ms: received.max(r.not_before_unix_ms),
         not_after_ms: r.not_after_unix_ms,
     }
 }

@@ -29,6 +29,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Status reports (and heartbeats) accepted per second from one agent.
+const STATUS_RATE: f64 = 20.0;
+
 /// How long an agent has to say Hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -89,14 +92,14 @@ impl AgentLink for AgentLinkService {
         };
         validate_cluster_name(&hello.cluster)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if let Some(id) = &identity {
-            if *id != hello.cluster {
-                tracing::warn!(certificate = %id, claimed = %hello.cluster, "refused: a cluster claimed another's name");
-                return Err(Status::permission_denied(format!(
-                    "this certificate belongs to cluster {id}, not {}",
-                    hello.cluster
-                )));
-            }
+        if let Some(id) = &identity
+            && *id != hello.cluster
+        {
+            tracing::warn!(certificate = %id, claimed = %hello.cluster, "refused: a cluster claimed another's name");
+            return Err(Status::permission_denied(format!(
+                "this certificate belongs to cluster {id}, not {}",
+                hello.cluster
+            )));
         }
         let cluster = hello.cluster.clone();
         let labels: BTreeMap<String, String> = hello.labels.into_iter().collect();
@@ -123,7 +126,22 @@ impl AgentLink for AgentLinkService {
 
         let hub = self.hub.clone();
         tokio::spawn(async move {
+            // At most STATUS_RATE reports a second per agent (bursts of that
+            // many): past it the reader pauses, so HTTP/2 flow control pushes
+            // back and the agent's reports coalesce; no state is lost.
+            let mut allowance = STATUS_RATE;
+            let mut last = tokio::time::Instant::now();
             loop {
+                let now = tokio::time::Instant::now();
+                allowance = (allowance + now.duration_since(last).as_secs_f64() * STATUS_RATE)
+                    .min(STATUS_RATE);
+                last = now;
+                if allowance < 1.0 {
+                    tokio::time::sleep(Duration::from_secs_f64((1.0 - allowance) / STATUS_RATE))
+                        .await;
+                    continue;
+                }
+                allowance -= 1.0;
                 match inbound.message().await {
                     Ok(Some(AgentMessage {
                         msg: Some(agent_message::Msg::Status(report)),

@@ -278,7 +278,10 @@ async fn run(args: Args) -> Result<()> {
     };
     view.say(format!("Ferry sandbox in {}", dir.display()));
     view.say(format!("  git daemon serving {}", world.git.url));
-    view.say(format!("  coordinator (mTLS, SQLite) on {}", world.addr()));
+    view.say(format!(
+        "  coordinator (own CA, mTLS, tokens, SQLite) on {}",
+        world.addr()
+    ));
 
     let first = commit_all(&world, "storefront 1.0 everywhere", "1.0")?;
     view.say(format!("  committed {} (storefront 1.0)", &first[..8]));
@@ -355,8 +358,10 @@ async fn run(args: Args) -> Result<()> {
     let flags = world.cli_flags();
     println!("\nThe sandbox keeps running (Ctrl-C stops it). Try, in another terminal:\n");
     println!(
-        "  export FERRY_ADDR={} FERRY_CA={} FERRY_CERT={} FERRY_KEY={}",
-        flags[1], flags[3], flags[5], flags[7]
+        "  export FERRY_ADDR={} FERRY_CA={} FERRY_TOKEN_FILE={}",
+        flags[1],
+        flags[3],
+        dir.join("coordinator/admin-token").display()
     );
     println!("  cargo run -q --bin ferry -- clusters");
     println!("  cargo run -q --bin ferry -- cluster show eu-1");

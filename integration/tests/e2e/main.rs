@@ -3,3 +3,4 @@
 mod emulator;
 mod fleet;
 mod rollouts;
+mod security;
