@@ -108,6 +108,18 @@ fn restored(s: &SavedAssignment) -> Assignment {
     }
 }
 
+/// Problems as the wire carries them.
+fn wire(problems: Vec<render::Problem>) -> Vec<ObjectProblem> {
+    problems
+        .into_iter()
+        .map(|p| ObjectProblem {
+            object: p.object,
+            source: p.source,
+            message: p.message,
+        })
+        .collect()
+}
+
 /// Two reports that differ only in their timestamps say the same thing.
 fn same_report(a: &StatusReport, b: &StatusReport) -> bool {
     let strip = |r: &StatusReport| StatusReport {
@@ -214,14 +226,7 @@ impl Agent {
                         commit.short(),
                         a.path
                     );
-                    let problems = problems
-                        .into_iter()
-                        .map(|p| ObjectProblem {
-                            object: p.object,
-                            source: p.source,
-                            message: p.message,
-                        })
-                        .collect();
+                    let problems = wire(problems);
                     return Self::failed(message, problems);
                 }
             }
@@ -261,14 +266,7 @@ impl Agent {
                     problems.len(),
                     commit.short()
                 );
-                let problems = problems
-                    .into_iter()
-                    .map(|p| ObjectProblem {
-                        object: p.object,
-                        source: p.source,
-                        message: p.message,
-                    })
-                    .collect();
+                let problems = wire(problems);
                 Self::failed(message, problems)
             }
             Err(e) => Self::failed(e.to_string(), vec![]),

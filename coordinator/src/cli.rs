@@ -268,17 +268,7 @@ pub async fn execute(args: Args) -> Result<String> {
                 .map_err(status)?
                 .into_inner()
                 .clusters;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &list.iter().map(cluster_json).collect::<Vec<_>>()
-                    )?
-                )?;
-            } else {
-                write!(out, "{}", clusters_table(&list))?;
-            }
+            out.push_str(&listing(json, &list, cluster_json, clusters_table)?);
         }
         Command::Cluster(ClusterCommand::Show { name }) => {
             let c = client
@@ -433,20 +423,24 @@ pub async fn execute(args: Args) -> Result<String> {
                 .map_err(status)?
                 .into_inner()
                 .entries;
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &entries.iter().map(ledger_json).collect::<Vec<_>>()
-                    )?
-                )?;
-            } else {
-                write!(out, "{}", history_table(&entries))?;
-            }
+            out.push_str(&listing(json, &entries, ledger_json, history_table)?);
         }
     }
     Ok(out)
+}
+
+/// A listing as a table, or as a JSON array with `-o json`.
+fn listing<T>(
+    json: bool,
+    items: &[T],
+    to_json: fn(&T) -> Value,
+    to_table: fn(&[T]) -> String,
+) -> Result<String> {
+    if json {
+        Ok(serde_json::to_string_pretty(&items.iter().map(to_json).collect::<Vec<_>>())? + "\n")
+    } else {
+        Ok(to_table(items))
+    }
 }
 
 /// A gRPC error as the message the coordinator gave, for humans.
