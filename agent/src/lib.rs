@@ -47,6 +47,8 @@ pub struct Config {
     pub max_backoff: Duration,
     /// A one-time join token, used when the cluster has no identity yet.
     pub join_token: Option<String>,
+    /// The command that builds a kustomization, given its directory last.
+    pub kustomize: Vec<String>,
 }
 
 impl Config {
@@ -65,7 +67,21 @@ impl Config {
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
             join_token: None,
+            kustomize: default_kustomize(),
         }
+    }
+}
+
+/// `kustomize build` if kustomize is on PATH, else `kubectl kustomize`.
+pub fn default_kustomize() -> Vec<String> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    if on_path("kustomize") {
+        vec!["kustomize".into(), "build".into()]
+    } else {
+        vec!["kubectl".into(), "kustomize".into()]
     }
 }
 
@@ -217,6 +233,17 @@ impl Agent {
                     Ok(Err(e)) => return Self::failed(e.to_string(), vec![]),
                     Err(e) => return Self::failed(format!("reading Git: {e}"), vec![]),
                 };
+            let files = if render::is_kustomization(&files) {
+                match self.kustomize(a, &commit).await {
+                    Ok(f) => vec![f],
+                    Err(p) => {
+                        let message = format!("{} at {}: nothing was applied", p, commit.short());
+                        return Self::failed(message, wire(vec![p]));
+                    }
+                }
+            } else {
+                files
+            };
             match render::render(&files) {
                 Ok(objects) => self.rendered = Some((key, objects)),
                 Err(problems) => {
@@ -270,6 +297,38 @@ impl Agent {
                 Self::failed(message, problems)
             }
             Err(e) => Self::failed(e.to_string(), vec![]),
+        }
+    }
+
+    /// Builds the assignment's kustomization from an export of the tree.
+    async fn kustomize(
+        &self,
+        a: &Assignment,
+        commit: &Commit,
+    ) -> Result<source::File, render::Problem> {
+        let source = self.source.clone();
+        let command = self.cfg.kustomize.clone();
+        let (url, path, c) = (a.repo_url.clone(), a.path.clone(), commit.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            source
+                .export(&url, &c, dir.path())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(render::kustomize(&command, &dir.path().join(&path), &path))
+        })
+        .await;
+        match built {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(render::Problem {
+                source: format!("kustomize build {}", a.path),
+                object: String::new(),
+                message: e,
+            }),
+            Err(e) => Err(render::Problem {
+                source: format!("kustomize build {}", a.path),
+                object: String::new(),
+                message: e.to_string(),
+            }),
         }
     }
 

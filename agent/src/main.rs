@@ -48,6 +48,10 @@ struct Args {
     /// Allow a plaintext http:// coordinator. For local development only.
     #[arg(long, env = "FERRY_INSECURE")]
     insecure: bool,
+    /// The command that builds a kustomization (its directory is appended),
+    /// e.g. "kustomize build" or "kubectl kustomize".
+    #[arg(long, env = "FERRY_KUSTOMIZE")]
+    kustomize: Option<String>,
     /// Seconds between drift checks of a converged cluster.
     #[arg(long, env = "FERRY_RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
@@ -82,6 +86,9 @@ fn config(args: Args) -> Result<Config, String> {
     cfg.namespace = args.namespace;
     cfg.resync = Duration::from_secs(args.resync_seconds.max(1));
     cfg.join_token = join_token;
+    if let Some(k) = args.kustomize {
+        cfg.kustomize = k.split_whitespace().map(str::to_string).collect();
+    }
     Ok(cfg)
 }
 

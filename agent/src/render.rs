@@ -6,6 +6,10 @@
 //! whose name starts with `.`. YAML files may hold several documents
 //! separated by `---`; empty documents are skipped; a `List` is expanded.
 //! Every error names the file and the document (counted from 1).
+//!
+//! A directory with a `kustomization.yaml` (`.yml`, `Kustomization`) at its
+//! root is built by an external kustomize instead (the whole repository
+//! tree at the commit is exported, so overlays can reach their bases).
 
 use crate::source::File;
 use serde_json::Value;
@@ -87,6 +91,50 @@ impl fmt::Display for Problem {
             write!(f, "{} ({}): {}", self.source, self.object, self.message)
         }
     }
+}
+
+/// Whether the directory is a kustomization (a kustomization file at its root).
+pub fn is_kustomization(files: &[File]) -> bool {
+    files.iter().any(|f| {
+        matches!(
+            f.path.as_str(),
+            "kustomization.yaml" | "kustomization.yml" | "Kustomization"
+        )
+    })
+}
+
+/// Runs `kustomize` (the command, then the directory) and returns its output
+/// as one YAML file named after the build.
+pub fn kustomize(command: &[String], dir: &std::path::Path, label: &str) -> Result<File, Problem> {
+    let problem = |message: String| Problem {
+        source: format!("kustomize build {label}"),
+        object: String::new(),
+        message,
+    };
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| problem("no kustomize command is configured".into()))?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .arg(dir)
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                problem(format!(
+                    "{program} not found: install kustomize (or kubectl), or set --kustomize"
+                ))
+            } else {
+                problem(format!("running {program}: {e}"))
+            }
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(problem(format!("failed: {}", err.trim())));
+    }
+    Ok(File {
+        path: format!("kustomize build {label}.yaml"),
+        data: out.stdout,
+    })
 }
 
 fn counts(path: &str) -> bool {

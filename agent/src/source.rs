@@ -155,6 +155,27 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Writes the whole tree at `commit` below `dest` (for kustomize, whose
+    /// overlays reach outside the cluster's directory).
+    pub fn export(&self, url: &str, commit: &Commit, dest: &Path) -> Result<()> {
+        let (files, _) = self.files(url, commit, "")?;
+        for f in files {
+            let p = dest.join(&f.path);
+            let io = |e: std::io::Error| Error::Read {
+                what: f.path.clone(),
+                commit: commit.to_string(),
+                message: e.to_string(),
+            };
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            std::fs::write(&p, &f.data).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
 fn walk(
     repo: &gix::Repository,
     tree: gix::Tree<'_>,

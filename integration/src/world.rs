@@ -405,11 +405,20 @@ impl World {
         cfg.min_backoff = Duration::from_millis(100);
         cfg.max_backoff = Duration::from_secs(2);
         cfg.join_token = Some(c.join_token.clone());
+        cfg.kustomize = vec![
+            crate::harness::kubectl().display().to_string(),
+            "kustomize".into(),
+        ];
         cfg
     }
 
     pub fn start_agent(&mut self, i: usize) {
         let cfg = self.agent_config(i);
+        self.start_agent_with(i, cfg);
+    }
+
+    /// Starts cluster `i`'s agent with a config of the caller's.
+    pub fn start_agent_with(&mut self, i: usize, cfg: ferry_agent::Config) {
         let token = CancellationToken::new();
         let task = tokio::spawn(ferry_agent::run(cfg, token.clone()));
         self.clusters[i].agent = Some((token, task));

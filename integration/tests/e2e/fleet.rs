@@ -483,3 +483,78 @@ async fn every_git_transport_works() {
         assert!(world.repo_url.contains("http://") || transport != Transport::Http);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kustomize_overlays_are_built_and_failures_named() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  version: \"1\"\n";
+    let a = world
+        .git
+        .commit(
+            "A",
+            &[
+                ("base/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+                ("base/cm.yaml", Some(cm)),
+                ("clusters/k1/kustomization.yaml", Some("resources:\n- ../../base\nnamePrefix: k1-\nlabels:\n- pairs:\n    cluster: k1\n")),
+                ("clusters/k2/kustomization.yaml", Some("resources:\n- ../../base\n")),
+            ],
+        )
+        .unwrap();
+    world.add_cluster("k1", &[]).await.unwrap();
+    // k2's agent has no kustomize binary: a clear error, not a silent skip.
+    world.add_cluster("k2", &[]).await.unwrap();
+    world.stop_agent(1).await.unwrap();
+    let mut k2 = world.agent_config(1);
+    k2.kustomize = vec!["/nonexistent/kustomize".into(), "build".into()];
+    world.start_agent_with(1, k2);
+    world.wait_connected(&["k1", "k2"]).await;
+    pin(&world, &["k1", "k2"], &a).await.unwrap();
+    world.wait_healthy_at("k1", &a).await;
+    let built = world
+        .emulator("k1")
+        .object("", "configmaps", Some("default"), "k1-settings")
+        .expect("the overlay's object");
+    assert_eq!(built["metadata"]["labels"]["cluster"], "k1");
+    let k2_status = eventually("k2 fails without kustomize", || async {
+        let s = world.cluster("k2").await.ok()?.status?;
+        (s.phase == Phase::Failed as i32).then_some(s)
+    })
+    .await;
+    assert!(
+        k2_status.message.contains("kustomize") && k2_status.message.contains("not found"),
+        "{}",
+        k2_status.message
+    );
+
+    // A broken overlay fails, naming the build, and changes nothing.
+    let b = world
+        .git
+        .commit(
+            "B",
+            &[(
+                "clusters/k1/kustomization.yaml",
+                Some("resources:\n- ../../missing\n"),
+            )],
+        )
+        .unwrap();
+    let writes = world.emulator("k1").writes();
+    pin(&world, &["k1"], &b).await.unwrap();
+    let failed = eventually("k1 fails on a broken overlay", || async {
+        let s = world.cluster("k1").await.ok()?.status?;
+        (s.target_commit == b && s.phase == Phase::Failed as i32).then_some(s)
+    })
+    .await;
+    assert!(
+        failed
+            .problems
+            .iter()
+            .any(|p| p.source == "kustomize build clusters/k1"),
+        "{:?}",
+        failed.problems
+    );
+    assert_eq!(world.emulator("k1").writes(), writes);
+}
