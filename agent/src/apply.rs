@@ -23,6 +23,9 @@ pub const MANAGER: &str = "ferry";
 pub const OWNER_LABEL: &str = "ferry.dev/owner";
 /// `ferry.dev/prune: "false"` keeps an object when it leaves Git.
 pub const PRUNE_ANNOTATION: &str = "ferry.dev/prune";
+/// `ferry.dev/wave: "N"` splits a directory into waves applied in order,
+/// each once the earlier ones are healthy.
+pub const WAVE_ANNOTATION: &str = "ferry.dev/wave";
 /// The ConfigMap (in the agent's namespace) holding assignment and inventory.
 pub const STATE_NAME: &str = "ferry-agent-state";
 
@@ -130,6 +133,8 @@ pub struct Applier {
     saved: Option<State>,
     /// The largest share of the inventory one sync may prune.
     pub prune_share_percent: u32,
+    /// How long one wave may take to become healthy before the sync fails.
+    pub wave_timeout: Duration,
 }
 
 fn rank(kind: &str, group: &str, namespaced: bool) -> u8 {
@@ -189,6 +194,7 @@ impl Applier {
             kinds: HashMap::new(),
             saved: None,
             prune_share_percent: 50,
+            wave_timeout: Duration::from_secs(300),
         }
     }
 
@@ -334,6 +340,7 @@ impl Applier {
             kind: Option<Kind>,
             namespaced: bool,
             hash: String,
+            wave: i64,
         }
         let mut planned = vec![];
         let mut problems = vec![];
@@ -357,6 +364,23 @@ impl Applier {
                     });
                     continue;
                 }
+            };
+            let wave = match o.value.pointer(&format!(
+                "/metadata/annotations/{}",
+                WAVE_ANNOTATION.replace('/', "~1")
+            )) {
+                None => 0,
+                Some(v) => match v.as_str().and_then(|s| s.trim().parse::<i64>().ok()) {
+                    Some(w) => w,
+                    None => {
+                        problems.push(Problem {
+                            source: o.source.clone(),
+                            object: o.reference().to_string(),
+                            message: format!("{WAVE_ANNOTATION} must be a whole number, not {v}"),
+                        });
+                        continue;
+                    }
+                },
             };
             let mut value = o.value.clone();
             let meta = value["metadata"]
@@ -382,12 +406,13 @@ impl Applier {
                 kind,
                 namespaced,
                 hash,
+                wave,
             });
         }
         if !problems.is_empty() {
             return Err(Error::Rejected(problems));
         }
-        planned.sort_by_key(|p| rank(p.obj.kind(), p.obj.group(), p.namespaced));
+        planned.sort_by_key(|p| (p.wave, rank(p.obj.kind(), p.obj.group(), p.namespaced)));
 
         // Which objects need a write; read the others for health.
         let previous: HashMap<ObjectRef, &InventoryEntry> =
@@ -496,9 +521,30 @@ impl Applier {
         // Apply in order; custom objects wait for their CRD to be established.
         let mut writes = 0;
         let pp = PatchParams::apply(MANAGER).force();
+        let mut current_wave = None;
         for &i in &todo {
             let p = &planned[i];
             let r = p.obj.reference();
+            // A new wave starts once every object of the earlier waves is healthy.
+            if current_wave.is_some_and(|w| w != p.wave)
+                || (current_wave.is_none() && planned.iter().any(|q| q.wave < p.wave))
+            {
+                let earlier: Vec<ObjectRef> = planned
+                    .iter()
+                    .filter(|q| q.wave < p.wave)
+                    .map(|q| q.obj.reference())
+                    .collect();
+                self.wait_healthy(
+                    &earlier,
+                    &planned
+                        .iter()
+                        .map(|q| (q.obj.reference(), q.kind.clone()))
+                        .collect(),
+                    p.wave,
+                )
+                .await?;
+            }
+            current_wave = Some(p.wave);
             let kind = match &p.kind {
                 Some(k) => k.clone(),
                 None => self.wait_for_kind(&p.obj).await?,
@@ -563,6 +609,62 @@ impl Applier {
             writes,
             pruned,
         })
+    }
+
+    /// Waits until every object in `refs` is Healthy; a Degraded one, or the
+    /// wave timeout, fails the sync.
+    async fn wait_healthy(
+        &mut self,
+        refs: &[ObjectRef],
+        kinds: &HashMap<ObjectRef, Option<Kind>>,
+        wave: i64,
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.wave_timeout;
+        loop {
+            let mut waiting = vec![];
+            for r in refs {
+                let Some(Some(kind)) = kinds.get(r) else {
+                    continue;
+                };
+                let live = self
+                    .api(kind, r.namespace.as_deref())
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|e| Error::Api {
+                        what: format!("reading {r}"),
+                        message: api_message(&e),
+                    })?;
+                let Some(live) = live else {
+                    waiting.push(format!("{r}: not created yet"));
+                    continue;
+                };
+                let v =
+                    crate::health::judge(&serde_json::to_value(&live).expect("object serializes"));
+                match v.health {
+                    ferry_proto::v1::Health::Healthy => {}
+                    ferry_proto::v1::Health::Degraded => {
+                        return Err(Error::Apply {
+                            object: r.to_string(),
+                            message: format!("Degraded ({}); wave {wave} not started", v.reason),
+                        });
+                    }
+                    _ => waiting.push(format!("{r}: {}", v.reason)),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Apply {
+                    object: waiting.join("; "),
+                    message: format!(
+                        "not healthy within {}s; wave {wave} not started",
+                        self.wave_timeout.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     async fn wait_for_kind(&mut self, o: &Object) -> Result<Kind> {

@@ -558,3 +558,80 @@ async fn kustomize_overlays_are_built_and_failures_named() {
     );
     assert_eq!(world.emulator("k1").writes(), writes);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waves_wait_for_the_earlier_ones_to_be_healthy() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let db = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: db\n  namespace: default\n  annotations:\n    ferry.dev/wave: \"0\"\nspec:\n  selector:\n    matchLabels: {{app: db}}\n  template:\n    metadata:\n      labels: {{app: db}}\n    spec:\n      containers:\n      - name: db\n        image: {image}\n"
+        )
+    };
+    let app = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: default\n  annotations:\n    ferry.dev/wave: \"1\"\ndata:\n  a: b\n";
+    let a = world
+        .git
+        .commit(
+            "A",
+            &[
+                ("clusters/w1/db.yaml", Some(&db("db:1"))),
+                ("clusters/w1/app.yaml", Some(app)),
+            ],
+        )
+        .unwrap();
+    world.add_cluster("w1", &[]).await.unwrap();
+    world.wait_connected(&["w1"]).await;
+    pin(&world, &["w1"], &a).await.unwrap();
+    world.wait_healthy_at("w1", &a).await;
+    let emu = world.emulator("w1");
+    let rv = |o: Value| {
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let deploy = emu
+        .object("apps", "deployments", Some("default"), "db")
+        .unwrap();
+    let cm = emu
+        .object("", "configmaps", Some("default"), "app")
+        .unwrap();
+    assert_eq!(deploy["status"]["availableReplicas"], 1);
+    assert!(
+        rv(cm) > rv(deploy),
+        "wave 1 was written after wave 0 became available"
+    );
+
+    // A wave 0 that never becomes healthy holds wave 1 back.
+    let app2 = app.replace("a: b", "a: c");
+    let b = world
+        .git
+        .commit(
+            "B",
+            &[
+                ("clusters/w1/db.yaml", Some(&db("db:never-ready"))),
+                ("clusters/w1/app.yaml", Some(&app2)),
+            ],
+        )
+        .unwrap();
+    pin(&world, &["w1"], &b).await.unwrap();
+    let failed = eventually("wave 1 held back", || async {
+        let s = world.cluster("w1").await.ok()?.status?;
+        (s.target_commit == b && s.phase == Phase::Failed as i32).then_some(s)
+    })
+    .await;
+    assert!(
+        failed.message.contains("wave 1 not started"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(
+        emu.object("", "configmaps", Some("default"), "app")
+            .unwrap()["data"]["a"],
+        "b"
+    );
+}
