@@ -83,6 +83,9 @@ pub enum Error {
     /// A write failed part-way (after a clean dry-run).
     #[error("applying {object}: {message}")]
     Apply { object: String, message: String },
+    /// Objects differ from Git and self-heal is off: nothing was written.
+    #[error("{} object(s) drifted from Git; self-heal is off", .0.len())]
+    Drifted(Vec<Problem>),
     /// The prune safety valve held.
     #[error(
         "refusing to prune {count} of {total} managed objects in one sync (more than {share}%); the assignment must allow mass pruning"
@@ -311,6 +314,7 @@ impl Applier {
         objects: &[Object],
         state: &mut State,
         allow_mass_prune: bool,
+        detect_only: bool,
     ) -> Result<Applied> {
         // CRDs in this set define kinds that discovery cannot know yet.
         let mut pending_crds: HashMap<(String, String), bool> = HashMap::new();
@@ -467,6 +471,17 @@ impl Applier {
             });
         }
 
+        if detect_only && !todo.is_empty() {
+            return Err(Error::Drifted(
+                todo.iter()
+                    .map(|&i| Problem {
+                        source: planned[i].obj.source.clone(),
+                        object: planned[i].obj.reference().to_string(),
+                        message: "differs from Git (self-heal is off)".into(),
+                    })
+                    .collect(),
+            ));
+        }
         if todo.is_empty() && prune.is_empty() {
             return Ok(Applied {
                 live: planned
@@ -728,6 +743,19 @@ impl Applier {
                 message: format!("pruning: {}", api_message(&x)),
             }),
         }
+    }
+
+    /// The API resources of the kinds in the inventory, for drift watches.
+    pub async fn resources(&mut self, inventory: &[InventoryEntry]) -> Vec<ApiResource> {
+        let mut out: Vec<ApiResource> = vec![];
+        for e in inventory {
+            if let Ok(Some(k)) = self.kind(&e.api_version, &e.kind).await
+                && !out.contains(&k.resource)
+            {
+                out.push(k.resource);
+            }
+        }
+        out
     }
 
     /// Reads the objects of the inventory again, for health.

@@ -49,6 +49,8 @@ pub struct Config {
     pub join_token: Option<String>,
     /// The command that builds a kustomization, given its directory last.
     pub kustomize: Vec<String>,
+    /// Repair drift (the default); when off, drift is only reported.
+    pub self_heal: bool,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
             max_backoff: Duration::from_secs(30),
             join_token: None,
             kustomize: default_kustomize(),
+            self_heal: true,
         }
     }
 }
@@ -156,6 +159,7 @@ struct Agent {
     status: watch::Sender<StatusReport>,
     drift_corrections: u64,
     last_sync_ms: i64,
+    last_correction_ms: i64,
 }
 
 /// What one pass of the loop concluded.
@@ -180,6 +184,7 @@ impl Agent {
             drift_corrections: self.drift_corrections,
             last_sync_unix_ms: self.last_sync_ms,
             reported_unix_ms: now_unix_ms(),
+            last_correction_unix_ms: self.last_correction_ms,
         };
         self.status.send_if_modified(|cur| {
             if same_report(cur, &report) {
@@ -267,11 +272,17 @@ impl Agent {
         let before = self.state.applied_commit.clone();
         let mut next = self.state.clone();
         next.assignment = Some(saved(a));
-        match self.applier.sync(&objects, &mut next, allow).await {
+        let detect_only = !self.cfg.self_heal && before == a.commit;
+        match self
+            .applier
+            .sync(&objects, &mut next, allow, detect_only)
+            .await
+        {
             Ok(applied) => {
                 next.applied_commit = a.commit.clone();
                 if applied.writes > 0 && before == a.commit {
                     self.drift_corrections += applied.writes as u64;
+                    self.last_correction_ms = now_unix_ms();
                     tracing::info!(writes = applied.writes, "repaired drift");
                 }
                 if applied.writes > 0 {
@@ -287,6 +298,16 @@ impl Agent {
                 self.last_sync_ms = now_unix_ms();
                 self.judge(&applied.live, &commit)
             }
+            Err(apply::Error::Drifted(problems)) => Pass {
+                phase: Phase::Synced,
+                health: Health::Degraded,
+                message: format!(
+                    "{} object(s) drifted from Git at {}; self-heal is off",
+                    problems.len(),
+                    commit.short()
+                ),
+                problems: wire(problems),
+            },
             Err(apply::Error::Rejected(problems)) => {
                 let message = format!(
                     "{} object(s) rejected at {}: nothing was applied",
@@ -547,13 +568,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         status: status_tx,
         drift_corrections: 0,
         last_sync_ms: 0,
+        last_correction_ms: 0,
     };
+    // Changes by other writers to what the agent manages wake a pass at once.
+    let drift = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (kinds_tx, kinds_rx) = watch::channel(Vec::new());
+    let watches = tokio::spawn(watch_drift(
+        agent.applier.client().clone(),
+        agent.cfg.cluster.clone(),
+        kinds_rx,
+        drift.clone(),
+        shutdown.child_token(),
+    ));
     let mut next = Instant::now();
     let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = assign_rx.changed() => if r.is_err() { break },
+            _ = drift.notified() => {}
             _ = tokio::time::sleep_until(next.into()) => {}
         }
         let assignment = assign_rx.borrow_and_update().clone();
@@ -589,8 +622,69 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             tracing::warn!(message = %pass.message, "sync failed");
         }
         agent.report(Some(&a), pass);
+        let inventory = agent.state.inventory.clone();
+        let kinds = agent.applier.resources(&inventory).await;
+        kinds_tx.send_if_modified(|cur| {
+            if *cur == kinds {
+                false
+            } else {
+                *cur = kinds;
+                true
+            }
+        });
         next = Instant::now() + delay;
     }
     link.abort();
+    watches.abort();
     Ok(())
+}
+
+/// One watcher per managed kind, on objects carrying this cluster's owner
+/// label; any change after the initial list notifies `drift`. Our own writes
+/// wake it too: that pass finds nothing to do and writes nothing.
+async fn watch_drift(
+    client: kube::Client,
+    cluster: String,
+    mut kinds: watch::Receiver<Vec<kube::discovery::ApiResource>>,
+    drift: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let mut running: Vec<(kube::discovery::ApiResource, tokio::task::JoinHandle<()>)> = vec![];
+    loop {
+        let want = kinds.borrow_and_update().clone();
+        running.retain(|(r, h)| {
+            let keep = want.contains(r);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for r in want {
+            if running.iter().any(|(x, _)| *x == r) {
+                continue;
+            }
+            let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &r);
+            let cfg =
+                watcher::Config::default().labels(&format!("{}={cluster}", apply::OWNER_LABEL));
+            let drift = drift.clone();
+            let h = tokio::spawn(async move {
+                let mut events = watcher(api, cfg).default_backoff().boxed();
+                while let Some(ev) = events.next().await {
+                    if let Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) = ev {
+                        drift.notify_one();
+                    }
+                }
+            });
+            running.push((r, h));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = kinds.changed() => if r.is_err() { break },
+        }
+    }
+    for (_, h) in running {
+        h.abort();
+    }
 }

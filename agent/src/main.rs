@@ -52,6 +52,9 @@ struct Args {
     /// e.g. "kustomize build" or "kubectl kustomize".
     #[arg(long, env = "FERRY_KUSTOMIZE")]
     kustomize: Option<String>,
+    /// Only report drift instead of repairing it.
+    #[arg(long, env = "FERRY_NO_SELF_HEAL")]
+    no_self_heal: bool,
     /// Seconds between drift checks of a converged cluster.
     #[arg(long, env = "FERRY_RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
@@ -86,6 +89,7 @@ fn config(args: Args) -> Result<Config, String> {
     cfg.namespace = args.namespace;
     cfg.resync = Duration::from_secs(args.resync_seconds.max(1));
     cfg.join_token = join_token;
+    cfg.self_heal = !args.no_self_heal;
     if let Some(k) = args.kustomize {
         cfg.kustomize = k.split_whitespace().map(str::to_string).collect();
     }

@@ -635,3 +635,85 @@ async fn waves_wait_for_the_earlier_ones_to_be_healthy() {
         "b"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_is_repaired_from_watches_or_only_reported() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // The periodic resync is far away: only the watches can notice drift in time.
+    let cfg = WorldConfig {
+        resync: std::time::Duration::from_secs(300),
+        ..WorldConfig::default()
+    };
+    let mut world = World::start(dir.path(), cfg).await.unwrap();
+    let a = world
+        .git
+        .commit(
+            "A",
+            &[
+                ("clusters/d1/app.yaml", Some(&app("d1", "1.0"))),
+                ("clusters/d2/app.yaml", Some(&app("d2", "1.0"))),
+            ],
+        )
+        .unwrap();
+    world.add_cluster("d1", &[]).await.unwrap();
+    world.add_cluster("d2", &[]).await.unwrap();
+    world.stop_agent(1).await.unwrap();
+    let mut d2 = world.agent_config(1);
+    d2.self_heal = false;
+    world.start_agent_with(1, d2);
+    world.wait_connected(&["d1", "d2"]).await;
+    pin(&world, &["d1", "d2"], &a).await.unwrap();
+    world.wait_healthy_at("d1", &a).await;
+    world.wait_healthy_at("d2", &a).await;
+
+    async fn cms(emu: &Emulator) -> kube::Api<k8s_openapi::api::core::v1::ConfigMap> {
+        kube::Api::namespaced(ferry_integration::harness::kube_client(emu).await, "shop")
+    }
+    // Another writer changes a field ferry owns, then deletes the object.
+    let d1 = cms(world.emulator("d1")).await;
+    let edit = kube::api::Patch::Merge(serde_json::json!({"data": {"version": "hacked"}}));
+    d1.patch("settings", &kube::api::PatchParams::default(), &edit)
+        .await
+        .unwrap();
+    eventually("the edit is reverted", || async {
+        (setting(world.emulator("d1")).as_deref() == Some("1.0")).then_some(())
+    })
+    .await;
+    d1.delete("settings", &Default::default()).await.unwrap();
+    eventually("the deleted object is back", || async {
+        setting(world.emulator("d1"))
+    })
+    .await;
+    let s = eventually("drift corrections reported", || async {
+        let s = world.cluster("d1").await.ok()?.status?;
+        (s.drift_corrections >= 2 && s.last_correction_unix_ms > 0).then_some(s)
+    })
+    .await;
+    assert_eq!(s.health, Health::Healthy as i32);
+
+    // With self-heal off, drift is reported, not repaired.
+    cms(world.emulator("d2"))
+        .await
+        .delete("settings", &Default::default())
+        .await
+        .unwrap();
+    let s = eventually("d2 reports drift", || async {
+        let s = world.cluster("d2").await.ok()?.status?;
+        (s.health == Health::Degraded as i32).then_some(s)
+    })
+    .await;
+    assert!(
+        s.problems.iter().any(
+            |p| p.object == "ConfigMap/shop/settings" && p.message.contains("self-heal is off")
+        ),
+        "{:?}",
+        s.problems
+    );
+    assert!(
+        world
+            .emulator("d2")
+            .object("", "configmaps", Some("shop"), "settings")
+            .is_none()
+    );
+}
