@@ -1,0 +1,294 @@
+//! `agent-bench`: the agent's footprint and apply speed, measured on real
+//! processes. A git daemon serves a directory of N objects; `ferry serve`
+//! and `ferry-agent` run as separate processes (so their RSS is theirs
+//! alone) against an in-process Kubernetes API emulator. Prints a table and
+//! one JSON line.
+//!
+//! Build the binaries first, in the same profile:
+//! `cargo build --release --bin ferry --bin ferry-agent --bin agent-bench`
+//! then `target/release/agent-bench`.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use ferry_integration::world::GitServer;
+use ferry_proto::v1::admin_client::AdminClient;
+use ferry_proto::v1::{GetClusterRequest, Health, Phase, PinRequest};
+use ferry_proto::{Bearer, DialConfig};
+use kube_emulator::{Config as EmulatorConfig, Controllers, Emulator};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Measure the agent: cold converge, RSS, steady-state writes, no-op sync cost.
+#[derive(Parser)]
+struct Args {
+    /// Objects in the cluster's directory.
+    #[arg(long, default_value_t = 1000)]
+    objects: usize,
+    /// Seconds of steady state to count writes over.
+    #[arg(long, default_value_t = 60)]
+    steady_seconds: u64,
+    /// The agent's resync interval during the steady state (seconds).
+    #[arg(long, default_value_t = 5)]
+    resync_seconds: u64,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("the bench's folder")?
+        .to_path_buf();
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build --release --bin ferry --bin ferry-agent --bin agent-bench)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn objects(n: usize) -> String {
+    let mut s = String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bench\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\n  namespace: bench\n  labels: {{app: bench}}\ndata:\n  index: \"{i}\"\n  payload: {}\n",
+            "x".repeat(200)
+        ));
+    }
+    s
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ferry_integration::harness::init_crypto();
+    let (ferry, agent_bin) = (binary("ferry")?, binary("ferry-agent")?);
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+
+    let git = GitServer::start(&dir.join("git"))?;
+    let commit = git.commit(
+        "bench",
+        &[("clusters/bench/objects.yaml", Some(&objects(args.objects)))],
+    )?;
+    let emu = Emulator::start(EmulatorConfig {
+        controllers: Controllers {
+            ready_delay: Duration::from_millis(50),
+        },
+        ..EmulatorConfig::default()
+    })
+    .await?;
+    let kubeconfig = dir.join("kubeconfig");
+    emu.write_kubeconfig(&kubeconfig)?;
+
+    let port = free_port()?;
+    let data = dir.join("coordinator");
+    let _coordinator = Proc(
+        Command::new(&ferry)
+            .args([
+                "serve",
+                "--insecure",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(["--repo", &git.url])
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let token_file = data.join("admin-token");
+    let token = wait_for("the coordinator", Duration::from_secs(20), || async {
+        let t = std::fs::read_to_string(&token_file).ok()?;
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        Some(t)
+    })
+    .await?;
+    let addr = format!("http://127.0.0.1:{port}");
+    let channel = DialConfig {
+        addr: addr.clone(),
+        insecure: true,
+        ..DialConfig::default()
+    }
+    .endpoint()?
+    .connect()
+    .await?;
+    let mut admin = AdminClient::with_interceptor(channel, Bearer::new(&token)?);
+
+    let started = Instant::now();
+    let agent = Proc(
+        Command::new(&agent_bin)
+            .args([
+                "--insecure",
+                "--coordinator",
+                &addr,
+                "--cluster",
+                "bench",
+                "--kubeconfig",
+            ])
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .args(["--resync-seconds", &args.resync_seconds.to_string()])
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let pid = agent.0.id();
+    wait_for("the agent to connect", Duration::from_secs(20), || async {
+        let c = admin
+            .clone()
+            .get_cluster(GetClusterRequest {
+                name: "bench".into(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        c.connected.then_some(())
+    })
+    .await?;
+    let connect_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_mib(pid);
+
+    let t = Instant::now();
+    admin
+        .pin(PinRequest {
+            clusters: vec!["bench".into()],
+            r#ref: commit.clone(),
+            reason: "bench".into(),
+            force: false,
+        })
+        .await?;
+    wait_for("a cold converge", Duration::from_secs(600), || async {
+        let s = admin
+            .clone()
+            .get_cluster(GetClusterRequest {
+                name: "bench".into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .status?;
+        (s.applied_commit == commit
+            && s.phase == Phase::Synced as i32
+            && s.health == Health::Healthy as i32)
+            .then_some(())
+    })
+    .await?;
+    let converge_s = t.elapsed().as_secs_f64();
+    let managed_rss = rss_mib(pid);
+    let applied = emu
+        .objects("", "configmaps")
+        .iter()
+        .filter(|o| o["metadata"]["namespace"] == "bench")
+        .count();
+
+    // Steady state: nothing changes in Git or in the cluster.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    emu.reset_counters();
+    tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let counters = emu.counters();
+    let reads: u64 = counters
+        .requests
+        .iter()
+        .filter(|((v, _), _)| v == "get" || v == "list")
+        .map(|(_, n)| n)
+        .sum();
+    let passes = (args.steady_seconds / args.resync_seconds).max(1);
+    let steady_rss = rss_mib(pid);
+    drop(agent);
+
+    let rows = [
+        ("objects applied", format!("{applied}")),
+        (
+            "agent connect (process start to connected)",
+            format!("{connect_s:.2} s"),
+        ),
+        (
+            "cold converge of all objects (pin to Synced+Healthy)",
+            format!("{converge_s:.2} s"),
+        ),
+        (
+            "agent RSS idle (connected, nothing assigned)",
+            format!("{idle_rss:.1} MiB"),
+        ),
+        (
+            "agent RSS managing the objects",
+            format!("{managed_rss:.1} MiB"),
+        ),
+        (
+            "agent RSS after the steady state",
+            format!("{steady_rss:.1} MiB"),
+        ),
+        (
+            "writes during the steady state",
+            format!("{} in {} s", counters.writes, args.steady_seconds),
+        ),
+        (
+            "reads per no-op sync (resync)",
+            format!("{:.0}", reads as f64 / passes as f64),
+        ),
+    ];
+    for (k, v) in &rows {
+        println!("{k:<56} {v:>14}");
+    }
+    println!(
+        "{}",
+        json!({
+            "agent_bench": {
+                "objects": applied, "connect_s": connect_s, "cold_converge_s": converge_s,
+                "rss_idle_mib": idle_rss, "rss_managing_mib": managed_rss, "rss_steady_mib": steady_rss,
+                "steady_writes": counters.writes, "steady_seconds": args.steady_seconds,
+                "reads_per_noop_sync": reads as f64 / passes as f64,
+            }
+        })
+    );
+    Ok(())
+}
