@@ -418,9 +418,39 @@ impl Applier {
         }
         planned.sort_by_key(|p| (p.wave, rank(p.obj.kind(), p.obj.group(), p.namespaced)));
 
-        // Which objects need a write; read the others for health.
+        // Which objects need a write; read the others for health. One LIST
+        // per kind (by this cluster's owner label) instead of a GET per
+        // object; Namespaces, few and often pre-existing, are read by name.
         let previous: HashMap<ObjectRef, &InventoryEntry> =
             state.inventory.iter().map(|e| (e.reference(), e)).collect();
+        let mut listed: HashMap<ObjectRef, Value> = HashMap::new();
+        let mut kinds_listed: Vec<ApiResource> = vec![];
+        for p in &planned {
+            let Some(kind) = &p.kind else { continue };
+            if p.obj.kind() == "Namespace" || kinds_listed.contains(&kind.resource) {
+                continue;
+            }
+            kinds_listed.push(kind.resource.clone());
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &kind.resource);
+            let lp = kube::api::ListParams::default().labels(&format!("{OWNER_LABEL}={}", self.cluster));
+            let items = api.list(&lp).await.map_err(|e| Error::Api {
+                what: format!("listing {} in {}", kind.resource.kind, kind.resource.api_version),
+                message: api_message(&e),
+            })?;
+            for o in items {
+                let mut v = serde_json::to_value(&o).expect("object serializes");
+                // List items may come without their type.
+                v["apiVersion"] = kind.resource.api_version.clone().into();
+                v["kind"] = kind.resource.kind.clone().into();
+                let r = ObjectRef {
+                    group: kind.resource.group.clone(),
+                    kind: kind.resource.kind.clone(),
+                    namespace: o.metadata.namespace.clone(),
+                    name: o.metadata.name.clone().unwrap_or_default(),
+                };
+                listed.insert(r, v);
+            }
+        }
         let mut live: HashMap<ObjectRef, Value> = HashMap::new();
         let mut todo = vec![];
         for (i, p) in planned.iter().enumerate() {
@@ -429,18 +459,18 @@ impl Applier {
                 todo.push(i);
                 continue;
             };
-            let current = self
-                .api(kind, p.obj.namespace())
-                .get_opt(p.obj.name())
-                .await
-                .map_err(|e| Error::Api {
-                    what: format!("reading {r}"),
-                    message: api_message(&e),
-                })?;
+            let current = if p.obj.kind() == "Namespace" {
+                self.api(kind, None)
+                    .get_opt(p.obj.name())
+                    .await
+                    .map_err(|e| Error::Api { what: format!("reading {r}"), message: api_message(&e) })?
+                    .map(|c| serde_json::to_value(&c).expect("object serializes"))
+            } else {
+                listed.remove(&r)
+            };
             let fresh = previous.get(&r).is_some_and(|e| e.hash == p.hash);
             match current {
                 Some(c) => {
-                    let c = serde_json::to_value(&c).expect("object serializes");
                     let same = fresh && contains(&comparable(&c), &comparable(&p.value));
                     if !same {
                         todo.push(i);
