@@ -432,9 +432,13 @@ impl Applier {
             }
             kinds_listed.push(kind.resource.clone());
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &kind.resource);
-            let lp = kube::api::ListParams::default().labels(&format!("{OWNER_LABEL}={}", self.cluster));
+            let lp =
+                kube::api::ListParams::default().labels(&format!("{OWNER_LABEL}={}", self.cluster));
             let items = api.list(&lp).await.map_err(|e| Error::Api {
-                what: format!("listing {} in {}", kind.resource.kind, kind.resource.api_version),
+                what: format!(
+                    "listing {} in {}",
+                    kind.resource.kind, kind.resource.api_version
+                ),
                 message: api_message(&e),
             })?;
             for o in items {
@@ -463,7 +467,10 @@ impl Applier {
                 self.api(kind, None)
                     .get_opt(p.obj.name())
                     .await
-                    .map_err(|e| Error::Api { what: format!("reading {r}"), message: api_message(&e) })?
+                    .map_err(|e| Error::Api {
+                        what: format!("reading {r}"),
+                        message: api_message(&e),
+                    })?
                     .map(|c| serde_json::to_value(&c).expect("object serializes"))
             } else {
                 listed.remove(&r)

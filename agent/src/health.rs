@@ -134,6 +134,22 @@ pub fn judge(obj: &Value) -> Verdict {
             }
             verdict(Health::Progressing, "job running")
         }
+        ("", "Service") => {
+            let lb = obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer");
+            let ingress = obj
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .is_some_and(|i| !i.is_empty());
+            if lb && !ingress {
+                verdict(Health::Progressing, "waiting for a load balancer address")
+            } else {
+                healthy()
+            }
+        }
+        ("", "Namespace") => match obj.pointer("/status/phase").and_then(Value::as_str) {
+            Some("Terminating") => verdict(Health::Degraded, "namespace is terminating"),
+            _ => healthy(),
+        },
         ("", "PersistentVolumeClaim") => match obj.pointer("/status/phase").and_then(Value::as_str)
         {
             Some("Bound") => healthy(),
@@ -217,6 +233,25 @@ mod tests {
             json!({"observedGeneration": 2, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}),
         );
         assert_eq!(judge(&stuck).health, Health::Degraded);
+    }
+
+    #[test]
+    fn services_and_namespaces() {
+        let lb = |status: Value| json!({"apiVersion": "v1", "kind": "Service", "spec": {"type": "LoadBalancer"}, "status": status});
+        assert_eq!(judge(&lb(json!({}))).health, Health::Progressing);
+        assert_eq!(
+            judge(&lb(
+                json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}})
+            ))
+            .health,
+            Health::Healthy
+        );
+        assert_eq!(
+            judge(&json!({"apiVersion": "v1", "kind": "Service", "spec": {"type": "ClusterIP"}}))
+                .health,
+            Health::Healthy
+        );
+        assert_eq!(judge(&json!({"apiVersion": "v1", "kind": "Namespace", "status": {"phase": "Terminating"}})).health, Health::Degraded);
     }
 
     #[test]

@@ -852,7 +852,9 @@ impl Store {
                 "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet"
             ) | ("batch", "Job")
                 | ("", "PersistentVolumeClaim")
-        );
+        ) || (rt.group.is_empty()
+            && rt.kind == "Service"
+            && obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer"));
         if !simulated {
             return;
         }
@@ -1001,6 +1003,9 @@ fn simulated_status(kind: &str, obj: &Value) -> Value {
             "succeeded": 1, "startTime": now, "completionTime": now,
             "conditions": [cond("Complete", true, "", "")],
         }),
+        "Service" if obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer") => {
+            json!({"loadBalancer": {"ingress": [{"ip": "127.0.0.1"}]}})
+        }
         "PersistentVolumeClaim" => {
             json!({"phase": "Bound", "accessModes": obj.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"]))})
         }

@@ -806,6 +806,11 @@ async fn simulated_controllers_over_plain_http() {
         "Failed"
     );
     assert_eq!(at(pvcs, "data", "/status/phase").await, "Bound");
+    let svcs = apply("", "Service", "services", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb", "namespace": "default"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})).await;
+    assert_eq!(
+        at(svcs, "lb", "/status/loadBalancer/ingress/0/ip").await,
+        "127.0.0.1"
+    );
 
     // Field selectors on metadata.name.
     let only = jobs
