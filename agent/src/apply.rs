@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, Patch
 use kube::discovery::ApiResource;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// The field manager of every apply.
@@ -794,35 +794,6 @@ impl Applier {
         }
         out
     }
-
-    /// Reads the objects of the inventory again, for health.
-    pub async fn read_live(&mut self, inventory: &[InventoryEntry]) -> Result<Vec<Value>> {
-        let mut out = vec![];
-        for e in inventory {
-            let Some(kind) = self.kind(&e.api_version, &e.kind).await? else {
-                continue;
-            };
-            if let Some(o) = self
-                .api(&kind, e.namespace.as_deref())
-                .get_opt(&e.name)
-                .await
-                .map_err(|x| Error::Api {
-                    what: format!("reading {}", e.reference()),
-                    message: api_message(&x),
-                })?
-            {
-                out.push(serde_json::to_value(&o).expect("object serializes"));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Labels of an object, for tests and tools.
-pub fn labels(v: &Value) -> BTreeMap<String, String> {
-    v.pointer("/metadata/labels")
-        .and_then(|l| serde_json::from_value(l.clone()).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

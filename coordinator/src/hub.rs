@@ -84,10 +84,6 @@ impl Hub {
         self.sessions().contains_key(cluster)
     }
 
-    pub fn connected_count(&self) -> usize {
-        self.sessions().len()
-    }
-
     /// The resolved path of a cluster, or why it cannot be resolved.
     pub fn path(&self, c: &ClusterRecord) -> Result<String, String> {
         match &c.path_override {
