@@ -10,7 +10,11 @@ step "System packages"
 need=()
 command -v git >/dev/null || need+=(git)
 [ -x /usr/lib/git-core/git-daemon ] || [ -x "$(git --exec-path 2>/dev/null)/git-daemon" ] || need+=(git-daemon-sysvinit)
-command -v python3 >/dev/null || need+=(python3 python3-venv)
+if ! command -v python3 >/dev/null; then
+  need+=(python3 python3-venv)
+elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}"
