@@ -91,6 +91,10 @@ pub enum Command {
         /// Pin even clusters inside an active rollout (recorded in the ledger).
         #[arg(long)]
         force: bool,
+        /// Let this pin prune more than the agent's safety share (for
+        /// removing most of a cluster's objects on purpose).
+        #[arg(long)]
+        allow_mass_prune: bool,
     },
     /// Staged rollouts: waves of clusters gated on health.
     #[command(subcommand)]
@@ -299,6 +303,7 @@ pub async fn execute(args: Args) -> Result<String> {
             reference,
             reason,
             force,
+            allow_mass_prune,
         } => {
             let r = client
                 .pin(PinRequest {
@@ -306,6 +311,7 @@ pub async fn execute(args: Args) -> Result<String> {
                     r#ref: reference.clone(),
                     reason,
                     force,
+                    allow_mass_prune,
                 })
                 .await
                 .map_err(status)?

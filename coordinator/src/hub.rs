@@ -108,7 +108,9 @@ impl Hub {
             commit: commit.to_string(),
             path,
             generation: *generation,
-            options: Some(AssignmentOptions::default()),
+            options: Some(AssignmentOptions {
+                allow_mass_prune: c.allow_mass_prune,
+            }),
         })
     }
 

@@ -361,6 +361,7 @@ impl Admin for AdminService {
                     actor: &actor,
                     reason: &reason,
                     rollout: "",
+                    allow_mass_prune: r.allow_mass_prune,
                 },
                 now_unix_ms(),
             )

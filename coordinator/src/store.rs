@@ -117,6 +117,7 @@ CREATE TABLE api_tokens (
     created_ms INTEGER NOT NULL
 );
 "#,
+    "ALTER TABLE pins ADD COLUMN allow_mass_prune INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A cluster as the store knows it.
@@ -130,6 +131,8 @@ pub struct ClusterRecord {
     pub status: Option<StatusReport>,
     /// The pinned commit and the assignment generation.
     pub pin: Option<(Commit, u64)>,
+    /// The pin lets the agent prune past its safety share.
+    pub allow_mass_prune: bool,
 }
 
 /// A requested pin change.
@@ -139,6 +142,8 @@ pub struct PinChange<'a> {
     pub actor: &'a str,
     pub reason: &'a str,
     pub rollout: &'a str,
+    /// Let the agent prune past its safety share (this pin only).
+    pub allow_mass_prune: bool,
 }
 
 pub struct Store {
@@ -208,24 +213,32 @@ fn pin_in(
         if !exists {
             return Err(Error::UnknownCluster(cluster.clone()));
         }
-        let current: Option<(String, i64)> = tx
+        let current: Option<(String, i64, bool)> = tx
             .query_row(
-                "SELECT commit_sha, generation FROM pins WHERE cluster = ?1",
+                "SELECT commit_sha, generation, allow_mass_prune FROM pins WHERE cluster = ?1",
                 [cluster],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(db("pin"))?;
-        let (from, generation) = current.unwrap_or_default();
-        if from == change.commit.as_str() {
+        let (from, generation, allowed) = current.unwrap_or_default();
+        // The same commit with the same options changes nothing.
+        if from == change.commit.as_str() && allowed == change.allow_mass_prune {
             continue;
         }
         tx.execute(
-            "INSERT INTO pins (cluster, commit_sha, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(cluster) DO UPDATE SET commit_sha = ?2, generation = ?3, updated_ms = ?4",
-            params![cluster, change.commit.as_str(), generation + 1, now_ms],
+            "INSERT INTO pins (cluster, commit_sha, generation, updated_ms, allow_mass_prune) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(cluster) DO UPDATE SET commit_sha = ?2, generation = ?3, updated_ms = ?4, allow_mass_prune = ?5",
+            params![cluster, change.commit.as_str(), generation + 1, now_ms, change.allow_mass_prune],
         )
         .map_err(db("pin"))?;
+        let reason = if change.allow_mass_prune {
+            format!("{} [mass prune allowed]", change.reason)
+                .trim()
+                .to_string()
+        } else {
+            change.reason.to_string()
+        };
         tx.execute(
             "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -235,7 +248,7 @@ fn pin_in(
                 cluster,
                 from,
                 change.commit.as_str(),
-                change.reason,
+                reason,
                 change.rollout
             ],
         )
@@ -247,7 +260,7 @@ fn pin_in(
             cluster: cluster.clone(),
             from_commit: from,
             to_commit: change.commit.to_string(),
-            reason: change.reason.to_string(),
+            reason,
             rollout: change.rollout.to_string(),
         });
     }
@@ -500,7 +513,7 @@ impl Store {
 
     const SELECT: &'static str =
         "SELECT c.name, c.labels, c.path_override, c.agent_version, c.last_seen_ms, c.status,
-            p.commit_sha, p.generation
+            p.commit_sha, p.generation, p.allow_mass_prune
          FROM clusters c LEFT JOIN pins p ON p.cluster = c.name";
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterRecord> {
@@ -518,6 +531,7 @@ impl Store {
             pin: commit
                 .and_then(|c| Commit::parse(&c).ok())
                 .zip(generation.map(|g| g as u64)),
+            allow_mass_prune: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
         })
     }
 
@@ -678,6 +692,7 @@ impl Store {
                     actor: step.actor,
                     reason,
                     rollout: step.id,
+                    allow_mass_prune: false,
                 },
                 now_ms,
             )?);
@@ -789,6 +804,7 @@ mod tests {
                     actor: "me",
                     reason: "why",
                     rollout: "",
+                    allow_mass_prune: false,
                 }
             }
             assert_eq!(s.pin(&change(&names, &commit('a')), 2).unwrap().len(), 1);
@@ -821,6 +837,7 @@ mod tests {
                     actor: "me",
                     reason: "",
                     rollout: "",
+                    allow_mass_prune: false,
                 },
                 2,
             )

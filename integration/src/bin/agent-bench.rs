@@ -204,6 +204,7 @@ async fn main() -> Result<()> {
             r#ref: commit.clone(),
             reason: "bench".into(),
             force: false,
+            allow_mass_prune: false,
         })
         .await?;
     wait_for("a cold converge", Duration::from_secs(600), || async {

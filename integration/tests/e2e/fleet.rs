@@ -60,6 +60,7 @@ async fn pin(world: &World, clusters: &[&str], reference: &str) -> anyhow::Resul
             r#ref: reference.into(),
             reason: "test".into(),
             force: false,
+            allow_mass_prune: false,
         })
         .await?;
     Ok(r.into_inner().commit)
@@ -716,4 +717,92 @@ async fn drift_is_repaired_from_watches_or_only_reported() {
             .object("", "configmaps", Some("shop"), "settings")
             .is_none()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mass_prune_is_refused_unless_the_pin_allows_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let cm = |n: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {n}\n  namespace: default\ndata:\n  a: b\n"
+        )
+    };
+    let (c1, c2, c3, c4) = (cm("one"), cm("two"), cm("three"), cm("four"));
+    let a = world
+        .git
+        .commit(
+            "A",
+            &[
+                ("clusters/m1/1.yaml", Some(&c1)),
+                ("clusters/m1/2.yaml", Some(&c2)),
+                ("clusters/m1/3.yaml", Some(&c3)),
+                ("clusters/m1/4.yaml", Some(&c4)),
+            ],
+        )
+        .unwrap();
+    world.add_cluster("m1", &[]).await.unwrap();
+    world.wait_connected(&["m1"]).await;
+    pin(&world, &["m1"], &a).await.unwrap();
+    world.wait_healthy_at("m1", &a).await;
+    // Three of four objects leave Git: over the 50% valve.
+    let b = world
+        .git
+        .commit(
+            "B",
+            &[
+                ("clusters/m1/2.yaml", None),
+                ("clusters/m1/3.yaml", None),
+                ("clusters/m1/4.yaml", None),
+            ],
+        )
+        .unwrap();
+    pin(&world, &["m1"], &b).await.unwrap();
+    let refused = eventually("the valve holds", || async {
+        let s = world.cluster("m1").await.ok()?.status?;
+        (s.target_commit == b && s.phase == Phase::Failed as i32).then_some(s)
+    })
+    .await;
+    assert!(
+        refused.message.contains("refusing to prune 3 of 4"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        world
+            .emulator("m1")
+            .object("", "configmaps", Some("default"), "four")
+            .is_some()
+    );
+    // The operator says it is meant: the same commit, allowed.
+    world
+        .ferry(&[
+            "pin",
+            "m1",
+            "--commit",
+            &b,
+            "--allow-mass-prune",
+            "--reason",
+            "retire three apps",
+        ])
+        .await
+        .unwrap();
+    world.wait_healthy_at("m1", &b).await;
+    assert!(
+        world
+            .emulator("m1")
+            .object("", "configmaps", Some("default"), "four")
+            .is_none()
+    );
+    assert!(
+        world
+            .emulator("m1")
+            .object("", "configmaps", Some("default"), "one")
+            .is_some()
+    );
+    let history = world.ferry(&["history", "m1"]).await.unwrap();
+    assert!(history.contains("mass prune allowed"), "{history}");
 }

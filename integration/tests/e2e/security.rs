@@ -171,6 +171,7 @@ async fn every_refusal() {
             r#ref: "main".into(),
             reason: String::new(),
             force: false,
+            allow_mass_prune: false,
         })
         .await
         .unwrap_err();
