@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use ferry_coordinator::{Config as CoordinatorConfig, Coordinator};
 use ferry_proto::DialConfig;
 use ferry_proto::v1::admin_client::AdminClient;
-use ferry_proto::v1::{Cluster, GetClusterRequest, Health, Phase};
+use ferry_proto::v1::{Cluster, GetClusterRequest, Health, Phase, StatusReport};
 use kube_emulator::{Config as EmulatorConfig, Controllers, Emulator};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -461,6 +461,15 @@ impl World {
             })
             .await;
         }
+    }
+
+    /// Waits until a cluster reports that it failed to apply `commit`.
+    pub async fn wait_failed_at(&self, name: &str, commit: &str) -> StatusReport {
+        crate::harness::eventually(&format!("cluster {name} Failed at {commit}"), || async {
+            let s = self.cluster(name).await.ok()?.status?;
+            (s.target_commit == commit && s.phase == Phase::Failed as i32).then_some(s)
+        })
+        .await
     }
 
     /// Waits until a cluster reports `commit` applied, Synced and Healthy.

@@ -182,11 +182,7 @@ async fn pins_move_each_cluster_to_exactly_its_commit() {
     let writes_before = world.emulator("c1").writes();
     let rv_before = world.emulator("c1").resource_version();
     pin(&world, &["c1"], &d).await.unwrap();
-    let failed = eventually("c1 reports the bad commit as Failed", || async {
-        let s = world.cluster("c1").await.ok()?.status?;
-        (s.target_commit == d && s.phase == Phase::Failed as i32).then_some(s)
-    })
-    .await;
+    let failed = world.wait_failed_at("c1", &d).await;
     assert_eq!(failed.applied_commit, c, "the applied commit stays C");
     assert!(
         failed
@@ -544,11 +540,7 @@ async fn kustomize_overlays_are_built_and_failures_named() {
         .unwrap();
     let writes = world.emulator("k1").writes();
     pin(&world, &["k1"], &b).await.unwrap();
-    let failed = eventually("k1 fails on a broken overlay", || async {
-        let s = world.cluster("k1").await.ok()?.status?;
-        (s.target_commit == b && s.phase == Phase::Failed as i32).then_some(s)
-    })
-    .await;
+    let failed = world.wait_failed_at("k1", &b).await;
     assert!(
         failed
             .problems
@@ -620,11 +612,7 @@ async fn waves_wait_for_the_earlier_ones_to_be_healthy() {
         )
         .unwrap();
     pin(&world, &["w1"], &b).await.unwrap();
-    let failed = eventually("wave 1 held back", || async {
-        let s = world.cluster("w1").await.ok()?.status?;
-        (s.target_commit == b && s.phase == Phase::Failed as i32).then_some(s)
-    })
-    .await;
+    let failed = world.wait_failed_at("w1", &b).await;
     assert!(
         failed.message.contains("wave 1 not started"),
         "{}",
@@ -761,11 +749,7 @@ async fn mass_prune_is_refused_unless_the_pin_allows_it() {
         )
         .unwrap();
     pin(&world, &["m1"], &b).await.unwrap();
-    let refused = eventually("the valve holds", || async {
-        let s = world.cluster("m1").await.ok()?.status?;
-        (s.target_commit == b && s.phase == Phase::Failed as i32).then_some(s)
-    })
-    .await;
+    let refused = world.wait_failed_at("m1", &b).await;
     assert!(
         refused.message.contains("refusing to prune 3 of 4"),
         "{}",
