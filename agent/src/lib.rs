@@ -51,6 +51,10 @@ pub struct Config {
     pub kustomize: Vec<String>,
     /// Repair drift (the default); when off, drift is only reported.
     pub self_heal: bool,
+    /// Git credentials (HTTPS, SSH).
+    pub git_auth: source::GitAuth,
+    /// The bound of the Git cache, in bytes.
+    pub git_cache_bytes: u64,
 }
 
 impl Config {
@@ -71,6 +75,8 @@ impl Config {
             join_token: None,
             kustomize: default_kustomize(),
             self_heal: true,
+            git_auth: source::GitAuth::default(),
+            git_cache_bytes: source::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -560,7 +566,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     ));
 
     let mut agent = Agent {
-        source: Source::new(cfg.cache_dir.clone()),
+        source: Source::new(cfg.cache_dir.clone())
+            .with_auth(cfg.git_auth.clone())
+            .with_max_bytes(cfg.git_cache_bytes),
         cfg,
         applier,
         state,

@@ -55,6 +55,24 @@ struct Args {
     /// Only report drift instead of repairing it.
     #[arg(long, env = "FERRY_NO_SELF_HEAL")]
     no_self_heal: bool,
+    /// A directory (a mounted Secret) with Git credentials: `username` and
+    /// `password` (or `token`), `bearerToken`, `ca.crt` for HTTPS; `identity`
+    /// (private key) and `known_hosts` for SSH. Read again before each fetch.
+    #[arg(long, env = "FERRY_GIT_SECRET_DIR")]
+    git_secret_dir: Option<PathBuf>,
+    /// Git username for HTTPS (overrides the secret's `username`).
+    #[arg(long, env = "FERRY_GIT_USERNAME")]
+    git_username: Option<String>,
+    /// Git password or token for HTTPS (overrides the secret's `password`).
+    #[arg(long, env = "FERRY_GIT_PASSWORD", hide_env_values = true)]
+    git_password: Option<String>,
+    /// Accept any SSH host key. For development only: strict checking
+    /// against `known_hosts` is the default.
+    #[arg(long, env = "FERRY_GIT_SSH_INSECURE_IGNORE_HOST_KEY")]
+    git_ssh_insecure_ignore_host_key: bool,
+    /// The bound of the Git cache, in MiB.
+    #[arg(long, env = "FERRY_GIT_CACHE_MIB", default_value_t = 512)]
+    git_cache_mib: u64,
     /// Seconds between drift checks of a converged cluster.
     #[arg(long, env = "FERRY_RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
@@ -90,6 +108,13 @@ fn config(args: Args) -> Result<Config, String> {
     cfg.resync = Duration::from_secs(args.resync_seconds.max(1));
     cfg.join_token = join_token;
     cfg.self_heal = !args.no_self_heal;
+    cfg.git_auth = ferry_agent::source::GitAuth {
+        secret_dir: args.git_secret_dir,
+        username: args.git_username,
+        password: args.git_password,
+        ssh_insecure_ignore_host_key: args.git_ssh_insecure_ignore_host_key,
+    };
+    cfg.git_cache_bytes = args.git_cache_mib.max(1) << 20;
     if let Some(k) = args.kustomize {
         cfg.kustomize = k.split_whitespace().map(str::to_string).collect();
     }

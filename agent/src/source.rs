@@ -2,6 +2,16 @@
 //! commit is not already there (a pin is a commit, so a cached commit costs
 //! no network), and the cluster's directory read straight from the object
 //! database (no worktree). Blocking (gix): run it in `spawn_blocking`.
+//!
+//! A fetch asks for the pinned commit alone, one commit deep (protocol v2
+//! servers allow it); a server that refuses gets a fetch of its branches and
+//! tags instead. The cache is bounded: past its limit, other repositories go
+//! first, then this one is rebuilt holding only the pinned commit.
+//!
+//! Credentials ([`GitAuth`]) are read again before every fetch, so a rotated
+//! Secret takes effect without a restart. HTTPS uses a username and password
+//! or token (basic auth) or a bearer token, and may add a CA; SSH uses a key
+//! and checks the host key strictly against `known_hosts`.
 
 use ferry_proto::Commit;
 use std::path::{Path, PathBuf};
@@ -12,7 +22,16 @@ pub enum Error {
     /// The local cache could not be created or opened.
     #[error("git cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
-    /// Fetching from the remote failed (network, authentication, protocol).
+    /// Credentials could not be read.
+    #[error("git credentials {path}: {message}")]
+    Credentials { path: PathBuf, message: String },
+    /// The server refused our credentials, or wanted some we do not have.
+    #[error("authentication to {url} failed: {message}")]
+    Auth { url: String, message: String },
+    /// The SSH server's host key is not the one in known_hosts.
+    #[error("host key of {url} not verified (strict checking against known_hosts): {message}")]
+    HostKey { url: String, message: String },
+    /// Fetching from the remote failed (network, protocol).
     #[error("fetching {url}: {message}")]
     Fetch { url: String, message: String },
     /// The remote does not have the pinned commit.
@@ -39,11 +58,97 @@ pub struct File {
     pub data: Vec<u8>,
 }
 
+/// Where Git credentials come from.
+#[derive(Clone, Default)]
+pub struct GitAuth {
+    /// A directory (a mounted Secret) holding any of `username`, `password`
+    /// (or `token`), `bearerToken`, `identity` (an SSH private key),
+    /// `known_hosts` and `ca.crt`.
+    pub secret_dir: Option<PathBuf>,
+    /// Overrides `username` from the directory.
+    pub username: Option<String>,
+    /// Overrides `password` from the directory (a password or a token).
+    pub password: Option<String>,
+    /// Accept any SSH host key. For development only.
+    pub ssh_insecure_ignore_host_key: bool,
+}
+
+impl std::fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitAuth")
+            .field("secret_dir", &self.secret_dir)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field(
+                "ssh_insecure_ignore_host_key",
+                &self.ssh_insecure_ignore_host_key,
+            )
+            .finish()
+    }
+}
+
+/// Credentials as read for one fetch.
+#[derive(Clone, Default)]
+struct Creds {
+    username: Option<String>,
+    password: Option<String>,
+    bearer: Option<String>,
+    identity: Option<Vec<u8>>,
+    known_hosts: Option<PathBuf>,
+    ca: Option<Vec<u8>>,
+}
+
+impl GitAuth {
+    fn load(&self) -> Result<Creds> {
+        let mut c = Creds::default();
+        if let Some(dir) = &self.secret_dir {
+            let read = |name: &str| -> Result<Option<Vec<u8>>> {
+                let p = dir.join(name);
+                match std::fs::read(&p) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::Credentials {
+                        path: p,
+                        message: e.to_string(),
+                    }),
+                }
+            };
+            let text = |name: &str| -> Result<Option<String>> {
+                Ok(read(name)?.map(|b| String::from_utf8_lossy(&b).trim().to_string()))
+            };
+            c.username = text("username")?;
+            c.password = match text("password")? {
+                Some(p) => Some(p),
+                None => text("token")?,
+            };
+            c.bearer = text("bearerToken")?;
+            c.identity = read("identity")?;
+            c.ca = read("ca.crt")?;
+            let kh = dir.join("known_hosts");
+            if kh.exists() {
+                c.known_hosts = Some(kh);
+            }
+        }
+        if self.username.is_some() {
+            c.username.clone_from(&self.username);
+        }
+        if self.password.is_some() {
+            c.password.clone_from(&self.password);
+        }
+        Ok(c)
+    }
+}
+
 /// Git repositories cached under one directory.
 #[derive(Clone, Debug)]
 pub struct Source {
     dir: PathBuf,
+    auth: GitAuth,
+    max_bytes: u64,
 }
+
+/// The cache's default bound.
+pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
 
 fn cache_name(url: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, url.as_bytes());
@@ -54,63 +159,368 @@ fn cache_name(url: &str) -> String {
     format!("{hex}.git")
 }
 
+fn is_ssh(url: &str) -> bool {
+    gix::url::parse(gix::bstr::BStr::new(url)).is_ok_and(|u| u.scheme == gix::url::Scheme::Ssh)
+}
+
+fn is_http(url: &str) -> bool {
+    url.starts_with("https://") || url.starts_with("http://")
+}
+
+/// Single-quotes `s` for `sh`.
+fn sh_quote(s: &Path) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The whole error chain on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Sorts a failed fetch into authentication, host key or other failures,
+/// using what ssh logged when it was ssh.
+fn classify(url: &str, message: String, ssh_log: &str) -> Error {
+    let log: Vec<&str> = ssh_log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .collect();
+    let log = log.join("; ");
+    let with_log = if log.is_empty() {
+        message.clone()
+    } else {
+        format!("{log} ({message})")
+    };
+    let url = url.to_string();
+    if log.contains("Host key verification failed")
+        || log.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || log.contains("host key is known")
+    {
+        return Error::HostKey {
+            url,
+            message: with_log,
+        };
+    }
+    let lower = message.to_lowercase();
+    if log.contains("Permission denied")
+        || lower.contains("were not accepted by the remote")
+        || lower.contains("no credentials were returned")
+        || lower.contains("authentication")
+        || lower.contains("401")
+        || lower.contains("403")
+    {
+        return Error::Auth {
+            url,
+            message: with_log,
+        };
+    }
+    Error::Fetch {
+        url,
+        message: with_log,
+    }
+}
+
+fn msg<E: std::error::Error + 'static>(e: E) -> String {
+    chain(&e)
+}
+
+/// A commit's id, or the error naming it.
+fn object_id(commit: &Commit) -> Result<gix::ObjectId> {
+    gix::ObjectId::from_hex(commit.as_str().as_bytes()).map_err(|e| Error::Read {
+        what: "the commit id".into(),
+        commit: commit.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// HTTP transport options: an extra CA and a bearer token, when given.
+fn http_options(creds: &Creds) -> Result<gix::protocol::transport::client::blocking_io::http::Options, String> {
+    use gix::protocol::transport::client::blocking_io::http;
+    let certs = match &creds.ca {
+        Some(pem) => Some(
+            reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("ca.crt is not PEM certificates: {e}"))?,
+        ),
+        None => None,
+    };
+    let bearer = match &creds.bearer {
+        Some(t) => Some(
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| "bearerToken holds characters a header cannot".to_string())?,
+        ),
+        None => None,
+    };
+    let mut backend = http::reqwest::Options::default();
+    if let Some(certs) = certs {
+        backend.configure_client = Some(Box::new(move |b: reqwest::blocking::ClientBuilder| {
+            Ok(b.tls_certs_merge(certs.clone()))
+        }));
+    }
+    if let Some(mut value) = bearer {
+        value.set_sensitive(true);
+        backend.configure_request = Some(Box::new(move |r: &mut reqwest::blocking::Request| {
+            r.headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, value.clone());
+            Ok(())
+        }));
+    }
+    Ok(http::Options {
+        backend: Some(std::sync::Arc::new(std::sync::Mutex::new(backend))),
+        ..Default::default()
+    })
+}
+
 impl Source {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Source { dir: dir.into() }
+        Source {
+            dir: dir.into(),
+            auth: GitAuth::default(),
+            max_bytes: DEFAULT_CACHE_BYTES,
+        }
     }
 
-    fn open(&self, url: &str) -> Result<gix::Repository> {
-        let path = self.dir.join(cache_name(url));
+    /// Uses these credentials for every fetch.
+    pub fn with_auth(mut self, auth: GitAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Bounds the cache to about this many bytes.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    fn repo_path(&self, url: &str) -> PathBuf {
+        self.dir.join(cache_name(url))
+    }
+
+    fn open(&self, url: &str, overrides: Vec<String>) -> Result<gix::Repository> {
+        let path = self.repo_path(url);
         let err = |e: &dyn std::fmt::Display| Error::Cache {
             path: path.clone(),
             message: e.to_string(),
         };
-        if path.join("HEAD").exists() {
-            gix::open(&path).map_err(|e| err(&e))
-        } else {
+        if !path.join("HEAD").exists() {
             std::fs::create_dir_all(&path).map_err(|e| err(&e))?;
-            gix::init_bare(&path).map_err(|e| err(&e))
+            gix::init_bare(&path).map_err(|e| err(&e))?;
         }
+        gix::open_opts(
+            &path,
+            gix::open::Options::isolated().config_overrides(overrides),
+        )
+        .map_err(|e| err(&e))
     }
 
-    fn fetch(repo: &gix::Repository, url: &str) -> Result<()> {
-        let err = |e: &dyn std::fmt::Display| Error::Fetch {
-            url: url.to_string(),
+    fn ssh_dir(&self) -> PathBuf {
+        self.dir.join(".ssh")
+    }
+
+    fn ssh_log(&self) -> String {
+        std::fs::read_to_string(self.ssh_dir().join("log")).unwrap_or_default()
+    }
+
+    /// Configuration for this fetch: for SSH, the command with our key, a
+    /// fresh log, and strict host key checking.
+    fn overrides(&self, url: &str, creds: &Creds) -> Result<Vec<String>> {
+        if !is_ssh(url) {
+            return Ok(vec![]);
+        }
+        let dir = self.ssh_dir();
+        let io = |p: &Path, e: std::io::Error| Error::Cache {
+            path: p.to_path_buf(),
             message: e.to_string(),
         };
-        repo.remote_at(url)
-            .map_err(|e| err(&e))?
-            .with_refspecs(
-                ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                gix::remote::Direction::Fetch,
-            )
-            .map_err(|e| err(&e))?
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let log = dir.join("log");
+        std::fs::write(&log, b"").map_err(|e| io(&log, e))?;
+        let mut cmd = format!(
+            "ssh -E {} -o BatchMode=yes -o IdentitiesOnly=yes -o GlobalKnownHostsFile=/dev/null",
+            sh_quote(&log)
+        );
+        if self.auth.ssh_insecure_ignore_host_key {
+            cmd.push_str(" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null");
+        } else {
+            let kh = creds
+                .known_hosts
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/dev/null"));
+            cmd.push_str(&format!(
+                " -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                sh_quote(&kh)
+            ));
+        }
+        if let Some(key) = &creds.identity {
+            // ssh refuses a key others can read; a mounted Secret often is.
+            let p = dir.join("identity");
+            write_private(&p, key).map_err(|e| io(&p, e))?;
+            cmd.push_str(&format!(" -i {}", sh_quote(&p)));
+        }
+        Ok(vec![
+            format!("core.sshCommand={cmd}"),
+            "ssh.variant=ssh".to_string(),
+        ])
+    }
+
+    /// One fetch of `refspecs`; the error is the whole chain as text.
+    fn fetch_with(
+        repo: &gix::Repository,
+        url: &str,
+        creds: &Creds,
+        refspecs: &[&str],
+        shallow: gix::remote::fetch::Shallow,
+    ) -> Result<(), String> {
+        let remote = repo
+            .remote_at(url)
+            .map_err(msg)?
+            .with_refspecs(refspecs.iter().copied(), gix::remote::Direction::Fetch)
+            .map_err(msg)?;
+        let account = creds.password.clone().map(|password| gix::sec::identity::Account {
+            username: creds.username.clone().unwrap_or_else(|| "git".into()),
+            password,
+            oauth_refresh_token: None,
+        });
+        let mut conn = remote
             .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| err(&e))?
-            .prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(|e| err(&e))?
+            .map_err(msg)?
+            .with_credentials(move |action| {
+                Ok(match (action, &account) {
+                    (gix::credentials::helper::Action::Get(ctx), Some(a)) => {
+                        Some(gix::credentials::protocol::Outcome {
+                            identity: a.clone(),
+                            next: ctx.into(),
+                        })
+                    }
+                    _ => None,
+                })
+            });
+        if is_http(url) && (creds.ca.is_some() || creds.bearer.is_some()) {
+            conn = conn.with_transport_options(Box::new(http_options(creds)?));
+        }
+        conn.prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(msg)?
+            .with_shallow(shallow)
             .receive(gix::progress::Discard, &AtomicBool::new(false))
-            .map_err(|e| err(&e))?;
+            .map_err(msg)?;
         Ok(())
+    }
+
+    /// Fetches what `id` needs into the cache for `url`: the commit alone
+    /// where the server allows it, else its branches and tags.
+    fn fetch(&self, url: &str, id: gix::ObjectId, creds: &Creds) -> Result<gix::Repository> {
+        let overrides = self.overrides(url, creds)?;
+        let repo = self.open(url, overrides.clone())?;
+        let hex = id.to_string();
+        let one = gix::remote::fetch::Shallow::DepthAtRemote(1.try_into().expect("1 > 0"));
+        if let Err(m) = Self::fetch_with(&repo, url, creds, &[&hex], one) {
+            match classify(url, m, &self.ssh_log()) {
+                e @ (Error::Auth { .. } | Error::HostKey { .. }) => return Err(e),
+                e => tracing::debug!(error = %e, "fetching the commit alone failed; fetching branches and tags"),
+            }
+        }
+        if repo.has_object(id) {
+            return Ok(repo);
+        }
+        let _ = self.overrides(url, creds)?;
+        Self::fetch_with(
+            &repo,
+            url,
+            creds,
+            &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            gix::remote::fetch::Shallow::NoChange,
+        )
+        .map_err(|m| classify(url, m, &self.ssh_log()))?;
+        Ok(repo)
+    }
+
+    /// Keeps the cache within its bound: other repositories go first, then
+    /// this one is rebuilt with only `id`. Returns the repository to use.
+    fn bound(
+        &self,
+        url: &str,
+        repo: gix::Repository,
+        id: gix::ObjectId,
+        creds: &Creds,
+    ) -> Result<gix::Repository> {
+        let current = self.repo_path(url);
+        let repos: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "git"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let total: u64 = repos.iter().map(|p| dir_size(p)).sum();
+        if total <= self.max_bytes {
+            return Ok(repo);
+        }
+        for p in repos.iter().filter(|p| **p != current) {
+            tracing::info!(path = %p.display(), "git cache over its bound: removing another repository");
+            let _ = std::fs::remove_dir_all(p);
+        }
+        let size = dir_size(&current);
+        if size <= self.max_bytes {
+            return Ok(repo);
+        }
+        tracing::info!(
+            bytes = size,
+            bound = self.max_bytes,
+            "git cache over its bound: keeping only the pinned commit"
+        );
+        drop(repo);
+        std::fs::remove_dir_all(&current).map_err(|e| Error::Cache {
+            path: current.clone(),
+            message: e.to_string(),
+        })?;
+        let repo = self.fetch(url, id, creds)?;
+        Ok(repo)
     }
 
     /// Makes sure `commit` is in the cache; returns whether it had to fetch.
     pub fn ensure(&self, url: &str, commit: &Commit) -> Result<(gix::Repository, bool)> {
-        let repo = self.open(url)?;
-        let id = gix::ObjectId::from_hex(commit.as_str().as_bytes()).map_err(|e| Error::Read {
-            what: "the commit id".into(),
-            commit: commit.to_string(),
-            message: e.to_string(),
-        })?;
+        let id = object_id(commit)?;
+        let repo = self.open(url, vec![])?;
         if repo.has_object(id) {
             return Ok((repo, false));
         }
-        Self::fetch(&repo, url)?;
+        drop(repo);
+        let creds = self.auth.load()?;
+        let repo = self.fetch(url, id, &creds)?;
+        let unknown = || Error::UnknownCommit {
+            url: url.to_string(),
+            commit: commit.to_string(),
+        };
         if !repo.has_object(id) {
-            return Err(Error::UnknownCommit {
-                url: url.to_string(),
-                commit: commit.to_string(),
-            });
+            return Err(unknown());
+        }
+        let repo = self.bound(url, repo, id, &creds)?;
+        if !repo.has_object(id) {
+            return Err(unknown());
         }
         Ok((repo, true))
     }
@@ -207,4 +617,157 @@ fn walk(
         // Submodules and symlinks are not followed.
     }
     Ok(())
+}
+
+/// Writes `data` to `p` readable by its owner only.
+fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(p);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(data)?;
+    // An OpenSSH key must end with a newline.
+    if !data.ends_with(b"\n") {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// A repository with three commits, each adding a 64 KiB file of noise.
+    fn upstream() -> (tempfile::TempDir, String, Vec<Commit>) {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        let mut commits = vec![];
+        for i in 0..3 {
+            let noise: Vec<u8> = (0..65536).map(|_| fastrand::u8(..)).collect();
+            std::fs::create_dir_all(dir.path().join("c")).unwrap();
+            std::fs::write(dir.path().join(format!("c/f{i}.bin")), noise).unwrap();
+            git(dir.path(), &["add", "."]);
+            git(dir.path(), &["commit", "-q", "-m", &format!("c{i}")]);
+            commits.push(Commit::parse(&git(dir.path(), &["rev-parse", "HEAD"])).unwrap());
+        }
+        let url = format!("file://{}", dir.path().display());
+        (dir, url, commits)
+    }
+
+    #[test]
+    fn fetches_only_the_pinned_commit() {
+        let (_up, url, commits) = upstream();
+        let cache = tempfile::tempdir().unwrap();
+        let source = Source::new(cache.path());
+        let (files, fetched) = source.files(&url, &commits[1], "c").unwrap();
+        assert!(fetched);
+        assert_eq!(
+            files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["f0.bin", "f1.bin"]
+        );
+        let repo = source.open(&url, vec![]).unwrap();
+        let id = |c: &Commit| gix::ObjectId::from_hex(c.as_str().as_bytes()).unwrap();
+        assert!(!repo.has_object(id(&commits[0])), "history was fetched");
+        assert!(!repo.has_object(id(&commits[2])), "a later commit was fetched");
+        // Cached: no second fetch.
+        assert!(!source.files(&url, &commits[1], "c").unwrap().1);
+    }
+
+    #[test]
+    fn unknown_commit_and_missing_path_are_distinct_errors() {
+        let (_up, url, commits) = upstream();
+        let cache = tempfile::tempdir().unwrap();
+        let source = Source::new(cache.path());
+        let absent = Commit::parse("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let e = source.files(&url, &absent, "c").unwrap_err();
+        assert!(matches!(e, Error::UnknownCommit { .. }), "{e}");
+        assert!(e.to_string().contains("0123456789abcdef"), "{e}");
+        let e = source.files(&url, &commits[0], "nope").unwrap_err();
+        assert!(matches!(e, Error::PathMissing { .. }), "{e}");
+        assert!(e.to_string().contains("\"nope\""), "{e}");
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bound() {
+        let (_up, url, commits) = upstream();
+        let (_other, other_url, other_commits) = upstream();
+        let cache = tempfile::tempdir().unwrap();
+        // Room for about one commit's objects (64 KiB of noise each).
+        let source = Source::new(cache.path()).with_max_bytes(150 << 10);
+        source.files(&other_url, &other_commits[0], "c").unwrap();
+        source.files(&url, &commits[0], "c").unwrap();
+        assert!(
+            !cache.path().join(cache_name(&other_url)).exists(),
+            "another repository was kept past the bound"
+        );
+        for c in &commits[1..] {
+            let (files, _) = source.files(&url, c, "c").unwrap();
+            assert!(!files.is_empty());
+            let size = dir_size(cache.path());
+            assert!(size <= 400 << 10, "cache holds {size} bytes");
+        }
+        let repo = source.open(&url, vec![]).unwrap();
+        let id = gix::ObjectId::from_hex(commits[0].as_str().as_bytes()).unwrap();
+        assert!(!repo.has_object(id), "an old commit survived the rebuild");
+    }
+
+    #[test]
+    fn auth_failures_are_told_apart() {
+        let e = classify(
+            "ssh://git@h/r",
+            "Transport handshake failed".into(),
+            "Host key verification failed.\n",
+        );
+        assert!(matches!(e, Error::HostKey { .. }), "{e}");
+        let e = classify(
+            "ssh://git@h/r",
+            "x".into(),
+            "git@h: Permission denied (publickey).",
+        );
+        assert!(matches!(e, Error::Auth { .. }), "{e}");
+        let e = classify(
+            "https://h/r",
+            "Credentials provided for \"https://h/r\" were not accepted by the remote".into(),
+            "",
+        );
+        assert!(matches!(e, Error::Auth { .. }), "{e}");
+        let e = classify("https://h/r", "connection refused".into(), "");
+        assert!(matches!(e, Error::Fetch { .. }), "{e}");
+    }
+
+    #[test]
+    fn credentials_come_from_the_secret_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("username"), "robot\n").unwrap();
+        std::fs::write(dir.path().join("token"), "s3cret\n").unwrap();
+        let mut auth = GitAuth {
+            secret_dir: Some(dir.path().into()),
+            ..Default::default()
+        };
+        let c = auth.load().unwrap();
+        assert_eq!(c.username.as_deref(), Some("robot"));
+        assert_eq!(c.password.as_deref(), Some("s3cret"));
+        auth.password = Some("from-env".into());
+        assert_eq!(auth.load().unwrap().password.as_deref(), Some("from-env"));
+        assert!(!format!("{auth:?}").contains("from-env"), "Debug shows the secret");
+    }
 }
