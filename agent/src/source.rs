@@ -204,12 +204,32 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Sorts a failed fetch into authentication, host key or other failures,
 /// using what ssh logged when it was ssh.
 fn classify(url: &str, message: String, ssh_log: &str) -> Error {
-    let log: Vec<&str> = ssh_log
+    // ssh's own words, without its banners and advice.
+    let lines: Vec<&str> = ssh_log
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+        .filter(|l| !l.is_empty() && !l.starts_with('@'))
         .collect();
-    let log = log.join("; ");
+    let telling = [
+        "host key",
+        "Host key",
+        "SHA256:",
+        "Offending",
+        "Permission denied",
+        "Connection",
+        "Could not",
+        "No such",
+    ];
+    let mut kept: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| telling.iter().any(|t| l.contains(t)))
+        .filter(|l| !l.starts_with("Add correct") && !l.starts_with("It is"))
+        .collect();
+    if kept.is_empty() {
+        kept.extend(lines.last());
+    }
+    let log = kept.join("; ");
     let with_log = if log.is_empty() {
         message.clone()
     } else {
@@ -229,9 +249,8 @@ fn classify(url: &str, message: String, ssh_log: &str) -> Error {
     if log.contains("Permission denied")
         || lower.contains("were not accepted by the remote")
         || lower.contains("no credentials were returned")
-        || lower.contains("authentication")
-        || lower.contains("401")
-        || lower.contains("403")
+        || lower.contains("http status 401")
+        || lower.contains("http status 403")
     {
         return Error::Auth {
             url,
@@ -258,7 +277,9 @@ fn object_id(commit: &Commit) -> Result<gix::ObjectId> {
 }
 
 /// HTTP transport options: an extra CA and a bearer token, when given.
-fn http_options(creds: &Creds) -> Result<gix::protocol::transport::client::blocking_io::http::Options, String> {
+fn http_options(
+    creds: &Creds,
+) -> Result<gix::protocol::transport::client::blocking_io::http::Options, String> {
     use gix::protocol::transport::client::blocking_io::http;
     let certs = match &creds.ca {
         Some(pem) => Some(
@@ -399,11 +420,14 @@ impl Source {
             .map_err(msg)?
             .with_refspecs(refspecs.iter().copied(), gix::remote::Direction::Fetch)
             .map_err(msg)?;
-        let account = creds.password.clone().map(|password| gix::sec::identity::Account {
-            username: creds.username.clone().unwrap_or_else(|| "git".into()),
-            password,
-            oauth_refresh_token: None,
-        });
+        let account = creds
+            .password
+            .clone()
+            .map(|password| gix::sec::identity::Account {
+                username: creds.username.clone().unwrap_or_else(|| "git".into()),
+                password,
+                oauth_refresh_token: None,
+            });
         let mut conn = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(msg)?
@@ -439,7 +463,9 @@ impl Source {
         if let Err(m) = Self::fetch_with(&repo, url, creds, &[&hex], one) {
             match classify(url, m, &self.ssh_log()) {
                 e @ (Error::Auth { .. } | Error::HostKey { .. }) => return Err(e),
-                e => tracing::debug!(error = %e, "fetching the commit alone failed; fetching branches and tags"),
+                e => {
+                    tracing::debug!(error = %e, "fetching the commit alone failed; fetching branches and tags")
+                }
             }
         }
         if repo.has_object(id) {
@@ -687,7 +713,10 @@ mod tests {
         let repo = source.open(&url, vec![]).unwrap();
         let id = |c: &Commit| gix::ObjectId::from_hex(c.as_str().as_bytes()).unwrap();
         assert!(!repo.has_object(id(&commits[0])), "history was fetched");
-        assert!(!repo.has_object(id(&commits[2])), "a later commit was fetched");
+        assert!(
+            !repo.has_object(id(&commits[2])),
+            "a later commit was fetched"
+        );
         // Cached: no second fetch.
         assert!(!source.files(&url, &commits[1], "c").unwrap().1);
     }
@@ -768,6 +797,9 @@ mod tests {
         assert_eq!(c.password.as_deref(), Some("s3cret"));
         auth.password = Some("from-env".into());
         assert_eq!(auth.load().unwrap().password.as_deref(), Some("from-env"));
-        assert!(!format!("{auth:?}").contains("from-env"), "Debug shows the secret");
+        assert!(
+            !format!("{auth:?}").contains("from-env"),
+            "Debug shows the secret"
+        );
     }
 }

@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// The fleet's Git repository, as agents reach it.
     #[arg(long, env = "FERRY_REPO")]
     pub repo: String,
+    /// Where the coordinator reads the repository to resolve refs, if not
+    /// from --repo (for example agents use an in-cluster mirror).
+    #[arg(long, env = "FERRY_RESOLVE_URL")]
+    pub resolve_url: Option<String>,
     /// Each cluster's directory: {cluster} and {label.KEY} placeholders.
     #[arg(long, env = "FERRY_PATH_TEMPLATE", default_value = DEFAULT_PATH_TEMPLATE)]
     pub path_template: String,
@@ -198,6 +202,7 @@ impl ServeArgs {
     pub fn config(&self) -> Result<Config> {
         let mut cfg = Config::new(self.listen, self.data_dir.clone(), self.repo.clone());
         cfg.path_template = self.path_template.clone();
+        cfg.resolve_url = self.resolve_url.clone();
         cfg.tls_names = self.tls_sans.clone();
         cfg.tls = self
             .tls_cert

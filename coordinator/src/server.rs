@@ -35,6 +35,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The fleet repository, as agents reach it.
     pub repo_url: String,
+    /// Where the coordinator itself reads the repository to resolve refs,
+    /// when that differs from `repo_url` (agents behind a mirror, or on SSH
+    /// while the coordinator reads over HTTPS). `None`: `repo_url`.
+    pub resolve_url: Option<String>,
     pub path_template: String,
     /// Names (DNS names or IPs) of the serving certificate the CA issues.
     pub tls_names: Vec<String>,
@@ -52,6 +56,7 @@ impl Config {
             listen,
             data_dir,
             repo_url,
+            resolve_url: None,
             path_template: ferry_proto::DEFAULT_PATH_TEMPLATE.into(),
             tls_names: vec!["localhost".into(), "127.0.0.1".into()],
             tls: None,
@@ -122,7 +127,9 @@ impl Coordinator {
             (Some(tls), Some(pki))
         };
         let repo = Arc::new(Repo::new(
-            cfg.repo_url.clone(),
+            cfg.resolve_url
+                .clone()
+                .unwrap_or_else(|| cfg.repo_url.clone()),
             cfg.data_dir.join("repo.git"),
         ));
         let hub = Arc::new(Hub::new(

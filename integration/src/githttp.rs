@@ -1,5 +1,6 @@
 //! A real smart-HTTP Git server for tests: every request runs Debian's
-//! `git http-backend` as a CGI program. Plain HTTP on 127.0.0.1.
+//! `git http-backend` as a CGI program. Plain HTTP or HTTPS (with its own
+//! CA) on 127.0.0.1, optionally demanding basic or bearer credentials.
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -9,13 +10,27 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+/// How an [`HttpGit`] serves.
+#[derive(Clone, Debug, Default)]
+pub struct HttpGitOptions {
+    /// Serve HTTPS with a generated CA.
+    pub tls: bool,
+    /// Demand HTTP basic auth with this username and password.
+    pub basic: Option<(String, String)>,
+    /// Accept this bearer token too.
+    pub bearer: Option<String>,
+}
+
 /// A running `git http-backend` bridge; stops when dropped.
 pub struct HttpGit {
-    /// `http://127.0.0.1:PORT` (append `/NAME.git`).
+    /// `http(s)://127.0.0.1:PORT` (append `/NAME.git`).
     pub base: String,
+    /// The CA (PEM) of an HTTPS server.
+    pub ca_pem: Option<String>,
     stop: CancellationToken,
 }
 
@@ -26,10 +41,28 @@ impl Drop for HttpGit {
 }
 
 impl HttpGit {
-    /// Serves every repository below `root`.
+    /// Serves every repository below `root` over plain HTTP, to anyone.
     pub async fn start(root: PathBuf) -> Result<HttpGit> {
+        Self::start_with(root, HttpGitOptions::default()).await
+    }
+
+    /// Serves every repository below `root`.
+    pub async fn start_with(root: PathBuf, opts: HttpGitOptions) -> Result<HttpGit> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let (acceptor, ca_pem) = if opts.tls {
+            let ca = kube_emulator::tls::Ca::new("git-server-ca")?;
+            let leaf = ca.issue("git-server", &["localhost", "127.0.0.1"], false)?;
+            (
+                Some(tokio_rustls::TlsAcceptor::from(
+                    kube_emulator::tls::server_config(&leaf)?,
+                )),
+                Some(ca.cert_pem()),
+            )
+        } else {
+            (None, None)
+        };
+        let auth = Arc::new(Auth::new(&opts));
         let stop = CancellationToken::new();
         let token = stop.clone();
         tokio::spawn(async move {
@@ -40,20 +73,83 @@ impl HttpGit {
                 };
                 let root = root.clone();
                 let token = token.clone();
+                let acceptor = acceptor.clone();
+                let auth = auth.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| cgi(root.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (root, auth) = (root.clone(), auth.clone());
+                        async move {
+                            if let Some(denied) = auth.check(&req) {
+                                return Ok::<_, Infallible>(denied);
+                            }
+                            cgi(root, req).await
+                        }
+                    });
                     let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    tokio::select! {
-                        _ = token.cancelled() => {}
-                        _ = conn.serve_connection(TokioIo::new(tcp), svc) => {}
+                    match acceptor {
+                        Some(a) => {
+                            let Ok(tls) = a.accept(tcp).await else { return };
+                            tokio::select! {
+                                _ = token.cancelled() => {}
+                                _ = conn.serve_connection(TokioIo::new(tls), svc) => {}
+                            }
+                        }
+                        None => {
+                            tokio::select! {
+                                _ = token.cancelled() => {}
+                                _ = conn.serve_connection(TokioIo::new(tcp), svc) => {}
+                            }
+                        }
                     }
                 });
             }
         });
+        let scheme = if opts.tls { "https" } else { "http" };
         Ok(HttpGit {
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
+            ca_pem,
             stop,
         })
+    }
+}
+
+/// The Authorization headers a server accepts; none means open.
+struct Auth {
+    accepted: Vec<String>,
+}
+
+impl Auth {
+    fn new(opts: &HttpGitOptions) -> Self {
+        use base64::Engine;
+        let mut accepted = vec![];
+        if let Some((u, p)) = &opts.basic {
+            let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            accepted.push(format!("Basic {b}"));
+        }
+        if let Some(t) = &opts.bearer {
+            accepted.push(format!("Bearer {t}"));
+        }
+        Auth { accepted }
+    }
+
+    /// The refusal for a request without accepted credentials.
+    fn check<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        if self.accepted.is_empty() {
+            return None;
+        }
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if given.is_some_and(|g| self.accepted.iter().any(|a| a == g)) {
+            return None;
+        }
+        let mut r = reply(StatusCode::UNAUTHORIZED, "authentication required");
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"git\""),
+        );
+        Some(r)
     }
 }
 

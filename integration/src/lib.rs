@@ -4,4 +4,5 @@
 
 pub mod githttp;
 pub mod harness;
+pub mod sshgit;
 pub mod world;

@@ -35,7 +35,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -177,7 +177,18 @@ pub enum Transport {
     File,
     /// A plain local path.
     Path,
+    /// `https://` from `git http-backend` behind basic auth, with its own CA;
+    /// agents get credentials and the CA in a Git secret directory.
+    HttpsAuth,
+    /// `ssh://` from OpenSSH `sshd`; agents get a key and known_hosts.
+    Ssh,
 }
+
+/// The basic-auth credentials of [`Transport::HttpsAuth`].
+pub const GIT_USER: &str = "ferry-bot";
+pub const GIT_PASSWORD: &str = "s3cret-token";
+/// A bearer token [`Transport::HttpsAuth`] accepts too.
+pub const GIT_BEARER: &str = "bearer-s3cret";
 
 /// Tunables of a world.
 #[derive(Clone, Debug)]
@@ -212,8 +223,12 @@ pub struct World {
     pub admin_token: String,
     /// The repository URL the coordinator hands to agents.
     pub repo_url: String,
-    /// Keeps the http:// Git server alive as long as the world.
+    /// Keeps the http(s):// Git server alive as long as the world.
     _http: Option<crate::githttp::HttpGit>,
+    /// Keeps the ssh:// Git server alive as long as the world.
+    _ssh: Option<crate::sshgit::SshGit>,
+    /// The agents' Git secret directory (`--git-secret-dir`), if any.
+    pub git_secret: Option<PathBuf>,
     pub coordinator: Option<Coordinator>,
     pub coordinator_addr: SocketAddr,
     pub clusters: Vec<ClusterHandle>,
@@ -226,6 +241,9 @@ impl World {
         crate::harness::init_crypto();
         let git = GitServer::start(&dir.join("git"))?;
         let mut http = None;
+        let mut ssh = None;
+        let mut git_secret = None;
+        let secret_dir = dir.join("git-secret");
         let repo_url = match cfg.transport {
             Transport::GitDaemon => git.url.clone(),
             Transport::Http => {
@@ -239,6 +257,41 @@ impl World {
             }
             Transport::File => format!("file://{}", git.bare.display()),
             Transport::Path => git.bare.display().to_string(),
+            Transport::HttpsAuth => {
+                let h = crate::githttp::HttpGit::start_with(
+                    git.bare.parent().expect("served/").to_path_buf(),
+                    crate::githttp::HttpGitOptions {
+                        tls: true,
+                        basic: Some((GIT_USER.into(), GIT_PASSWORD.into())),
+                        bearer: Some(GIT_BEARER.into()),
+                    },
+                )
+                .await?;
+                git_secret = Some(crate::sshgit::write_secret(
+                    &secret_dir,
+                    &[
+                        ("username", GIT_USER.as_bytes()),
+                        ("password", GIT_PASSWORD.as_bytes()),
+                        ("ca.crt", h.ca_pem.clone().unwrap_or_default().as_bytes()),
+                    ],
+                )?);
+                let url = format!("{}/fleet.git", h.base);
+                http = Some(h);
+                url
+            }
+            Transport::Ssh => {
+                let server = crate::sshgit::SshGit::start(&dir.join("sshd"))?;
+                git_secret = Some(crate::sshgit::write_secret(
+                    &secret_dir,
+                    &[
+                        ("identity", &server.client_key),
+                        ("known_hosts", server.known_hosts.as_bytes()),
+                    ],
+                )?);
+                let url = server.url(&git.bare);
+                ssh = Some(server);
+                url
+            }
         };
         let mut world = World {
             dir: dir.to_path_buf(),
@@ -247,6 +300,8 @@ impl World {
             admin_token: String::new(),
             repo_url,
             _http: http,
+            _ssh: ssh,
+            git_secret,
             coordinator: None,
             coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             clusters: vec![],
@@ -271,6 +326,10 @@ impl World {
             self.repo_url.clone(),
         );
         cfg.path_template = self.cfg.path_template.clone();
+        // The coordinator resolves refs over git:// whatever agents use.
+        if self.repo_url != self.git.url {
+            cfg.resolve_url = Some(self.git.url.clone());
+        }
         cfg.cert_lifetime = self.cfg.cert_lifetime;
         cfg
     }
@@ -405,6 +464,7 @@ impl World {
         cfg.min_backoff = Duration::from_millis(100);
         cfg.max_backoff = Duration::from_secs(2);
         cfg.join_token = Some(c.join_token.clone());
+        cfg.git_auth.secret_dir = self.git_secret.clone();
         cfg.kustomize = vec![
             crate::harness::kubectl().display().to_string(),
             "kustomize".into(),

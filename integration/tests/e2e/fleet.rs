@@ -7,7 +7,7 @@ use ferry_proto::v1::{Health, Phase, PinRequest};
 use kube_emulator::Emulator;
 use serde_json::Value;
 
-fn app(cluster: &str, version: &str) -> String {
+pub(crate) fn app(cluster: &str, version: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -46,12 +46,16 @@ spec:
 const EXTRA: &str =
     "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\n  namespace: shop\ndata:\n  a: b\n";
 
-fn setting(emu: &Emulator) -> Option<String> {
+pub(crate) fn setting(emu: &Emulator) -> Option<String> {
     emu.object("", "configmaps", Some("shop"), "settings")
         .and_then(|o| o["data"]["version"].as_str().map(str::to_string))
 }
 
-async fn pin(world: &World, clusters: &[&str], reference: &str) -> anyhow::Result<String> {
+pub(crate) async fn pin(
+    world: &World,
+    clusters: &[&str],
+    reference: &str,
+) -> anyhow::Result<String> {
     let r = world
         .admin()
         .await?

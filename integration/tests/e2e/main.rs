@@ -2,5 +2,6 @@
 
 mod emulator;
 mod fleet;
+mod git_access;
 mod rollouts;
 mod security;
