@@ -317,7 +317,8 @@ impl Applier {
         detect_only: bool,
     ) -> Result<Applied> {
         // CRDs in this set define kinds that discovery cannot know yet.
-        let mut pending_crds: HashMap<(String, String), bool> = HashMap::new();
+        // (group, kind) -> (namespaced, the CRD's name)
+        let mut pending_crds: HashMap<(String, String), (bool, String)> = HashMap::new();
         for o in objects
             .iter()
             .filter(|o| o.kind() == "CustomResourceDefinition")
@@ -334,7 +335,10 @@ impl Applier {
                 .unwrap_or("");
             let namespaced =
                 o.value.pointer("/spec/scope").and_then(Value::as_str) != Some("Cluster");
-            pending_crds.insert((g.to_string(), k.to_string()), namespaced);
+            pending_crds.insert(
+                (g.to_string(), k.to_string()),
+                (namespaced, o.name().to_string()),
+            );
         }
 
         // Resolve kinds and normalise: namespaces, owner label, hash.
@@ -355,7 +359,7 @@ impl Applier {
                 pending_crds.get(&(o.group().to_string(), o.kind().to_string())),
             ) {
                 (Some(k), _) => k.namespaced,
-                (None, Some(ns)) => *ns,
+                (None, Some((ns, _))) => *ns,
                 (None, None) => {
                     problems.push(Problem {
                         source: o.source.clone(),
@@ -599,7 +603,13 @@ impl Applier {
             current_wave = Some(p.wave);
             let kind = match &p.kind {
                 Some(k) => k.clone(),
-                None => self.wait_for_kind(&p.obj).await?,
+                None => {
+                    let key = (p.obj.group().to_string(), p.obj.kind().to_string());
+                    if let Some((_, crd)) = pending_crds.get(&key) {
+                        self.wait_established(crd, &p.obj).await?;
+                    }
+                    self.wait_for_kind(&p.obj).await?
+                }
             };
             let applied = self
                 .api(&kind, p.obj.namespace())
@@ -716,6 +726,50 @@ impl Applier {
                 });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until the CRD named `crd` is Established (a custom object of
+    /// its kind is refused until then).
+    async fn wait_established(&mut self, crd: &str, o: &Object) -> Result<()> {
+        let api: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &ApiResource {
+                group: "apiextensions.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "apiextensions.k8s.io/v1".into(),
+                kind: "CustomResourceDefinition".into(),
+                plural: "customresourcedefinitions".into(),
+            },
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let live = api.get_opt(crd).await.map_err(|e| Error::Api {
+                what: format!("reading CustomResourceDefinition {crd}"),
+                message: api_message(&e),
+            })?;
+            let established = live
+                .as_ref()
+                .and_then(|l| l.data.pointer("/status/conditions"))
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.get("type").and_then(Value::as_str) == Some("Established")
+                            && c.get("status").and_then(Value::as_str) == Some("True")
+                    })
+                });
+            if established {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Apply {
+                    object: format!("{} ({})", o.reference(), o.source),
+                    message: format!(
+                        "CustomResourceDefinition {crd} was not Established within 60s"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

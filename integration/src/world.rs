@@ -201,6 +201,8 @@ pub struct WorldConfig {
     pub resync: Duration,
     /// How long agent certificates live.
     pub cert_lifetime: Duration,
+    /// How long a new CRD takes to be Established in the emulators.
+    pub crd_establish_delay: Duration,
 }
 
 impl Default for WorldConfig {
@@ -211,6 +213,7 @@ impl Default for WorldConfig {
             ready_delay: Duration::from_millis(200),
             resync: Duration::from_secs(5),
             cert_lifetime: Duration::from_secs(30 * 86_400),
+            crd_establish_delay: Duration::ZERO,
         }
     }
 }
@@ -413,6 +416,7 @@ impl World {
         let emulator = Emulator::start(EmulatorConfig {
             controllers: Controllers {
                 ready_delay: self.cfg.ready_delay,
+                crd_establish_delay: self.cfg.crd_establish_delay,
             },
             ..EmulatorConfig::default()
         })

@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         token: args.token,
         controllers: Controllers {
             ready_delay: Duration::from_millis(args.ready_delay_ms),
+            ..Controllers::default()
         },
         ..Config::default()
     })

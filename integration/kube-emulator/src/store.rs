@@ -89,12 +89,16 @@ type Key = (String, String, String);
 pub struct Controllers {
     /// How long a workload takes to become available, a Job to finish, a PVC to bind.
     pub ready_delay: Duration,
+    /// How long a new CRD takes to become Established; its kind is not
+    /// served until then. Zero: at once.
+    pub crd_establish_delay: Duration,
 }
 
 impl Default for Controllers {
     fn default() -> Self {
         Controllers {
             ready_delay: Duration::from_millis(300),
+            crd_establish_delay: Duration::ZERO,
         }
     }
 }
@@ -484,14 +488,39 @@ impl Store {
         self.rv += 1;
         meta_mut(&mut body).insert("resourceVersion".into(), self.rv.to_string().into());
         if rt.kind == "CustomResourceDefinition" && rt.crd.is_none() {
-            Self::crd_status(&mut body);
-            let t = Registry::type_from_crd(&body).expect("validated");
-            self.registry.insert(t);
+            let delay = self.controllers.crd_establish_delay;
+            if delay.is_zero() {
+                Self::crd_status(&mut body);
+                let t = Registry::type_from_crd(&body).expect("validated");
+                self.registry.insert(t);
+            } else {
+                Self::crd_installing(&mut body);
+                self.pending.push(Pending {
+                    due: Instant::now() + delay,
+                    key: key.clone(),
+                    generation: body
+                        .pointer("/metadata/generation")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1),
+                });
+            }
         }
         self.objects.insert(key.clone(), body.clone());
         self.emit(rt, &key.1, "ADDED", body.clone());
         self.schedule(rt, &key, &body);
         Ok(body)
+    }
+
+    /// A new CRD's status before it is Established.
+    fn crd_installing(body: &mut Value) {
+        let now = now_rfc3339();
+        body["status"] = json!({
+            "acceptedNames": body.pointer("/spec/names").cloned().unwrap_or(json!({})),
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+                {"type": "Established", "status": "False", "reason": "Installing", "message": "the initial names have been accepted", "lastTransitionTime": now},
+            ],
+        });
     }
 
     fn crd_status(body: &mut Value) {
@@ -889,6 +918,17 @@ impl Store {
                 continue;
             };
             if obj.pointer("/metadata/generation").and_then(Value::as_i64) != Some(p.generation) {
+                continue;
+            }
+            if rt.kind == "CustomResourceDefinition" && rt.crd.is_none() {
+                Self::crd_status(&mut obj);
+                if let Ok(t) = Registry::type_from_crd(&obj) {
+                    self.registry.insert(t);
+                }
+                self.rv += 1;
+                meta_mut(&mut obj).insert("resourceVersion".into(), self.rv.to_string().into());
+                self.objects.insert(p.key.clone(), obj.clone());
+                self.emit(&rt, &p.key.1, "MODIFIED", obj);
                 continue;
             }
             let status = simulated_status(&rt.kind, &obj);

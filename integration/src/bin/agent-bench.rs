@@ -119,6 +119,7 @@ async fn main() -> Result<()> {
     let emu = Emulator::start(EmulatorConfig {
         controllers: Controllers {
             ready_delay: Duration::from_millis(50),
+            ..Controllers::default()
         },
         ..EmulatorConfig::default()
     })

@@ -17,6 +17,7 @@ async fn emulator() -> Emulator {
         token: Some("t0ken".into()),
         controllers: Controllers {
             ready_delay: Duration::from_millis(100),
+            ..Controllers::default()
         },
         ..Config::default()
     })
@@ -762,6 +763,7 @@ async fn simulated_controllers_over_plain_http() {
         tls: false,
         controllers: Controllers {
             ready_delay: Duration::from_millis(50),
+            ..Controllers::default()
         },
         ..Config::default()
     })

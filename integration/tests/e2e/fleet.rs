@@ -794,3 +794,61 @@ async fn mass_prune_is_refused_unless_the_pin_allows_it() {
     let history = world.ferry(&["history", "m1"]).await.unwrap();
     assert!(history.contains("mass prune allowed"), "{history}");
 }
+
+/// A CRD and objects of its kind in one commit: the objects wait until the
+/// CRD is Established (the emulator takes 1.5 s here, and refuses the kind
+/// until then), instead of failing the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn custom_objects_wait_for_their_crd_to_be_established() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WorldConfig {
+        crd_establish_delay: std::time::Duration::from_millis(1500),
+        ..WorldConfig::default()
+    };
+    let mut world = World::start(dir.path(), cfg).await.unwrap();
+    let crd = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+    let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1, namespace: default}\nspec: {size: 3}\n";
+    // The widget sorts before the CRD by file name; order comes from kinds.
+    let a = world
+        .git
+        .commit(
+            "A",
+            &[
+                ("clusters/x1/a-widget.yaml", Some(widget)),
+                ("clusters/x1/crd.yaml", Some(crd)),
+            ],
+        )
+        .unwrap();
+    world.add_cluster("x1", &[]).await.unwrap();
+    world.wait_connected(&["x1"]).await;
+    pin(&world, &["x1"], &a).await.unwrap();
+    world.wait_healthy_at("x1", &a).await;
+    let emu = world.emulator("x1");
+    let crd = emu
+        .object(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            None,
+            "widgets.example.com",
+        )
+        .expect("the CRD");
+    assert_eq!(crd["status"]["conditions"][1]["type"], "Established");
+    assert_eq!(crd["status"]["conditions"][1]["status"], "True");
+    let w = emu
+        .object("example.com", "widgets", Some("default"), "w1")
+        .expect("the widget, applied once its CRD was Established");
+    assert_eq!(w["spec"]["size"], 3);
+}
