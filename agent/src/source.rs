@@ -471,16 +471,34 @@ impl Source {
         if repo.has_object(id) {
             return Ok(repo);
         }
+        self.fetch_branches_and_tags(&repo, url, creds)?;
+        Ok(repo)
+    }
+
+    fn fetch_branches_and_tags(
+        &self,
+        repo: &gix::Repository,
+        url: &str,
+        creds: &Creds,
+    ) -> Result<()> {
         let _ = self.overrides(url, creds)?;
         Self::fetch_with(
-            &repo,
+            repo,
             url,
             creds,
             &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
             gix::remote::fetch::Shallow::NoChange,
         )
-        .map_err(|m| classify(url, m, &self.ssh_log()))?;
-        Ok(repo)
+        .map_err(|m| classify(url, m, &self.ssh_log()))
+    }
+
+    /// Fetches every branch and tag of `url` into its cache, as a mirror
+    /// does (the agent itself fetches single commits). Up to date, it
+    /// transfers only the ref advertisement.
+    pub fn fetch_refs(&self, url: &str) -> Result<()> {
+        let creds = self.auth.load()?;
+        let repo = self.open(url, self.overrides(url, &creds)?)?;
+        self.fetch_branches_and_tags(&repo, url, &creds)
     }
 
     /// Keeps the cache within its bound: other repositories go first, then

@@ -216,9 +216,29 @@ impl ServeArgs {
     }
 }
 
+/// Every agent holds a connection: lift the soft open-file limit to the
+/// hard one, as servers do (the default soft limit is often 1024).
+fn raise_nofile() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let r = getrlimit(Resource::Nofile);
+    if let (Some(current), maximum) = (r.current, r.maximum)
+        && maximum.is_none_or(|m| current < m)
+    {
+        let want = Rlimit {
+            current: maximum,
+            maximum,
+        };
+        match setrlimit(Resource::Nofile, want) {
+            Ok(()) => tracing::debug!(limit = ?maximum, "raised the open-file limit"),
+            Err(e) => tracing::warn!(current, error = %e, "could not raise the open-file limit"),
+        }
+    }
+}
+
 /// Runs a parsed command line to completion, printing its output.
 pub async fn run(args: Args) -> Result<()> {
     if let Command::Serve(s) = &args.command {
+        raise_nofile();
         let coordinator = Coordinator::start(s.config()?).await?;
         shutdown_signal().await;
         tracing::info!("shutting down");

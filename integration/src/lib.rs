@@ -2,6 +2,8 @@
 //! and the benchmarks. The Kubernetes API emulator is the `kube-emulator`
 //! crate beside this one.
 
+pub mod bench;
+pub mod fleetsim;
 pub mod githttp;
 pub mod harness;
 pub mod sshgit;

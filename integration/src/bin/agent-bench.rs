@@ -8,16 +8,16 @@
 //! `cargo build --release --bin ferry --bin ferry-agent --bin agent-bench`
 //! then `target/release/agent-bench`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Parser;
+use ferry_integration::bench::{Proc, binary, rss_mib, wait_for};
 use ferry_integration::world::GitServer;
 use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{GetClusterRequest, Health, Phase, PinRequest};
 use ferry_proto::{Bearer, DialConfig};
 use kube_emulator::{Config as EmulatorConfig, Controllers, Emulator};
 use serde_json::json;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Measure the agent: cold converge, RSS, steady-state writes, no-op sync cost.
@@ -34,58 +34,6 @@ struct Args {
     resync_seconds: u64,
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn binary(name: &str) -> Result<PathBuf> {
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("the bench's folder")?
-        .to_path_buf();
-    let p = dir.join(name);
-    if !p.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build --release --bin ferry --bin ferry-agent --bin agent-bench)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn objects(n: usize) -> String {
     let mut s = String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bench\n");
     for i in 0..n {
@@ -97,17 +45,12 @@ fn objects(n: usize) -> String {
     s
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     ferry_integration::harness::init_crypto();
-    let (ferry, agent_bin) = (binary("ferry")?, binary("ferry-agent")?);
+    let hint = "cargo build --release --bin ferry --bin ferry-agent --bin agent-bench";
+    let (ferry, agent_bin) = (binary("ferry", hint)?, binary("ferry-agent", hint)?);
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
 
@@ -127,7 +70,7 @@ async fn main() -> Result<()> {
     let kubeconfig = dir.join("kubeconfig");
     emu.write_kubeconfig(&kubeconfig)?;
 
-    let port = free_port()?;
+    let port = ferry_integration::world::free_port()?;
     let data = dir.join("coordinator");
     let _coordinator = Proc(
         Command::new(&ferry)

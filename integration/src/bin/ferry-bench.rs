@@ -1,0 +1,742 @@
+//! `ferry-bench`: how far Ferry scales on this machine. Prints tables and
+//! one JSON line with the same figures.
+//!
+//! - **Coordinator**: `ferry serve` runs as its own process (its RSS is its
+//!   own) with its CA, mTLS and SQLite. A fleet simulator in this process
+//!   enrolls N clusters through the real join-token flow and holds one mTLS
+//!   stream per cluster, speaking the real protocol. Measured at each fleet
+//!   size: connections and RSS, memory per stream, pin fan-out (pin call to
+//!   each agent holding its assignment: p50, p99, max), then status reports
+//!   ingested per second at saturation, and a three-wave rollout end to end.
+//! - **Agent**: runs `agent-bench` (a real agent process against the
+//!   Kubernetes API emulator) and reports its figures.
+//! - **Git**: the agent's gix code against the git CLI on one repository.
+//!
+//! Build first, in one profile:
+//! `cargo build --release -p ferry-integration -p ferry-coordinator -p ferry-agent --bins`
+//! then `target/release/ferry-bench`.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use ferry_integration::bench::{
+    Proc, binary, percentile, print_table, raise_nofile, rss_mib, sockets, wait_for,
+};
+use ferry_integration::fleetsim::{Fleet, SimConfig};
+use ferry_integration::world::GitServer;
+use ferry_proto::v1::admin_client::AdminClient;
+use ferry_proto::v1::{
+    AddClusterRequest, GetRolloutRequest, ListClustersRequest, PinRequest, RolloutPlan,
+    StartRolloutRequest, WavePlan, WavePolicy, wave_plan,
+};
+use ferry_proto::{Bearer, DialConfig};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+const BUILD: &str =
+    "cargo build --release -p ferry-integration -p ferry-coordinator -p ferry-agent --bins";
+
+/// Measure the coordinator at fleet scale, the agent, and Git.
+#[derive(Parser)]
+struct Args {
+    /// Fleet sizes, ascending; the fleet grows from one to the next.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    clusters: Vec<usize>,
+    /// Seconds between a simulated agent's heartbeats (a real agent: 15).
+    #[arg(long, default_value_t = 15)]
+    heartbeat_seconds: u64,
+    /// How long a simulated agent "applies" before reporting Synced.
+    #[arg(long, default_value_t = 200)]
+    apply_ms: u64,
+    /// Status reports each agent sends in the saturation burst.
+    #[arg(long, default_value_t = 10)]
+    burst_reports: u64,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 32)]
+    enroll_concurrency: usize,
+    #[arg(long)]
+    skip_fleet: bool,
+    #[arg(long)]
+    skip_agent: bool,
+    #[arg(long)]
+    skip_git: bool,
+    /// Objects for the agent figures.
+    #[arg(long, default_value_t = 1000)]
+    agent_objects: usize,
+    /// Seconds of agent steady state.
+    #[arg(long, default_value_t = 60)]
+    agent_steady_seconds: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// p50, p99 and max of latencies (ms), as a table cell and JSON.
+fn spread(mut v: Vec<f64>) -> (String, Value) {
+    v.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (
+        percentile(&v, 50.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(0.0),
+    );
+    (
+        format!("{p50:.0} / {p99:.0} / {max:.0} ms"),
+        json!({"p50_ms": p50, "p99_ms": p99, "max_ms": max, "n": v.len()}),
+    )
+}
+
+struct Coord {
+    proc: Proc,
+    admin: Admin,
+    ca: std::path::PathBuf,
+    addr: String,
+}
+
+async fn start_coordinator(dir: &std::path::Path, repo: &str) -> Result<Coord> {
+    let ferry = binary("ferry", BUILD)?;
+    let port = ferry_integration::world::free_port()?;
+    let data = dir.join("coordinator");
+    let proc = Proc(
+        Command::new(&ferry)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(["--repo", repo])
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let token_file = data.join("admin-token");
+    let token = wait_for("the coordinator", Duration::from_secs(30), || async {
+        let t = std::fs::read_to_string(&token_file).ok()?;
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        Some(t)
+    })
+    .await?;
+    let addr = format!("https://127.0.0.1:{port}");
+    let ca = data.join("ca.pem");
+    let channel = DialConfig {
+        addr: addr.clone(),
+        ca: Some(ca.clone()),
+        ..DialConfig::default()
+    }
+    .endpoint()?
+    .connect()
+    .await?;
+    let admin = AdminClient::with_interceptor(channel, Bearer::new(token.trim())?)
+        .max_decoding_message_size(256 << 20);
+    Ok(Coord {
+        proc,
+        admin,
+        ca,
+        addr,
+    })
+}
+
+fn name(i: usize) -> String {
+    format!("sim-{i:05}")
+}
+
+fn index(name: &str) -> Option<usize> {
+    name.strip_prefix("sim-")?.parse().ok()
+}
+
+/// Enrolls clusters `from..to` through join tokens and starts their agents.
+async fn grow(c: &Coord, fleet: &mut Fleet, from: usize, to: usize, args: &Args) -> Result<f64> {
+    let t = Instant::now();
+    let enroll_dial = DialConfig {
+        addr: c.addr.clone(),
+        ca: Some(c.ca.clone()),
+        ..DialConfig::default()
+    };
+    let identities: Vec<Result<(usize, ferry_agent::identity::Identity)>> =
+        futures::stream::iter(from..to)
+            .map(|i| {
+                let mut admin = c.admin.clone();
+                let dial = enroll_dial.clone();
+                async move {
+                    let token = admin
+                        .add_cluster(AddClusterRequest {
+                            name: name(i),
+                            labels: Default::default(),
+                            token_ttl_seconds: 3600,
+                        })
+                        .await
+                        .with_context(|| format!("adding {}", name(i)))?
+                        .into_inner()
+                        .join_token;
+                    let id = ferry_agent::identity::enroll(&dial, &name(i), &token)
+                        .await
+                        .with_context(|| format!("enrolling {}", name(i)))?;
+                    Ok((i, id))
+                }
+            })
+            .buffer_unordered(args.enroll_concurrency)
+            .collect()
+            .await;
+    let mut identities = identities.into_iter().collect::<Result<Vec<_>>>()?;
+    identities.sort_by_key(|(i, _)| *i);
+    let enroll_s = t.elapsed().as_secs_f64();
+    let sim = SimConfig {
+        apply_time: Duration::from_millis(args.apply_ms),
+        heartbeat: Duration::from_secs(args.heartbeat_seconds),
+    };
+    for (i, id) in identities {
+        fleet.spawn(
+            name(i),
+            DialConfig {
+                identity: Some((id.cert_pem, id.key_pem)),
+                ..enroll_dial.clone()
+            },
+            sim.clone(),
+        );
+    }
+    Ok(enroll_s)
+}
+
+async fn connected_per_coordinator(admin: &Admin) -> Result<usize> {
+    Ok(admin
+        .clone()
+        .list_clusters(ListClustersRequest {})
+        .await?
+        .into_inner()
+        .clusters
+        .iter()
+        .filter(|c| c.connected)
+        .count())
+}
+
+/// Pins clusters `0..n` to `commit`; returns each agent's time from the
+/// pin call to holding the assignment (ms) and the call's own duration.
+async fn fan_out(c: &Coord, fleet: &Fleet, n: usize, commit: &str) -> Result<(Vec<f64>, f64)> {
+    let before: Vec<u64> = (0..n)
+        .map(|i| fleet.tally.generation[i].load(Ordering::Relaxed))
+        .collect();
+    let t0 = ferry_proto::now_unix_ms();
+    let call = Instant::now();
+    c.admin
+        .clone()
+        .pin(PinRequest {
+            clusters: (0..n).map(name).collect(),
+            r#ref: commit.into(),
+            reason: "bench".into(),
+            force: false,
+            allow_mass_prune: false,
+        })
+        .await?;
+    let call_ms = ms(call.elapsed());
+    wait_for(
+        "every agent's assignment",
+        Duration::from_secs(120),
+        || async {
+            (0..n)
+                .all(|i| fleet.tally.generation[i].load(Ordering::Relaxed) > before[i])
+                .then_some(())
+        },
+    )
+    .await?;
+    let lat = (0..n)
+        .map(|i| (fleet.tally.received_ms[i].load(Ordering::Relaxed) - t0) as f64)
+        .collect();
+    Ok((lat, call_ms))
+}
+
+/// Waits until the coordinator holds every cluster's report of `commit`.
+async fn all_synced(admin: &Admin, n: usize, commit: &str) -> Result<()> {
+    wait_for("every cluster Synced", Duration::from_secs(300), || async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let list = admin
+            .clone()
+            .list_clusters(ListClustersRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let done = list
+            .clusters
+            .iter()
+            .filter(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.applied_commit == commit)
+            })
+            .count();
+        (done >= n).then_some(())
+    })
+    .await
+}
+
+struct Stage {
+    clusters: usize,
+    enroll_s: f64,
+    connect_s: f64,
+    connected: usize,
+    sockets: usize,
+    rss_mib: f64,
+    fan_out: (String, Value),
+    pin_call_ms: f64,
+    synced_s: f64,
+}
+
+async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
+    let git = GitServer::start(&dir.join("git"))?;
+    let mut commits = vec![];
+    for i in 0..(args.clusters.len() + 2) {
+        commits.push(git.commit(
+            &format!("c{i}"),
+            &[("clusters/README", Some(&format!("revision {i}\n")))],
+        )?);
+    }
+    let c = start_coordinator(dir, &git.url).await?;
+    let pid = c.proc.0.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base_rss = rss_mib(pid);
+    let max = *args.clusters.iter().max().context("no fleet size")?;
+    let mut fleet = Fleet::new(max);
+    let mut stages: Vec<Stage> = vec![];
+    let mut have = 0;
+    for (k, &n) in args.clusters.iter().enumerate() {
+        if n <= have {
+            bail!("fleet sizes must ascend: {:?}", args.clusters);
+        }
+        eprintln!("growing the fleet to {n} clusters…");
+        let enroll_s = grow(&c, &mut fleet, have, n, args).await?;
+        have = n;
+        let t = Instant::now();
+        wait_for(
+            "every agent connected",
+            Duration::from_secs(300),
+            || async { (fleet.connected() >= n).then_some(()) },
+        )
+        .await?;
+        let connect_s = t.elapsed().as_secs_f64();
+        eprintln!("pinning {n} clusters…");
+        let (lat, pin_call_ms) = fan_out(&c, &fleet, n, &commits[k]).await?;
+        let t = Instant::now();
+        all_synced(&c.admin, n, &commits[k]).await?;
+        let synced_s = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stages.push(Stage {
+            clusters: n,
+            enroll_s,
+            connect_s,
+            connected: connected_per_coordinator(&c.admin).await?,
+            sockets: sockets(pid),
+            rss_mib: rss_mib(pid),
+            fan_out: spread(lat),
+            pin_call_ms,
+            synced_s,
+        });
+    }
+
+    // Saturation: every agent sends a burst of reports at once.
+    let n = have;
+    eprintln!(
+        "status burst: {} reports from each of {n} agents…",
+        args.burst_reports
+    );
+    let t = Instant::now();
+    let id = fleet.burst(args.burst_reports);
+    wait_for("every burst sent", Duration::from_secs(300), || async {
+        (0..n)
+            .all(|i| fleet.tally.burst_done[i].load(Ordering::Relaxed) >= id)
+            .then_some(())
+    })
+    .await?;
+    let last: Vec<u64> = (0..n)
+        .map(|i| fleet.tally.sent_seq[i].load(Ordering::Relaxed))
+        .collect();
+    wait_for("every report stored", Duration::from_secs(300), || async {
+        let list = c
+            .admin
+            .clone()
+            .list_clusters(ListClustersRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        let stored = list
+            .clusters
+            .iter()
+            .filter(|cl| {
+                let (Some(i), Some(s)) = (index(&cl.name), cl.status.as_ref()) else {
+                    return false;
+                };
+                i < n && s.drift_corrections >= last[i]
+            })
+            .count();
+        (stored >= n).then_some(())
+    })
+    .await?;
+    let burst_s = t.elapsed().as_secs_f64();
+    let reports_per_s = (n as u64 * args.burst_reports) as f64 / burst_s;
+    let rss_after_burst = rss_mib(pid);
+
+    // A three-wave rollout over the whole fleet.
+    eprintln!("three-wave rollout over {n} clusters…");
+    let target = commits.last().expect("commits").clone();
+    let wave = |name: &str, percent: u32| WavePlan {
+        name: name.into(),
+        select: Some(wave_plan::Select::Percent(percent)),
+        policy: None,
+    };
+    let t0 = ferry_proto::now_unix_ms();
+    let t = Instant::now();
+    let rollout = c
+        .admin
+        .clone()
+        .start_rollout(StartRolloutRequest {
+            plan: Some(RolloutPlan {
+                r#ref: target.clone(),
+                waves: vec![wave("canary", 1), wave("early", 10), wave("rest", 100)],
+                defaults: Some(WavePolicy {
+                    bake_seconds: Some(0),
+                    deadline_seconds: Some(600),
+                    ..WavePolicy::default()
+                }),
+                auto_rollback: true,
+            }),
+        })
+        .await?
+        .into_inner();
+    let done = wait_for("the rollout", Duration::from_secs(900), || async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = c
+            .admin
+            .clone()
+            .get_rollout(GetRolloutRequest {
+                id: rollout.id.clone(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        matches!(
+            r.phase.as_str(),
+            "Succeeded" | "Failed" | "RolledBack" | "Aborted"
+        )
+        .then_some(r)
+    })
+    .await?;
+    let rollout_s = t.elapsed().as_secs_f64();
+    if done.phase != "Succeeded" {
+        bail!("the rollout ended {}: {}", done.phase, done.message);
+    }
+    let mut wave_rows = vec![];
+    let mut wave_json = vec![];
+    for w in &done.waves {
+        let start = if w.started_unix_ms > 0 {
+            w.started_unix_ms
+        } else {
+            t0
+        };
+        let lat: Vec<f64> = w
+            .clusters
+            .iter()
+            .filter_map(|cl| index(&cl.name))
+            .map(|i| (fleet.tally.received_ms[i].load(Ordering::Relaxed) - start) as f64)
+            .collect();
+        let (cell, j) = spread(lat);
+        wave_rows.push((
+            format!(
+                "  wave {} ({} clusters): start to assignment p50/p99/max",
+                w.name,
+                w.clusters.len()
+            ),
+            cell,
+        ));
+        wave_json.push(json!({"wave": w.name, "clusters": w.clusters.len(), "fan_out": j}));
+    }
+    let final_rss = rss_mib(pid);
+
+    let mut rows = vec![(
+        "coordinator RSS with no clusters".to_string(),
+        format!("{base_rss:.1} MiB"),
+    )];
+    let mut stage_json = vec![];
+    for (i, s) in stages.iter().enumerate() {
+        let n = s.clusters;
+        rows.push((
+            format!("{n} clusters: enrolled (join token + CSR) in"),
+            format!("{:.1} s", s.enroll_s),
+        ));
+        rows.push((
+            format!("{n} clusters: streams connected (coordinator's count)"),
+            format!("{}", s.connected),
+        ));
+        rows.push((
+            format!("{n} clusters: coordinator sockets"),
+            format!("{}", s.sockets),
+        ));
+        rows.push((
+            format!("{n} clusters: coordinator RSS"),
+            format!("{:.1} MiB", s.rss_mib),
+        ));
+        let per_stream = if i == 0 {
+            (s.rss_mib - base_rss) * 1024.0 / n as f64
+        } else {
+            let p = &stages[i - 1];
+            (s.rss_mib - p.rss_mib) * 1024.0 / (n - p.clusters) as f64
+        };
+        rows.push((
+            format!("{n} clusters: memory per added stream"),
+            format!("{per_stream:.1} KiB"),
+        ));
+        rows.push((
+            format!("{n} clusters: pin call (resolve, store, push)"),
+            format!("{:.0} ms", s.pin_call_ms),
+        ));
+        rows.push((
+            format!("{n} clusters: pin to assignment p50/p99/max"),
+            s.fan_out.0.clone(),
+        ));
+        rows.push((
+            format!("{n} clusters: assignment to all Synced reports stored"),
+            format!("{:.1} s", s.synced_s),
+        ));
+        stage_json.push(json!({
+            "clusters": n, "enroll_s": s.enroll_s, "connect_s": s.connect_s,
+            "connected": s.connected, "sockets": s.sockets, "rss_mib": s.rss_mib,
+            "per_stream_kib": per_stream, "pin_call_ms": s.pin_call_ms,
+            "fan_out": s.fan_out.1, "synced_s": s.synced_s,
+        }));
+    }
+    rows.push((
+        format!(
+            "status reports ingested/s ({} x {n}, stored)",
+            args.burst_reports
+        ),
+        format!("{reports_per_s:.0}/s"),
+    ));
+    rows.push((
+        "coordinator RSS after the burst".into(),
+        format!("{rss_after_burst:.1} MiB"),
+    ));
+    rows.push((
+        format!("three-wave rollout over {n} clusters, end to end"),
+        format!("{rollout_s:.1} s"),
+    ));
+    rows.extend(wave_rows);
+    rows.push((
+        "coordinator RSS at the end".into(),
+        format!("{final_rss:.1} MiB"),
+    ));
+    let j = json!({
+        "base_rss_mib": base_rss, "stages": stage_json,
+        "status_reports_per_s": reports_per_s, "burst_s": burst_s,
+        "rss_after_burst_mib": rss_after_burst,
+        "rollout": {"clusters": n, "seconds": rollout_s, "waves": wave_json},
+        "final_rss_mib": final_rss,
+        "simulated_reports_sent": fleet.tally.reports.load(Ordering::Relaxed),
+    });
+    drop(fleet);
+    Ok((rows, j))
+}
+
+/// Runs `agent-bench` and relays its figures.
+fn agent_bench(args: &Args) -> Result<(Vec<(String, String)>, Value)> {
+    let bin = binary("agent-bench", BUILD)?;
+    let out = Command::new(bin)
+        .args(["--objects", &args.agent_objects.to_string()])
+        .args(["--steady-seconds", &args.agent_steady_seconds.to_string()])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "agent-bench failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let j: Value = serde_json::from_str(lines.pop().context("agent-bench printed nothing")?)?;
+    let rows = lines
+        .iter()
+        .filter_map(|l| {
+            let (k, v) = l.trim_end().rsplit_once("  ")?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    Ok((rows, j["agent_bench"].clone()))
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git").args(args).current_dir(dir).output()?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Median time of `runs` calls of `f`, in ms.
+fn median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut v = vec![];
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        v.push(ms(t.elapsed()));
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(percentile(&v, 50.0))
+}
+
+/// The agent's Git code (gix) against the git CLI, on one repository served
+/// by git daemon: 2,000 files, 20 commits.
+fn git_bench(dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
+    let server = GitServer::start(&dir.join("git"))?;
+    let mut head = String::new();
+    for c in 0..20 {
+        let files: Vec<(String, String)> = (0..100)
+            .map(|i| {
+                (
+                    format!("clusters/c{}/f{i}.yaml", (c * 100 + i) % 20),
+                    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: f{i}}}\ndata: {{rev: \"{c}\", pad: \"{}\"}}\n", "x".repeat(200)),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, Option<&str>)> = files
+            .iter()
+            .map(|(p, d)| (p.as_str(), Some(d.as_str())))
+            .collect();
+        head = server.commit(&format!("c{c}"), &refs)?;
+    }
+    let url = server.url.clone();
+    let commit = ferry_proto::Commit::parse(&head)?;
+    let runs = 15;
+
+    // Cold: the pinned commit into an empty cache.
+    let mut k = 0;
+    let gix_cold = median(runs, || {
+        k += 1;
+        let source = ferry_agent::source::Source::new(dir.join(format!("gix-cold-{k}")));
+        source.ensure(&url, &commit)?;
+        Ok(())
+    })?;
+    let git_cold = median(runs, || {
+        k += 1;
+        let d = dir.join(format!("git-cold-{k}"));
+        std::fs::create_dir_all(&d)?;
+        git(&d, &["init", "-q", "--bare"])?;
+        git(&d, &["fetch", "-q", "--depth=1", &url, &head])?;
+        Ok(())
+    })?;
+
+    // No-op: everything is there already.
+    let source = ferry_agent::source::Source::new(dir.join("gix-warm"));
+    source.ensure(&url, &commit)?;
+    let gix_cached = median(runs, || {
+        source.ensure(&url, &commit)?;
+        Ok(())
+    })?;
+    source.fetch_refs(&url)?;
+    let gix_noop = median(runs, || {
+        source.fetch_refs(&url)?;
+        Ok(())
+    })?;
+    let warm = dir.join("git-warm");
+    std::fs::create_dir_all(&warm)?;
+    git(&warm, &["init", "-q", "--bare"])?;
+    git(&warm, &["remote", "add", "origin", &url])?;
+    git(
+        &warm,
+        &["fetch", "-q", "origin", "+refs/heads/*:refs/heads/*"],
+    )?;
+    let git_noop = median(runs, || {
+        git(
+            &warm,
+            &["fetch", "-q", "origin", "+refs/heads/*:refs/heads/*"],
+        )?;
+        Ok(())
+    })?;
+    let rows = vec![
+        (
+            "cold fetch of the pinned commit: gix (agent)".to_string(),
+            format!("{gix_cold:.1} ms"),
+        ),
+        (
+            "cold fetch of the pinned commit: git fetch --depth=1".to_string(),
+            format!("{git_cold:.1} ms"),
+        ),
+        (
+            "  ratio gix / git".to_string(),
+            format!("{:.2}", gix_cold / git_cold),
+        ),
+        (
+            "no-op fetch (up to date): gix".to_string(),
+            format!("{gix_noop:.1} ms"),
+        ),
+        (
+            "no-op fetch (up to date): git fetch".to_string(),
+            format!("{git_noop:.1} ms"),
+        ),
+        (
+            "  ratio gix / git".to_string(),
+            format!("{:.2}", gix_noop / git_noop),
+        ),
+        (
+            "agent sync of a cached pinned commit (no network)".to_string(),
+            format!("{gix_cached:.2} ms"),
+        ),
+    ];
+    Ok((
+        rows,
+        json!({
+            "files": 2000, "commits": 20, "runs": runs,
+            "gix_cold_ms": gix_cold, "git_cold_ms": git_cold,
+            "gix_noop_ms": gix_noop, "git_noop_ms": git_noop,
+            "noop_ratio": gix_noop / git_noop, "cold_ratio": gix_cold / git_cold,
+            "agent_cached_ms": gix_cached,
+        }),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ferry_integration::harness::init_crypto();
+    let nofile = raise_nofile();
+    let tmp = tempfile::tempdir()?;
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "cores".into(),
+        json!(std::thread::available_parallelism()?.get()),
+    );
+    out.insert("nofile".into(), json!(nofile));
+    if !args.skip_fleet {
+        let need = 2 * args.clusters.iter().max().copied().unwrap_or(0) as u64 + 512;
+        if nofile < need {
+            bail!("the open-file limit is {nofile}; {need} are needed (ulimit -n)");
+        }
+        let (rows, j) = fleet_bench(&args, &tmp.path().join("fleet")).await?;
+        print_table(
+            "Coordinator (ferry serve, own process; simulated agents over mTLS)",
+            &rows,
+        );
+        out.insert("coordinator".into(), j);
+    }
+    if !args.skip_git {
+        let dir = tmp.path().join("gitbench");
+        let (rows, j) = tokio::task::spawn_blocking(move || git_bench(&dir)).await??;
+        print_table("Git (git daemon, 2,000 files; median of 15)", &rows);
+        out.insert("git".into(), j);
+    }
+    if !args.skip_agent {
+        let (rows, j) = tokio::task::spawn_blocking({
+            let a = Args::parse();
+            move || agent_bench(&a)
+        })
+        .await??;
+        print_table("Agent (ferry-agent process, emulated API server)", &rows);
+        out.insert("agent".into(), j);
+    }
+    println!("{}", json!({ "ferry_bench": out }));
+    Ok(())
+}
