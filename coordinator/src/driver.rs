@@ -41,6 +41,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How often active rollouts are stepped when nothing wakes the driver.
 const TICK: Duration = Duration::from_millis(500);
 
+/// The shortest time between steps woken by status reports.
+const REPORT_TICK: Duration = Duration::from_millis(100);
+
 pub struct Driver {
     pub hub: Arc<Hub>,
     pub repo: Arc<Repo>,
@@ -254,6 +257,7 @@ impl Driver {
                 Action::Event { cluster, message } => events.push((cluster, message)),
             }
         }
+        let t = std::time::Instant::now();
         let state_json = serde_json::to_string(state).expect("state serializes");
         let (entries, stored) = self.hub.store.advance(
             &Advance {
@@ -266,9 +270,17 @@ impl Driver {
             },
             now_unix_ms(),
         )?;
-        for e in &entries {
-            self.hub.push(&e.cluster);
-        }
+        let stored_in = t.elapsed();
+        self.hub
+            .push_many(entries.iter().map(|e| e.cluster.as_str()));
+        tracing::debug!(
+            rollout = id,
+            pins = entries.len(),
+            store_ms = stored_in.as_millis() as u64,
+            push_ms = (t.elapsed() - stored_in).as_millis() as u64,
+            state_bytes = state_json.len(),
+            "rollout transition"
+        );
         for e in stored {
             tracing::info!(rollout = %e.rollout, cluster = %e.cluster, message = %e.message, "rollout event");
             let _ = self.events.send(e);
@@ -391,7 +403,13 @@ impl Driver {
         if active.is_empty() {
             return Ok(());
         }
+        let t = std::time::Instant::now();
         let observed = self.observed()?;
+        tracing::trace!(
+            clusters = observed.len(),
+            ms = t.elapsed().as_millis() as u64,
+            "observed the fleet"
+        );
         let now = now_unix_ms();
         for r in active {
             let spec: Spec = serde_json::from_str(&r.spec).expect("stored specs parse");
@@ -405,16 +423,22 @@ impl Driver {
         Ok(())
     }
 
-    /// Runs until shutdown.
+    /// Runs until shutdown. Operators wake it at once; status reports wake
+    /// it at most every [`REPORT_TICK`], so a fleet reporting in does not
+    /// keep it stepping back to back.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
+            let started = tokio::time::Instant::now();
             if let Err(e) = self.tick().await {
                 tracing::error!(error = %e, "stepping rollouts");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = self.hub.status_changed.notified() => {}
+                _ = async {
+                    self.hub.status_changed.notified().await;
+                    tokio::time::sleep_until(started + REPORT_TICK).await;
+                } => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
         }

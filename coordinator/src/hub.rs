@@ -116,15 +116,42 @@ impl Hub {
 
     /// Sends a cluster its current assignment, if it is connected.
     pub fn push(&self, cluster: &str) {
-        let record = match self.store.cluster(cluster) {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
+        match self.store.cluster(cluster) {
+            Ok(Some(r)) => self.send(&r),
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(cluster, error = %e, "reading the cluster to push its assignment");
+            }
+        }
+    }
+
+    /// Sends many clusters their assignments. Past a few dozen it reads
+    /// every cluster in one query rather than one query each, so a pin or
+    /// wave of thousands fans out at once.
+    pub fn push_many<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
+        let names: Vec<&str> = clusters.into_iter().collect();
+        if names.len() < 64 {
+            for n in names {
+                self.push(n);
+            }
+            return;
+        }
+        let all = match self.store.clusters() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "reading clusters to push their assignments");
                 return;
             }
         };
-        let Some(assignment) = self.assignment(&record) else {
+        let wanted: std::collections::HashSet<&str> = names.into_iter().collect();
+        for r in all.iter().filter(|r| wanted.contains(r.name.as_str())) {
+            self.send(r);
+        }
+    }
+
+    fn send(&self, record: &ClusterRecord) {
+        let cluster = record.name.as_str();
+        let Some(assignment) = self.assignment(record) else {
             return;
         };
         let mut sessions = self.sessions();

@@ -368,8 +368,9 @@ impl Admin for AdminService {
             .map_err(store_status)?;
         for e in &entries {
             tracing::info!(cluster = %e.cluster, from = %e.from_commit, to = %e.to_commit, actor = %actor, "pinned");
-            self.hub.push(&e.cluster);
         }
+        self.hub
+            .push_many(entries.iter().map(|e| e.cluster.as_str()));
         Ok(Response::new(PinResponse {
             commit: commit.to_string(),
             entries,
@@ -478,39 +479,50 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let filter = (!r.rollout.is_empty()).then_some(r.rollout);
         // Subscribe before reading the backlog, so nothing falls between.
+        // Whatever the live feed drops (a wave of thousands of pins outruns
+        // it) is read again from the store, so a watch never loses events.
         let mut live = self.driver.events.subscribe();
-        let backlog = self
-            .hub
-            .store
-            .events(filter.as_deref(), r.after_id, 10_000)
-            .map_err(store_status)?;
+        let store = self.hub.store.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut last = r.after_id;
-            for e in backlog {
-                last = e.id;
-                if tx.send(Ok(event_proto(e))).await.is_err() {
-                    return;
-                }
-            }
             loop {
-                let e = tokio::select! {
-                    _ = tx.closed() => return,
-                    e = live.recv() => match e {
-                        Ok(e) => e,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = tx.send(Err(Status::data_loss("the watch fell behind; watch again from the last event id"))).await;
+                // Catch up from the store, a page at a time.
+                loop {
+                    let page = match store.events(filter.as_deref(), last, 1_000) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = tx.send(Err(store_status(e))).await;
                             return;
                         }
-                        Err(_) => return,
-                    },
-                };
-                if e.id <= last || filter.as_deref().is_some_and(|f| f != e.rollout) {
-                    continue;
+                    };
+                    if page.is_empty() {
+                        break;
+                    }
+                    for e in page {
+                        last = e.id;
+                        if tx.send(Ok(event_proto(e))).await.is_err() {
+                            return;
+                        }
+                    }
                 }
-                last = e.id;
-                if tx.send(Ok(event_proto(e))).await.is_err() {
-                    return;
+                // Then follow the live feed until it drops something.
+                loop {
+                    let e = tokio::select! {
+                        _ = tx.closed() => return,
+                        e = live.recv() => match e {
+                            Ok(e) => e,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(_) => return,
+                        },
+                    };
+                    if e.id <= last || filter.as_deref().is_some_and(|f| f != e.rollout) {
+                        continue;
+                    }
+                    last = e.id;
+                    if tx.send(Ok(event_proto(e))).await.is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -202,23 +202,38 @@ fn pin_in(
     now_ms: i64,
 ) -> Result<Vec<LedgerEntry>> {
     let mut entries = vec![];
+    // Prepared once: a pin may move thousands of clusters.
+    let mut exists_q = tx
+        .prepare_cached("SELECT 1 FROM clusters WHERE name = ?1")
+        .map_err(db("pin"))?;
+    let mut current_q = tx
+        .prepare_cached(
+            "SELECT commit_sha, generation, allow_mass_prune FROM pins WHERE cluster = ?1",
+        )
+        .map_err(db("pin"))?;
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO pins (cluster, commit_sha, generation, updated_ms, allow_mass_prune) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(cluster) DO UPDATE SET commit_sha = ?2, generation = ?3, updated_ms = ?4, allow_mass_prune = ?5",
+        )
+        .map_err(db("pin"))?;
+    let mut ledger = tx
+        .prepare_cached(
+            "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db("append to the ledger"))?;
     for cluster in change.clusters {
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM clusters WHERE name = ?1", [cluster], |_| {
-                Ok(true)
-            })
+        let exists: bool = exists_q
+            .query_row([cluster], |_| Ok(true))
             .optional()
             .map_err(db("pin"))?
             .unwrap_or(false);
         if !exists {
             return Err(Error::UnknownCluster(cluster.clone()));
         }
-        let current: Option<(String, i64, bool)> = tx
-            .query_row(
-                "SELECT commit_sha, generation, allow_mass_prune FROM pins WHERE cluster = ?1",
-                [cluster],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+        let current: Option<(String, i64, bool)> = current_q
+            .query_row([cluster], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()
             .map_err(db("pin"))?;
         let (from, generation, allowed) = current.unwrap_or_default();
@@ -226,12 +241,15 @@ fn pin_in(
         if from == change.commit.as_str() && allowed == change.allow_mass_prune {
             continue;
         }
-        tx.execute(
-            "INSERT INTO pins (cluster, commit_sha, generation, updated_ms, allow_mass_prune) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(cluster) DO UPDATE SET commit_sha = ?2, generation = ?3, updated_ms = ?4, allow_mass_prune = ?5",
-            params![cluster, change.commit.as_str(), generation + 1, now_ms, change.allow_mass_prune],
-        )
-        .map_err(db("pin"))?;
+        upsert
+            .execute(params![
+                cluster,
+                change.commit.as_str(),
+                generation + 1,
+                now_ms,
+                change.allow_mass_prune
+            ])
+            .map_err(db("pin"))?;
         let reason = if change.allow_mass_prune {
             format!("{} [mass prune allowed]", change.reason)
                 .trim()
@@ -239,10 +257,8 @@ fn pin_in(
         } else {
             change.reason.to_string()
         };
-        tx.execute(
-            "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
+        ledger
+            .execute(params![
                 now_ms,
                 change.actor,
                 cluster,
@@ -250,9 +266,8 @@ fn pin_in(
                 change.commit.as_str(),
                 reason,
                 change.rollout
-            ],
-        )
-        .map_err(db("append to the ledger"))?;
+            ])
+            .map_err(db("append to the ledger"))?;
         entries.push(LedgerEntry {
             id: tx.last_insert_rowid(),
             at_unix_ms: now_ms,
@@ -475,10 +490,8 @@ impl Store {
     pub fn report(&self, name: &str, status: &StatusReport, now_ms: i64) -> Result<()> {
         let n = self
             .conn()
-            .execute(
-                "UPDATE clusters SET status = ?2, last_seen_ms = ?3 WHERE name = ?1",
-                params![name, status.encode_to_vec(), now_ms],
-            )
+            .prepare_cached("UPDATE clusters SET status = ?2, last_seen_ms = ?3 WHERE name = ?1")
+            .and_then(|mut st| st.execute(params![name, status.encode_to_vec(), now_ms]))
             .map_err(db("record status"))?;
         if n == 0 {
             return Err(Error::UnknownCluster(name.to_string()));
@@ -489,10 +502,8 @@ impl Store {
     /// Notes that a cluster was heard from.
     pub fn seen(&self, name: &str, now_ms: i64) -> Result<()> {
         self.conn()
-            .execute(
-                "UPDATE clusters SET last_seen_ms = ?2 WHERE name = ?1",
-                params![name, now_ms],
-            )
+            .prepare_cached("UPDATE clusters SET last_seen_ms = ?2 WHERE name = ?1")
+            .and_then(|mut st| st.execute(params![name, now_ms]))
             .map_err(db("record heartbeat"))?;
         Ok(())
     }
@@ -698,12 +709,15 @@ impl Store {
             )?);
         }
         let mut events = vec![];
-        for (cluster, message) in step.events {
-            tx.execute(
+        let mut insert = tx
+            .prepare_cached(
                 "INSERT INTO events (at_ms, rollout, cluster, message, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![now_ms, step.id, cluster, message, step.actor],
             )
             .map_err(db("record an event"))?;
+        for (cluster, message) in step.events {
+            insert
+                .execute(params![now_ms, step.id, cluster, message, step.actor])
+                .map_err(db("record an event"))?;
             events.push(EventRecord {
                 id: tx.last_insert_rowid(),
                 at_ms: now_ms,
@@ -713,6 +727,7 @@ impl Store {
                 actor: step.actor.to_string(),
             });
         }
+        drop(insert);
         tx.execute(
             "UPDATE rollouts SET state = ?2, active = ?3, updated_ms = ?4 WHERE id = ?1",
             params![n, step.state, step.active, now_ms],

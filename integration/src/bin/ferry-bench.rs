@@ -26,7 +26,7 @@ use ferry_integration::world::GitServer;
 use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{
     AddClusterRequest, GetRolloutRequest, ListClustersRequest, PinRequest, RolloutPlan,
-    StartRolloutRequest, WavePlan, WavePolicy, wave_plan,
+    StartRolloutRequest, WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
 };
 use ferry_proto::{Bearer, DialConfig};
 use futures::StreamExt;
@@ -113,7 +113,10 @@ async fn start_coordinator(dir: &std::path::Path, repo: &str) -> Result<Coord> {
             ])
             .arg(&data)
             .args(["--repo", repo])
-            .env("FERRY_LOG", "warn")
+            .env(
+                "FERRY_LOG",
+                std::env::var("FERRY_BENCH_COORDINATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()?,
     );
@@ -408,36 +411,57 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         })
         .await?
         .into_inner();
-    let done = wait_for("the rollout", Duration::from_secs(900), || async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = c
-            .admin
-            .clone()
-            .get_rollout(GetRolloutRequest {
-                id: rollout.id.clone(),
-            })
-            .await
-            .ok()?
-            .into_inner();
-        matches!(
-            r.phase.as_str(),
-            "Succeeded" | "Failed" | "RolledBack" | "Aborted"
-        )
-        .then_some(r)
+    // Follow the rollout's events: when each wave started, when it ended.
+    let mut events = c
+        .admin
+        .clone()
+        .watch_events(WatchEventsRequest {
+            rollout: rollout.id.clone(),
+            after_id: 0,
+        })
+        .await?
+        .into_inner();
+    let mut wave_started: std::collections::HashMap<String, i64> = Default::default();
+    let ended = tokio::time::timeout(Duration::from_secs(900), async {
+        while let Some(e) = events.message().await? {
+            if !e.cluster.is_empty() {
+                continue;
+            }
+            if let Some(w) = e
+                .message
+                .strip_prefix("wave ")
+                .and_then(|m| m.strip_suffix(" started"))
+            {
+                wave_started.insert(w.to_string(), e.at_unix_ms);
+            }
+            if e.message.starts_with("every wave runs") {
+                return Ok::<_, anyhow::Error>(true);
+            }
+            let m = e.message.to_lowercase();
+            if m.contains("rolled back") || m.contains("aborted") || m.contains("failed") {
+                return Ok(false);
+            }
+        }
+        Ok(false)
     })
-    .await?;
+    .await
+    .context("the rollout did not end within 900 s")??;
     let rollout_s = t.elapsed().as_secs_f64();
-    if done.phase != "Succeeded" {
+    let done = c
+        .admin
+        .clone()
+        .get_rollout(GetRolloutRequest {
+            id: rollout.id.clone(),
+        })
+        .await?
+        .into_inner();
+    if !ended || done.phase != "Succeeded" {
         bail!("the rollout ended {}: {}", done.phase, done.message);
     }
     let mut wave_rows = vec![];
     let mut wave_json = vec![];
     for w in &done.waves {
-        let start = if w.started_unix_ms > 0 {
-            w.started_unix_ms
-        } else {
-            t0
-        };
+        let start = wave_started.get(&w.name).copied().unwrap_or(t0);
         let lat: Vec<f64> = w
             .clusters
             .iter()
@@ -711,7 +735,8 @@ async fn main() -> Result<()> {
     );
     out.insert("nofile".into(), json!(nofile));
     if !args.skip_fleet {
-        let need = 2 * args.clusters.iter().max().copied().unwrap_or(0) as u64 + 512;
+        // Each process (this one, the coordinator) holds one socket per cluster.
+        let need = args.clusters.iter().max().copied().unwrap_or(0) as u64 + 512;
         if nofile < need {
             bail!("the open-file limit is {nofile}; {need} are needed (ulimit -n)");
         }
