@@ -203,8 +203,10 @@ pub fn to_proto(r: &RolloutRecord) -> v1::Rollout {
 }
 
 impl Driver {
-    pub fn new(hub: Arc<Hub>, repo: Arc<Repo>) -> Self {
-        let (events, _) = broadcast::channel(1024);
+    /// `event_buffer`: live events a watcher may fall behind by before it
+    /// catches up from the store.
+    pub fn new(hub: Arc<Hub>, repo: Arc<Repo>, event_buffer: usize) -> Self {
+        let (events, _) = broadcast::channel(event_buffer.max(1));
         Driver {
             hub,
             repo,

@@ -48,6 +48,9 @@ pub struct Config {
     pub cert_lifetime: Duration,
     /// Plaintext gRPC and no certificates: local development only.
     pub insecure: bool,
+    /// Live events a watcher may fall behind by before it catches up from
+    /// the store (tests make it small).
+    pub event_buffer: usize,
 }
 
 impl Config {
@@ -62,6 +65,7 @@ impl Config {
             tls: None,
             cert_lifetime: Duration::from_secs(30 * 86_400),
             insecure: false,
+            event_buffer: 1024,
         }
     }
 }
@@ -137,7 +141,7 @@ impl Coordinator {
             cfg.repo_url.clone(),
             cfg.path_template.clone(),
         ));
-        let driver = Arc::new(Driver::new(hub.clone(), repo.clone()));
+        let driver = Arc::new(Driver::new(hub.clone(), repo.clone(), cfg.event_buffer));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health

@@ -79,6 +79,39 @@ impl Drop for Fleet {
     }
 }
 
+/// Adds cluster `name` through the Admin API and enrolls it with its join
+/// token, as `ferry cluster add` and an agent's first start do. Returns the
+/// dial settings of the enrolled identity.
+pub async fn enroll<S>(
+    admin: &mut ferry_proto::v1::admin_client::AdminClient<S>,
+    coordinator: &DialConfig,
+    name: &str,
+) -> Result<DialConfig>
+where
+    S: tonic::client::GrpcService<tonic::body::Body>,
+    S::Error: Into<tonic::codegen::StdError>,
+    S::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <S::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let token = admin
+        .add_cluster(ferry_proto::v1::AddClusterRequest {
+            name: name.to_string(),
+            labels: Default::default(),
+            token_ttl_seconds: 3600,
+        })
+        .await
+        .with_context(|| format!("adding {name}"))?
+        .into_inner()
+        .join_token;
+    let id = ferry_agent::identity::enroll(coordinator, name, &token)
+        .await
+        .with_context(|| format!("enrolling {name}"))?;
+    Ok(DialConfig {
+        identity: Some((id.cert_pem, id.key_pem)),
+        ..coordinator.clone()
+    })
+}
+
 /// The status a simulated agent reports.
 fn report(a: Option<&Assignment>, applied: &str, phase: Phase, seq: u64) -> StatusReport {
     let now = ferry_proto::now_unix_ms();

@@ -203,6 +203,8 @@ pub struct WorldConfig {
     pub cert_lifetime: Duration,
     /// How long a new CRD takes to be Established in the emulators.
     pub crd_establish_delay: Duration,
+    /// The coordinator's live event buffer per watcher.
+    pub event_buffer: usize,
 }
 
 impl Default for WorldConfig {
@@ -214,6 +216,7 @@ impl Default for WorldConfig {
             resync: Duration::from_secs(5),
             cert_lifetime: Duration::from_secs(30 * 86_400),
             crd_establish_delay: Duration::ZERO,
+            event_buffer: 1024,
         }
     }
 }
@@ -334,6 +337,7 @@ impl World {
             cfg.resolve_url = Some(self.git.url.clone());
         }
         cfg.cert_lifetime = self.cfg.cert_lifetime;
+        cfg.event_buffer = self.cfg.event_buffer;
         cfg
     }
 

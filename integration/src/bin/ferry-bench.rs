@@ -25,8 +25,8 @@ use ferry_integration::fleetsim::{Fleet, SimConfig};
 use ferry_integration::world::GitServer;
 use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{
-    AddClusterRequest, GetRolloutRequest, ListClustersRequest, PinRequest, RolloutPlan,
-    StartRolloutRequest, WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
+    GetRolloutRequest, ListClustersRequest, PinRequest, RolloutPlan, StartRolloutRequest,
+    WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
 };
 use ferry_proto::{Bearer, DialConfig};
 use futures::StreamExt;
@@ -163,47 +163,27 @@ async fn grow(c: &Coord, fleet: &mut Fleet, from: usize, to: usize, args: &Args)
         ca: Some(c.ca.clone()),
         ..DialConfig::default()
     };
-    let identities: Vec<Result<(usize, ferry_agent::identity::Identity)>> =
-        futures::stream::iter(from..to)
-            .map(|i| {
-                let mut admin = c.admin.clone();
-                let dial = enroll_dial.clone();
-                async move {
-                    let token = admin
-                        .add_cluster(AddClusterRequest {
-                            name: name(i),
-                            labels: Default::default(),
-                            token_ttl_seconds: 3600,
-                        })
-                        .await
-                        .with_context(|| format!("adding {}", name(i)))?
-                        .into_inner()
-                        .join_token;
-                    let id = ferry_agent::identity::enroll(&dial, &name(i), &token)
-                        .await
-                        .with_context(|| format!("enrolling {}", name(i)))?;
-                    Ok((i, id))
-                }
-            })
-            .buffer_unordered(args.enroll_concurrency)
-            .collect()
-            .await;
-    let mut identities = identities.into_iter().collect::<Result<Vec<_>>>()?;
-    identities.sort_by_key(|(i, _)| *i);
+    let dials: Vec<Result<(usize, DialConfig)>> = futures::stream::iter(from..to)
+        .map(|i| {
+            let mut admin = c.admin.clone();
+            let dial = enroll_dial.clone();
+            async move {
+                let d = ferry_integration::fleetsim::enroll(&mut admin, &dial, &name(i)).await?;
+                Ok((i, d))
+            }
+        })
+        .buffer_unordered(args.enroll_concurrency)
+        .collect()
+        .await;
+    let mut dials = dials.into_iter().collect::<Result<Vec<_>>>()?;
+    dials.sort_by_key(|(i, _)| *i);
     let enroll_s = t.elapsed().as_secs_f64();
     let sim = SimConfig {
         apply_time: Duration::from_millis(args.apply_ms),
         heartbeat: Duration::from_secs(args.heartbeat_seconds),
     };
-    for (i, id) in identities {
-        fleet.spawn(
-            name(i),
-            DialConfig {
-                identity: Some((id.cert_pem, id.key_pem)),
-                ..enroll_dial.clone()
-            },
-            sim.clone(),
-        );
+    for (i, dial) in dials {
+        fleet.spawn(name(i), dial, sim.clone());
     }
     Ok(enroll_s)
 }

@@ -4,4 +4,5 @@ mod emulator;
 mod fleet;
 mod git_access;
 mod rollouts;
+mod scale;
 mod security;
