@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+/// Objects per page when the agent lists what it manages.
+const LIST_PAGE: u32 = 250;
+
 /// The field manager of every apply.
 pub const MANAGER: &str = "ferry";
 /// Label on every object the agent applies: the cluster that owns it.
@@ -436,27 +439,36 @@ impl Applier {
             }
             kinds_listed.push(kind.resource.clone());
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &kind.resource);
-            let lp =
-                kube::api::ListParams::default().labels(&format!("{OWNER_LABEL}={}", self.cluster));
-            let items = api.list(&lp).await.map_err(|e| Error::Api {
-                what: format!(
-                    "listing {} in {}",
-                    kind.resource.kind, kind.resource.api_version
-                ),
-                message: api_message(&e),
-            })?;
-            for o in items {
-                let mut v = serde_json::to_value(&o).expect("object serializes");
-                // List items may come without their type.
-                v["apiVersion"] = kind.resource.api_version.clone().into();
-                v["kind"] = kind.resource.kind.clone().into();
-                let r = ObjectRef {
-                    group: kind.resource.group.clone(),
-                    kind: kind.resource.kind.clone(),
-                    namespace: o.metadata.namespace.clone(),
-                    name: o.metadata.name.clone().unwrap_or_default(),
-                };
-                listed.insert(r, v);
+            // In pages, so a large directory is never decoded all at once.
+            let mut lp = kube::api::ListParams::default()
+                .labels(&format!("{OWNER_LABEL}={}", self.cluster))
+                .limit(LIST_PAGE);
+            loop {
+                let page = api.list(&lp).await.map_err(|e| Error::Api {
+                    what: format!(
+                        "listing {} in {}",
+                        kind.resource.kind, kind.resource.api_version
+                    ),
+                    message: api_message(&e),
+                })?;
+                let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+                for o in page.items {
+                    let mut v = serde_json::to_value(&o).expect("object serializes");
+                    // List items may come without their type.
+                    v["apiVersion"] = kind.resource.api_version.clone().into();
+                    v["kind"] = kind.resource.kind.clone().into();
+                    let r = ObjectRef {
+                        group: kind.resource.group.clone(),
+                        kind: kind.resource.kind.clone(),
+                        namespace: o.metadata.namespace,
+                        name: o.metadata.name.unwrap_or_default(),
+                    };
+                    listed.insert(r, v);
+                }
+                match next {
+                    Some(c) => lp = lp.continue_token(&c),
+                    None => break,
+                }
             }
         }
         let mut live: HashMap<ObjectRef, Value> = HashMap::new();

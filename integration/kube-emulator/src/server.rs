@@ -89,6 +89,38 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An object's place in list order: (namespace, name).
+fn object_key(o: &Value) -> (String, String) {
+    let field = |f: &str| {
+        o.pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    (field("namespace"), field("name"))
+}
+
+/// A continue token: the last key given, hex-encoded.
+fn encode_continue(key: &(String, String)) -> String {
+    format!("{}\0{}", key.0, key.1)
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_continue(token: &str) -> Option<(String, String)> {
+    if !token.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (ns, name) = text.split_once('\0')?;
+    Some((ns.to_string(), name.to_string()))
+}
+
 fn query(uri: &http::Uri) -> HashMap<String, String> {
     uri.query()
         .unwrap_or("")
@@ -375,18 +407,47 @@ impl Shared {
                 }
                 self.count("list", &rt.plural, false);
                 let s = store();
-                let items: Vec<Value> = s
+                // Pages: `limit`, and `continue` naming the last object
+                // given (pages are not a snapshot, unlike the real server).
+                let limit = q
+                    .get("limit")
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .filter(|l| *l > 0);
+                let after = match q.get("continue").filter(|c| !c.is_empty()) {
+                    Some(c) => match decode_continue(c) {
+                        Some(k) => Some(k),
+                        None => {
+                            return error(&ApiError::bad_request(format!(
+                                "invalid continue token {c:?}"
+                            )));
+                        }
+                    },
+                    None => None,
+                };
+                let mut matching = s
                     .list(&rt, ns)
                     .into_iter()
                     .filter(|o| labels_match(&labels, o) && fields.matches(o))
+                    .filter(|o| after.as_ref().is_none_or(|a| object_key(o) > *a));
+                let items: Vec<Value> = matching
+                    .by_ref()
+                    .take(limit.unwrap_or(usize::MAX))
                     .map(|o| present(o.clone(), &rt, &t.version))
                     .collect();
+                let remaining = matching.count();
+                let mut metadata = json!({"resourceVersion": s.resource_version().to_string()});
+                if remaining > 0
+                    && let Some(last) = items.last()
+                {
+                    metadata["continue"] = encode_continue(&object_key(last)).into();
+                    metadata["remainingItemCount"] = remaining.into();
+                }
                 full(
                     StatusCode::OK,
                     &json!({
                         "kind": rt.list_kind(),
                         "apiVersion": rt.api_version(&t.version),
-                        "metadata": {"resourceVersion": s.resource_version().to_string()},
+                        "metadata": metadata,
                         "items": items,
                     }),
                 )

@@ -826,3 +826,43 @@ async fn simulated_controllers_over_plain_http() {
         .unwrap();
     assert_eq!(others.items[0].metadata.name.as_deref(), Some("bad"));
 }
+
+/// Lists come in pages with `limit` and `continue`, as kube-rs and kubectl
+/// (`--chunk-size`) ask for them.
+#[tokio::test]
+async fn lists_are_paginated() {
+    let emu = emulator().await;
+    let client = kube_client(&emu).await;
+    let api = cms(&client);
+    let pp = kube::api::PostParams::default();
+    for i in 0..7 {
+        api.create(&pp, &cm(&format!("page-{i}"), json!({"i": i.to_string()})))
+            .await
+            .unwrap();
+    }
+    let mut lp = kube::api::ListParams::default().limit(3);
+    let mut names = vec![];
+    let mut pages = 0;
+    loop {
+        let page = api.list(&lp).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 3, "a page of {}", page.items.len());
+        names.extend(page.items.iter().filter_map(|o| o.metadata.name.clone()));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => break,
+        }
+    }
+    let mine: Vec<&String> = names.iter().filter(|n| n.starts_with("page-")).collect();
+    assert_eq!(mine.len(), 7, "{names:?}");
+    assert!(pages >= 3, "{pages} pages");
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), names.len(), "an object came twice: {names:?}");
+    let bad = api
+        .list(&kube::api::ListParams::default().continue_token("zz"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(bad).0, 400);
+}
