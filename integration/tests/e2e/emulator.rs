@@ -866,3 +866,61 @@ async fn lists_are_paginated() {
         .unwrap_err();
     assert_eq!(api_err(bad).0, 400);
 }
+
+/// With an establishment delay, a new CRD is NamesAccepted but not yet
+/// Established, and its kind is not served until it is (as on a real API
+/// server, where custom objects are refused until then).
+#[tokio::test]
+async fn crds_can_take_time_to_be_established() {
+    let emu = Emulator::start(Config {
+        controllers: Controllers {
+            crd_establish_delay: Duration::from_millis(800),
+            ..Controllers::default()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let client = kube_client(&emu).await;
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ar(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        ),
+    );
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+    }))
+    .unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    let established = |o: &DynamicObject| {
+        o.data["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+    };
+    let now = crds.get("gadgets.example.com").await.unwrap();
+    assert!(!established(&now), "{:?}", now.data["status"]);
+    let gadgets: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ar("example.com", "v1", "Gadget", "gadgets"),
+    );
+    let refused = gadgets.list(&ListParams::default()).await.unwrap_err();
+    assert_eq!(api_err(refused).0, 404);
+    eventually("the CRD is Established", || async {
+        let o = crds.get("gadgets.example.com").await.ok()?;
+        established(&o).then_some(())
+    })
+    .await;
+    gadgets.list(&ListParams::default()).await.unwrap();
+}

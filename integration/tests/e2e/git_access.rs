@@ -9,12 +9,21 @@ use crate::fleet::{app, pin, setting};
 use ferry_integration::harness::init_tracing;
 use ferry_integration::world::{GIT_BEARER, GIT_PASSWORD, Transport, World, WorldConfig};
 
-async fn world(transport: Transport, dir: &std::path::Path) -> World {
+/// A world on `transport` whose cluster g1 runs version 1.0 from it.
+async fn converged(transport: Transport, scheme: &str, dir: &std::path::Path) -> World {
     let cfg = WorldConfig {
         transport,
         ..WorldConfig::default()
     };
-    World::start(dir, cfg).await.unwrap()
+    let mut world = World::start(dir, cfg).await.unwrap();
+    assert!(world.repo_url.starts_with(scheme), "{}", world.repo_url);
+    let a = commit(&world, "1.0");
+    world.add_cluster("g1", &[]).await.unwrap();
+    world.wait_connected(&["g1"]).await;
+    pin(&world, &["g1"], &a).await.unwrap();
+    world.wait_healthy_at("g1", &a).await;
+    assert_eq!(setting(world.emulator("g1")).as_deref(), Some("1.0"));
+    world
 }
 
 fn commit(world: &World, version: &str) -> String {
@@ -35,14 +44,7 @@ fn secret(world: &World, name: &str) -> std::path::PathBuf {
 async fn https_with_credentials_and_a_private_ca() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut world = world(Transport::HttpsAuth, dir.path()).await;
-    assert!(world.repo_url.starts_with("https://"), "{}", world.repo_url);
-    let a = commit(&world, "1.0");
-    world.add_cluster("g1", &[]).await.unwrap();
-    world.wait_connected(&["g1"]).await;
-    pin(&world, &["g1"], &a).await.unwrap();
-    world.wait_healthy_at("g1", &a).await;
-    assert_eq!(setting(world.emulator("g1")).as_deref(), Some("1.0"));
+    let world = converged(Transport::HttpsAuth, "https://", dir.path()).await;
 
     // A revoked token: a named authentication failure, nothing changes.
     std::fs::write(secret(&world, "password"), "revoked").unwrap();
@@ -82,14 +84,7 @@ async fn https_with_credentials_and_a_private_ca() {
 async fn ssh_with_a_key_and_strict_known_hosts() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut world = world(Transport::Ssh, dir.path()).await;
-    assert!(world.repo_url.starts_with("ssh://"), "{}", world.repo_url);
-    let a = commit(&world, "1.0");
-    world.add_cluster("g1", &[]).await.unwrap();
-    world.wait_connected(&["g1"]).await;
-    pin(&world, &["g1"], &a).await.unwrap();
-    world.wait_healthy_at("g1", &a).await;
-    assert_eq!(setting(world.emulator("g1")).as_deref(), Some("1.0"));
+    let world = converged(Transport::Ssh, "ssh://", dir.path()).await;
 
     // A server whose host key is not the known one is refused by default.
     let known = std::fs::read_to_string(secret(&world, "known_hosts")).unwrap();

@@ -16,6 +16,15 @@ use std::time::Duration;
 
 const N: usize = 60;
 
+async fn clusters(admin: &ferry_coordinator::cli::Admin) -> Option<Vec<ferry_proto::v1::Cluster>> {
+    let list = admin
+        .clone()
+        .list_clusters(ListClustersRequest {})
+        .await
+        .ok()?;
+    Some(list.into_inner().clusters)
+}
+
 /// Reads a watch until the rollout's final event; returns the event ids.
 async fn drain(stream: &mut tonic::Streaming<ferry_proto::v1::Event>) -> Vec<i64> {
     let mut ids = vec![];
@@ -66,13 +75,8 @@ async fn simulated_fleet_rolls_out_and_slow_watchers_miss_nothing() {
         );
     }
     eventually("every simulated agent connected", || async {
-        let list = admin
-            .clone()
-            .list_clusters(ListClustersRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        (list.clusters.iter().filter(|c| c.connected).count() == N).then_some(())
+        let list = clusters(&admin).await?;
+        (list.iter().filter(|c| c.connected).count() == N).then_some(())
     })
     .await;
 
@@ -88,13 +92,8 @@ async fn simulated_fleet_rolls_out_and_slow_watchers_miss_nothing() {
         .await
         .unwrap();
     eventually("every agent Synced at A", || async {
-        let list = admin
-            .clone()
-            .list_clusters(ListClustersRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        list.clusters
+        clusters(&admin)
+            .await?
             .iter()
             .all(|c| c.status.as_ref().is_some_and(|s| s.applied_commit == a))
             .then_some(())
