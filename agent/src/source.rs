@@ -380,7 +380,8 @@ impl Source {
         let log = dir.join("log");
         std::fs::write(&log, b"").map_err(|e| io(&log, e))?;
         let mut cmd = format!(
-            "ssh -E {} -o BatchMode=yes -o IdentitiesOnly=yes -o GlobalKnownHostsFile=/dev/null",
+            "ssh -E {} -o BatchMode=yes -o IdentitiesOnly=yes -o GlobalKnownHostsFile=/dev/null \
+             -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
             sh_quote(&log)
         );
         if self.auth.ssh_insecure_ignore_host_key {

@@ -1,6 +1,7 @@
 //! Git access from agents: HTTPS with basic credentials and a private CA,
 //! SSH with a key and strict known_hosts, against real servers (git
-//! http-backend, OpenSSH sshd). Credentials come from a secret directory
+//! http-backend, OpenSSH sshd), fetching only the pinned commit where the
+//! server allows it. Credentials come from a secret directory
 //! the agent reads again before each fetch, so rotating them needs no
 //! restart; a refusal is a named authentication or host-key failure and
 //! leaves the cluster as it was.
@@ -10,7 +11,12 @@ use ferry_integration::harness::init_tracing;
 use ferry_integration::world::{GIT_BEARER, GIT_PASSWORD, Transport, World, WorldConfig};
 
 /// A world on `transport` whose cluster g1 runs version 1.0 from it.
-async fn converged(transport: Transport, scheme: &str, dir: &std::path::Path) -> World {
+///
+/// `v2`: whether the server speaks protocol v2 and so hands out the pinned
+/// commit alone. Our sshd does not accept `GIT_PROTOCOL` (Debian's default),
+/// so SSH runs protocol v0, refuses an unadvertised commit, and the agent
+/// falls back to fetching branches and tags.
+async fn converged(transport: Transport, scheme: &str, dir: &std::path::Path, v2: bool) -> World {
     let cfg = WorldConfig {
         transport,
         ..WorldConfig::default()
@@ -18,11 +24,43 @@ async fn converged(transport: Transport, scheme: &str, dir: &std::path::Path) ->
     let mut world = World::start(dir, cfg).await.unwrap();
     assert!(world.repo_url.starts_with(scheme), "{}", world.repo_url);
     let a = commit(&world, "1.0");
+    // A later commit is on the server before the agent fetches its pin.
+    let later = world
+        .git
+        .commit("later", &[("clusters/other/note.yaml", Some("{}\n"))])
+        .unwrap();
     world.add_cluster("g1", &[]).await.unwrap();
     world.wait_connected(&["g1"]).await;
     pin(&world, &["g1"], &a).await.unwrap();
     world.wait_healthy_at("g1", &a).await;
     assert_eq!(setting(world.emulator("g1")).as_deref(), Some("1.0"));
+
+    // The agent fetched its pinned commit alone.
+    let cache = std::fs::read_dir(dir.join("cache/g1"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "git"))
+        .expect("the agent's cache repository");
+    let cached = |c: &str| {
+        std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&cache)
+            .args(["cat-file", "-e", &format!("{c}^{{commit}}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(cached(&a), "the pinned commit is not cached");
+    if v2 {
+        assert!(
+            !cached(&later),
+            "the agent fetched a commit it was not pinned to"
+        );
+    } else {
+        assert!(cached(&later), "the fallback fetch of branches did not run");
+    }
     world
 }
 
@@ -44,7 +82,7 @@ fn secret(world: &World, name: &str) -> std::path::PathBuf {
 async fn https_with_credentials_and_a_private_ca() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let world = converged(Transport::HttpsAuth, "https://", dir.path()).await;
+    let world = converged(Transport::HttpsAuth, "https://", dir.path(), true).await;
 
     // A revoked token: a named authentication failure, nothing changes.
     std::fs::write(secret(&world, "password"), "revoked").unwrap();
@@ -84,7 +122,7 @@ async fn https_with_credentials_and_a_private_ca() {
 async fn ssh_with_a_key_and_strict_known_hosts() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let world = converged(Transport::Ssh, "ssh://", dir.path()).await;
+    let world = converged(Transport::Ssh, "ssh://", dir.path(), false).await;
 
     // A server whose host key is not the known one is refused by default.
     let known = std::fs::read_to_string(secret(&world, "known_hosts")).unwrap();
