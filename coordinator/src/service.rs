@@ -330,17 +330,26 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("a ref to pin to is required"));
         }
         let mut reason = r.reason.clone();
-        for c in &r.clusters {
-            if let Some(rollout) = self.hub.store.active_rollout_of(c).map_err(store_status)? {
-                if !r.force {
-                    return Err(Status::failed_precondition(format!(
-                        "cluster {c} is in active rollout {rollout}; pause or abort it, or pin with --force"
-                    )));
-                }
-                reason = format!("{reason} [forced during rollout {rollout}]")
-                    .trim()
-                    .to_string();
-            }
+        let inside = self
+            .hub
+            .store
+            .active_rollouts_of(&r.clusters)
+            .map_err(store_status)?;
+        if let Some((c, rollout)) = r
+            .clusters
+            .iter()
+            .find_map(|c| inside.get(c).map(|id| (c, id)))
+            && !r.force
+        {
+            return Err(Status::failed_precondition(format!(
+                "cluster {c} is in active rollout {rollout}; pause or abort it, or pin with --force"
+            )));
+        }
+        let rollouts: std::collections::BTreeSet<&String> = inside.values().collect();
+        for rollout in rollouts {
+            reason = format!("{reason} [forced during rollout {rollout}]")
+                .trim()
+                .to_string();
         }
         let repo = self.repo.clone();
         let reference = r.r#ref.clone();

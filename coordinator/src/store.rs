@@ -602,15 +602,15 @@ impl Store {
                 .map_err(db("read rollouts"))?;
             for (id, state) in active {
                 let st: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
-                let theirs: Vec<String> = st["clusters"]
+                let theirs: std::collections::HashSet<&str> = st["clusters"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .filter_map(|c| c["name"].as_str())
                     .collect();
                 let shared: Vec<String> = clusters
                     .iter()
-                    .filter(|c| theirs.contains(c))
+                    .filter(|c| theirs.contains(c.as_str()))
                     .cloned()
                     .collect();
                 if !shared.is_empty() {
@@ -663,20 +663,27 @@ impl Store {
         .ok_or_else(|| Error::UnknownRollout(id.to_string()))
     }
 
-    /// The active rollout a cluster belongs to, if any.
-    pub fn active_rollout_of(&self, cluster: &str) -> Result<Option<String>> {
+    /// The active rollout each of these clusters belongs to (those in none
+    /// are absent).
+    pub fn active_rollouts_of(
+        &self,
+        clusters: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut found = std::collections::HashMap::new();
+        let wanted: std::collections::HashSet<&str> =
+            clusters.iter().map(String::as_str).collect();
+        // Each active rollout's state is parsed once, however many clusters.
         for r in self.rollouts(true)? {
             let st: serde_json::Value = serde_json::from_str(&r.state).unwrap_or_default();
-            if st["clusters"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["name"] == cluster)
-            {
-                return Ok(Some(r.id));
+            for c in st["clusters"].as_array().into_iter().flatten() {
+                if let Some(name) = c["name"].as_str().filter(|n| wanted.contains(n)) {
+                    found
+                        .entry(name.to_string())
+                        .or_insert_with(|| r.id.clone());
+                }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Persists one rollout transition with its pins and events, atomically.
