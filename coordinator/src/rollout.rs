@@ -206,8 +206,9 @@ pub fn plan(spec: &Spec, clusters: &BTreeMap<String, Observed>) -> Result<State,
                         return Err(format!("wave {}: unknown cluster {n:?}", w.name));
                     }
                 }
+                let names: std::collections::HashSet<&String> = names.iter().collect();
                 left.iter()
-                    .filter(|c| names.contains(c))
+                    .filter(|c| names.contains(**c))
                     .map(|c| c.to_string())
                     .collect()
             }
@@ -221,7 +222,10 @@ pub fn plan(spec: &Spec, clusters: &BTreeMap<String, Observed>) -> Result<State,
                 left.iter().take(n).map(|c| c.to_string()).collect()
             }
         };
-        left.retain(|c| !taken.contains(c));
+        {
+            let taken: std::collections::HashSet<&String> = taken.iter().collect();
+            left.retain(|c| !taken.contains(c));
+        }
         for name in taken {
             let previous = clusters[&name].pinned.clone();
             progress.push(ClusterProgress {

@@ -670,8 +670,7 @@ impl Store {
         clusters: &[String],
     ) -> Result<std::collections::HashMap<String, String>> {
         let mut found = std::collections::HashMap::new();
-        let wanted: std::collections::HashSet<&str> =
-            clusters.iter().map(String::as_str).collect();
+        let wanted: std::collections::HashSet<&str> = clusters.iter().map(String::as_str).collect();
         // Each active rollout's state is parsed once, however many clusters.
         for r in self.rollouts(true)? {
             let st: serde_json::Value = serde_json::from_str(&r.state).unwrap_or_default();
