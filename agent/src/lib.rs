@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// The longest a Git fetch may take before the pass fails and is retried.
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Everything the agent needs; `main` builds it from flags, tests directly.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -233,17 +236,33 @@ impl Agent {
             let source = self.source.clone();
             let (url, path) = (a.repo_url.clone(), a.path.clone());
             let c = commit.clone();
-            let files =
-                match tokio::task::spawn_blocking(move || source.files(&url, &c, &path)).await {
-                    Ok(Ok((files, fetched))) => {
-                        if fetched {
-                            tracing::info!(commit = %commit, "fetched");
-                        }
-                        files
+            // A Git server that hangs must not hang the agent: the pass
+            // fails (and is retried) after GIT_TIMEOUT.
+            let read = tokio::task::spawn_blocking(move || source.files(&url, &c, &path));
+            let files = match tokio::time::timeout(GIT_TIMEOUT, read).await {
+                Err(_) => {
+                    return Self::failed(
+                        format!(
+                            "fetching {} from {} took over {} s: gave up, will retry",
+                            commit.short(),
+                            a.repo_url,
+                            GIT_TIMEOUT.as_secs()
+                        ),
+                        vec![],
+                    );
+                }
+                Ok(read) => read,
+            };
+            let files = match files {
+                Ok(Ok((files, fetched))) => {
+                    if fetched {
+                        tracing::info!(commit = %commit, "fetched");
                     }
-                    Ok(Err(e)) => return Self::failed(e.to_string(), vec![]),
-                    Err(e) => return Self::failed(format!("reading Git: {e}"), vec![]),
-                };
+                    files
+                }
+                Ok(Err(e)) => return Self::failed(e.to_string(), vec![]),
+                Err(e) => return Self::failed(format!("reading Git: {e}"), vec![]),
+            };
             let files = if render::is_kustomization(&files) {
                 match self.kustomize(a, &commit).await {
                     Ok(f) => vec![f],
