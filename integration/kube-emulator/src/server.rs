@@ -750,13 +750,25 @@ impl Shared {
                 if ev.rv <= last
                     || ev.type_key != key
                     || ns.as_deref().is_some_and(|n| n != ev.namespace)
-                    || !keep(&ev.object)
                 {
                     continue;
                 }
+                // An object entering the selector is ADDED for this watch;
+                // one leaving it is DELETED (as it was, at the new version).
+                let before = ev.previous.as_ref().map(&keep);
+                let (kind, object) = match (keep(&ev.object), before) {
+                    (true, Some(false)) => ("ADDED", ev.object.clone()),
+                    (true, _) => (ev.kind, ev.object.clone()),
+                    (false, Some(true)) => {
+                        let mut gone = ev.previous.clone().expect("checked");
+                        gone["metadata"]["resourceVersion"] = ev.rv.to_string().into();
+                        ("DELETED", gone)
+                    }
+                    (false, _) => continue,
+                };
                 last = ev.rv;
                 if tx
-                    .send(line(ev.kind, present(ev.object.clone(), &rt, &version)))
+                    .send(line(kind, present(object, &rt, &version)))
                     .await
                     .is_err()
                 {

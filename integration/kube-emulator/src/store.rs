@@ -80,6 +80,9 @@ pub struct Event {
     pub namespace: String,
     pub kind: &'static str,
     pub object: Value,
+    /// For a change of an object's labels or fields: the object before it,
+    /// so a watch can tell an object entering or leaving its selector.
+    pub previous: Option<Value>,
 }
 
 type Key = (String, String, String);
@@ -256,12 +259,24 @@ impl Store {
     }
 
     fn emit(&mut self, rt: &ResourceType, ns: &str, kind: &'static str, object: Value) {
+        self.emit_change(rt, ns, kind, object, None);
+    }
+
+    fn emit_change(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        kind: &'static str,
+        object: Value,
+        previous: Option<Value>,
+    ) {
         let ev = Arc::new(Event {
             rv: self.rv,
             type_key: rt.key(),
             namespace: ns.to_string(),
             kind,
             object,
+            previous,
         });
         if self.log.len() >= self.event_history.max(1)
             && let Some(old) = self.log.pop_front()
@@ -757,7 +772,7 @@ impl Store {
             }
         }
         self.objects.insert(key.clone(), new.clone());
-        self.emit(rt, &key.1, "MODIFIED", new.clone());
+        self.emit_change(rt, &key.1, "MODIFIED", new.clone(), Some(old.clone()));
         if spec_of(&new) != spec_of(&old) {
             self.schedule(rt, &key, &new);
         }

@@ -924,3 +924,43 @@ async fn crds_can_take_time_to_be_established() {
     .await;
     gadgets.list(&ListParams::default()).await.unwrap();
 }
+
+/// A label-filtered watch sees an object that stops matching as DELETED and
+/// one that starts matching as ADDED, as the real API server's watch does.
+#[tokio::test]
+async fn objects_leaving_a_watched_selector_are_deleted_for_it() {
+    let emu = emulator().await;
+    let client = kube_client(&emu).await;
+    let api = cms(&client);
+    let mut labelled = cm("mover", json!({"a": "1"}));
+    labelled.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+    api.create(&PostParams::default(), &labelled).await.unwrap();
+    let lp = ListParams::default().labels("team=x");
+    let list = api.list(&lp).await.unwrap();
+    let rv = list.metadata.resource_version.clone().unwrap();
+    let wp = kube::api::WatchParams::default().labels("team=x");
+    let mut events = api.watch(&wp, &rv).await.unwrap().boxed();
+    let relabel = |team: &str| Patch::Merge(json!({"metadata": {"labels": {"team": team}}}));
+    api.patch("mover", &PatchParams::default(), &relabel("y"))
+        .await
+        .unwrap();
+    api.patch("mover", &PatchParams::default(), &relabel("x"))
+        .await
+        .unwrap();
+    let mut seen = vec![];
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .expect("the watch goes on");
+        match ev {
+            kube::api::WatchEvent::Added(o) => seen.push(("ADDED", o.metadata.name)),
+            kube::api::WatchEvent::Deleted(o) => seen.push(("DELETED", o.metadata.name)),
+            kube::api::WatchEvent::Modified(o) => seen.push(("MODIFIED", o.metadata.name)),
+            _ => {}
+        }
+    }
+    let name = Some("mover".to_string());
+    assert_eq!(seen, vec![("DELETED", name.clone()), ("ADDED", name)]);
+}

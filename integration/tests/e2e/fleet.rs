@@ -678,9 +678,24 @@ async fn drift_is_repaired_from_watches_or_only_reported() {
         setting(world.emulator("d1"))
     })
     .await;
+    // Taking the owner label away moves the object out of the agent's
+    // label-filtered watch (a DELETED event there): it is put back too.
+    let unlabel = kube::api::Patch::Merge(
+        serde_json::json!({"metadata": {"labels": {"ferry.dev/owner": null}}}),
+    );
+    d1.patch("settings", &kube::api::PatchParams::default(), &unlabel)
+        .await
+        .unwrap();
+    eventually("the owner label is back", || async {
+        let o = world
+            .emulator("d1")
+            .object("", "configmaps", Some("shop"), "settings")?;
+        (o["metadata"]["labels"]["ferry.dev/owner"] == "d1").then_some(())
+    })
+    .await;
     let s = eventually("drift corrections reported", || async {
         let s = world.cluster("d1").await.ok()?.status?;
-        (s.drift_corrections >= 2 && s.last_correction_unix_ms > 0).then_some(s)
+        (s.drift_corrections >= 3 && s.last_correction_unix_ms > 0).then_some(s)
     })
     .await;
     assert_eq!(s.health, Health::Healthy as i32);
