@@ -201,6 +201,21 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// `url` with the password of its user part, if it has one, shown as `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..host_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Sorts a failed fetch into authentication, host key or other failures,
 /// using what ssh logged when it was ssh.
 fn classify(url: &str, message: String, ssh_log: &str) -> Error {
@@ -235,7 +250,11 @@ fn classify(url: &str, message: String, ssh_log: &str) -> Error {
     } else {
         format!("{log} ({message})")
     };
-    let url = url.to_string();
+    // A password in the URL never reaches a status or a log.
+    let shown = redact(url);
+    let message = message.replace(url, &shown);
+    let with_log = with_log.replace(url, &shown);
+    let url = shown;
     if log.contains("Host key verification failed")
         || log.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || log.contains("host key is known")
@@ -557,7 +576,7 @@ impl Source {
         let creds = self.auth.load()?;
         let repo = self.fetch(url, id, &creds)?;
         let unknown = || Error::UnknownCommit {
-            url: url.to_string(),
+            url: redact(url),
             commit: commit.to_string(),
         };
         if !repo.has_object(id) {
@@ -800,6 +819,24 @@ mod tests {
         assert!(matches!(e, Error::Auth { .. }), "{e}");
         let e = classify("https://h/r", "connection refused".into(), "");
         assert!(matches!(e, Error::Fetch { .. }), "{e}");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        assert_eq!(
+            redact("https://bot:tok3n@git.example.com/fleet.git"),
+            "https://bot:***@git.example.com/fleet.git"
+        );
+        assert_eq!(redact("ssh://git@host/r"), "ssh://git@host/r");
+        assert_eq!(redact("https://host/a@b"), "https://host/a@b");
+        let e = classify(
+            "https://bot:tok3n@h/r",
+            "Credentials provided for \"https://bot:tok3n@h/r\" were not accepted by the remote"
+                .into(),
+            "",
+        );
+        assert!(!e.to_string().contains("tok3n"), "{e}");
+        assert!(matches!(e, Error::Auth { .. }), "{e}");
     }
 
     #[test]
