@@ -245,7 +245,7 @@ impl Agent {
                         format!(
                             "fetching {} from {} took over {} s: gave up, will retry",
                             commit.short(),
-                            a.repo_url,
+                            source::redact(&a.repo_url),
                             GIT_TIMEOUT.as_secs()
                         ),
                         vec![],
