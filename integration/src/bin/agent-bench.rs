@@ -10,7 +10,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use ferry_integration::bench::{Proc, binary, rss_mib, wait_for};
+use ferry_integration::bench::{Proc, binary, cpu_ms, rss_mib, wait_for};
 use ferry_integration::world::GitServer;
 use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{GetClusterRequest, Health, Phase, PinRequest};
@@ -178,7 +178,9 @@ async fn main() -> Result<()> {
     // Steady state: nothing changes in Git or in the cluster.
     tokio::time::sleep(Duration::from_secs(2)).await;
     emu.reset_counters();
+    let cpu_before = cpu_ms(pid);
     tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let steady_cpu_ms = cpu_ms(pid) - cpu_before;
     let counters = emu.counters();
     let reads: u64 = counters
         .requests
@@ -187,6 +189,8 @@ async fn main() -> Result<()> {
         .map(|(_, n)| n)
         .sum();
     let passes = (args.steady_seconds / args.resync_seconds).max(1);
+    let cpu_per_sync = steady_cpu_ms / passes as f64;
+    let cpu_share = steady_cpu_ms / (args.steady_seconds as f64 * 1000.0) * 100.0;
     let steady_rss = rss_mib(pid);
     drop(agent);
 
@@ -220,6 +224,14 @@ async fn main() -> Result<()> {
             "reads per no-op sync (resync)",
             format!("{:.0}", reads as f64 / passes as f64),
         ),
+        (
+            "agent CPU per no-op sync (steady CPU / resyncs)",
+            format!("{cpu_per_sync:.0} ms"),
+        ),
+        (
+            "agent CPU during the steady state",
+            format!("{cpu_share:.2} % of a core"),
+        ),
     ];
     for (k, v) in &rows {
         println!("{k:<56} {v:>14}");
@@ -232,6 +244,7 @@ async fn main() -> Result<()> {
                 "rss_idle_mib": idle_rss, "rss_managing_mib": managed_rss, "rss_steady_mib": steady_rss,
                 "steady_writes": counters.writes, "steady_seconds": args.steady_seconds,
                 "reads_per_noop_sync": reads as f64 / passes as f64,
+                "cpu_ms_per_noop_sync": cpu_per_sync, "steady_cpu_percent": cpu_share,
             }
         })
     );
