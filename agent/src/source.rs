@@ -29,7 +29,9 @@ pub enum Error {
     #[error("authentication to {url} failed: {message}")]
     Auth { url: String, message: String },
     /// The SSH server's host key is not the one in known_hosts.
-    #[error("host key of {url} not verified (strict checking against known_hosts): {message}")]
+    #[error(
+        "host key of {url} not verified against known_hosts (put the server's key in the Git secret's known_hosts): {message}"
+    )]
     HostKey { url: String, message: String },
     /// Fetching from the remote failed (network, protocol).
     #[error("fetching {url}: {message}")]
@@ -102,6 +104,13 @@ impl GitAuth {
     fn load(&self) -> Result<Creds> {
         let mut c = Creds::default();
         if let Some(dir) = &self.secret_dir {
+            if !dir.is_dir() {
+                return Err(Error::Credentials {
+                    path: dir.clone(),
+                    message: "the Git secret directory does not exist (is the Secret mounted?)"
+                        .into(),
+                });
+            }
             let read = |name: &str| -> Result<Option<Vec<u8>>> {
                 let p = dir.join(name);
                 match std::fs::read(&p) {
@@ -852,6 +861,12 @@ mod tests {
         assert_eq!(c.username.as_deref(), Some("robot"));
         assert_eq!(c.password.as_deref(), Some("s3cret"));
         auth.password = Some("from-env".into());
+        let missing = GitAuth {
+            secret_dir: Some(dir.path().join("nope")),
+            ..Default::default()
+        };
+        let e = missing.load().err().expect("a missing secret is an error");
+        assert!(e.to_string().contains("does not exist"), "{e}");
         assert_eq!(auth.load().unwrap().password.as_deref(), Some("from-env"));
         assert!(
             !format!("{auth:?}").contains("from-env"),
