@@ -81,10 +81,18 @@ impl Repo {
     }
 
     /// Resolves a branch, tag, full or short commit to a full commit,
-    /// fetching first so branches are current.
+    /// fetching first so branches are current. A full commit id already in
+    /// the cache needs no fetch (a commit never changes), so rolling back to
+    /// a known commit works while the Git server is down.
     pub fn resolve(&self, reference: &str) -> Result<Commit> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let repo = self.open()?;
+        if let Ok(c) = Commit::parse(reference)
+            && gix::ObjectId::from_hex(c.as_str().as_bytes())
+                .is_ok_and(|id| repo.find_commit(id).is_ok())
+        {
+            return Ok(c);
+        }
         self.fetch(&repo)?;
         let unknown = || Error::UnknownRef {
             reference: reference.to_string(),

@@ -76,12 +76,18 @@ impl GitServer {
             ],
         )?;
         let base = root.join("served");
+        // `git daemon` would run git-daemon as its child, which killing `git`
+        // leaves behind (still serving): run git-daemon itself.
+        let daemon_bin = git(root, &["--exec-path"])
+            .map(|p| PathBuf::from(p.trim()).join("git-daemon"))
+            .ok()
+            .filter(|p| p.exists())
+            .context("git-daemon is missing (Debian package git-daemon-sysvinit or git)")?;
         // git daemon cannot pick its own port; retry if another test took ours.
         for _ in 0..20 {
             let port = free_port()?;
-            let mut daemon = Command::new("git")
+            let mut daemon = Command::new(&daemon_bin)
                 .args([
-                    "daemon",
                     "--reuseaddr",
                     "--export-all",
                     "--informative-errors",
@@ -145,6 +151,14 @@ impl GitServer {
         git(&self.work, &["tag", name])?;
         git(&self.work, &["push", "-q", "origin", name])?;
         Ok(())
+    }
+}
+
+impl GitServer {
+    /// Stops serving (a Git outage); the repositories stay on disk.
+    pub fn stop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
     }
 }
 

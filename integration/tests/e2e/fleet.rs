@@ -867,3 +867,40 @@ spec:
         .expect("the widget, applied once its CRD was Established");
     assert_eq!(w["spec"]["size"], 3);
 }
+
+/// A bad day: the Git server is down. Moving a branch cannot be resolved
+/// (a clear error naming the repository), but rolling a cluster back to a
+/// commit it ran before still works end to end: the coordinator and the
+/// agent both have that commit cached, and a commit never changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollback_to_a_known_commit_works_while_git_is_down() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let a = world
+        .git
+        .commit("A", &[("clusters/o1/app.yaml", Some(&app("o1", "1.0")))])
+        .unwrap();
+    world.add_cluster("o1", &[]).await.unwrap();
+    world.wait_connected(&["o1"]).await;
+    pin(&world, &["o1"], &a).await.unwrap();
+    world.wait_healthy_at("o1", &a).await;
+    let b = world
+        .git
+        .commit("B", &[("clusters/o1/app.yaml", Some(&app("o1", "2.0")))])
+        .unwrap();
+    pin(&world, &["o1"], &b).await.unwrap();
+    world.wait_healthy_at("o1", &b).await;
+
+    world.git.stop();
+    let e = pin(&world, &["o1"], "main").await.unwrap_err();
+    assert!(
+        format!("{e:#}").contains(&format!("fetching {}", world.git.url)),
+        "{e:#}"
+    );
+    assert_eq!(pin(&world, &["o1"], &a).await.unwrap(), a);
+    world.wait_healthy_at("o1", &a).await;
+    assert_eq!(setting(world.emulator("o1")).as_deref(), Some("1.0"));
+}
