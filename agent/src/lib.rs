@@ -214,6 +214,76 @@ impl Agent {
         }
     }
 
+    /// The target cannot be read from Git (server down, refused, missing
+    /// commit): keep enforcing the last applied commit from the cache, with
+    /// no network, so drift is still repaired; report the target Failed.
+    async fn hold_last(&mut self, a: &Assignment, why: String) -> Pass {
+        let applied = self.state.applied_commit.clone();
+        let Some(prev) = self
+            .state
+            .assignment
+            .clone()
+            .filter(|p| !applied.is_empty() && p.commit == applied && p.commit != a.commit)
+        else {
+            return Self::failed(why, vec![]);
+        };
+        let Ok(prev_commit) = Commit::parse(&prev.commit) else {
+            return Self::failed(why, vec![]);
+        };
+        let source = self.source.clone();
+        let (url, path, c) = (
+            prev.repo_url.clone(),
+            prev.path.clone(),
+            prev_commit.clone(),
+        );
+        let cached =
+            tokio::task::spawn_blocking(move || source.cached_files(&url, &c, &path)).await;
+        // Kustomizations are not held: building one needs the whole tree.
+        let objects = match cached {
+            Ok(Ok(Some(files))) if !render::is_kustomization(&files) => {
+                match render::render(&files) {
+                    Ok(o) => o,
+                    Err(_) => return Self::failed(why, vec![]),
+                }
+            }
+            _ => return Self::failed(why, vec![]),
+        };
+        let mut next = self.state.clone();
+        let held = match self
+            .applier
+            .sync(
+                &objects,
+                &mut next,
+                prev.allow_mass_prune,
+                !self.cfg.self_heal,
+            )
+            .await
+        {
+            Ok(done) => {
+                if done.writes > 0 {
+                    self.drift_corrections += done.writes as u64;
+                    self.last_correction_ms = now_unix_ms();
+                    tracing::info!(
+                        writes = done.writes,
+                        commit = %prev_commit,
+                        "repaired drift against the last applied commit"
+                    );
+                }
+                if self.applier.save_state(&next).await.is_ok() {
+                    self.state = next;
+                }
+                format!("still enforcing {}", prev_commit.short())
+            }
+            Err(apply::Error::Drifted(p)) => format!(
+                "{} object(s) drifted from {} (self-heal is off)",
+                p.len(),
+                prev_commit.short()
+            ),
+            Err(e) => format!("enforcing {} failed too: {e}", prev_commit.short()),
+        };
+        Self::failed(format!("{why}; {held}"), vec![])
+    }
+
     /// Reads, renders and applies the assignment; judges health.
     async fn pass(&mut self, a: &Assignment) -> Pass {
         let commit = match Commit::parse(&a.commit) {
@@ -241,15 +311,13 @@ impl Agent {
             let read = tokio::task::spawn_blocking(move || source.files(&url, &c, &path));
             let files = match tokio::time::timeout(GIT_TIMEOUT, read).await {
                 Err(_) => {
-                    return Self::failed(
-                        format!(
-                            "fetching {} from {} took over {} s: gave up, will retry",
-                            commit.short(),
-                            source::redact(&a.repo_url),
-                            GIT_TIMEOUT.as_secs()
-                        ),
-                        vec![],
+                    let why = format!(
+                        "fetching {} from {} took over {} s: gave up, will retry",
+                        commit.short(),
+                        source::redact(&a.repo_url),
+                        GIT_TIMEOUT.as_secs()
                     );
+                    return self.hold_last(a, why).await;
                 }
                 Ok(read) => read,
             };
@@ -260,7 +328,7 @@ impl Agent {
                     }
                     files
                 }
-                Ok(Err(e)) => return Self::failed(e.to_string(), vec![]),
+                Ok(Err(e)) => return self.hold_last(a, e.to_string()).await,
                 Err(e) => return Self::failed(format!("reading Git: {e}"), vec![]),
             };
             let files = if render::is_kustomization(&files) {

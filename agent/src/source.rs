@@ -598,6 +598,21 @@ impl Source {
         Ok((repo, true))
     }
 
+    /// Every file below `path` at `commit` if that commit is cached;
+    /// `None` if it is not. Never touches the network.
+    pub fn cached_files(
+        &self,
+        url: &str,
+        commit: &Commit,
+        path: &str,
+    ) -> Result<Option<Vec<File>>> {
+        let id = object_id(commit)?;
+        if !self.open(url, vec![])?.has_object(id) {
+            return Ok(None);
+        }
+        self.files(url, commit, path).map(|(f, _)| Some(f))
+    }
+
     /// Every file below `path` at `commit`, fetching only if the commit is
     /// not cached yet. Also says whether it fetched.
     pub fn files(&self, url: &str, commit: &Commit, path: &str) -> Result<(Vec<File>, bool)> {

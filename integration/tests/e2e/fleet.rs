@@ -904,3 +904,71 @@ async fn rollback_to_a_known_commit_works_while_git_is_down() {
     world.wait_healthy_at("o1", &a).await;
     assert_eq!(setting(world.emulator("o1")).as_deref(), Some("1.0"));
 }
+
+/// A Git outage right after a new pin: the agent cannot fetch the new
+/// commit and says so, but keeps enforcing the commit it applied last, from
+/// its cache: drift is still repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn during_a_git_outage_the_last_applied_commit_is_still_enforced() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let files = |v: &str| {
+        vec![
+            ("clusters/h1/app.yaml".to_string(), app("h1", v)),
+            ("clusters/h2/app.yaml".to_string(), app("h2", v)),
+        ]
+    };
+    let commit = |world: &World, v: &str| {
+        let f = files(v);
+        let refs: Vec<(&str, Option<&str>)> = f
+            .iter()
+            .map(|(p, d)| (p.as_str(), Some(d.as_str())))
+            .collect();
+        world.git.commit(v, &refs).unwrap()
+    };
+    let a = commit(&world, "1.0");
+    world.add_cluster("h1", &[]).await.unwrap();
+    world.add_cluster("h2", &[]).await.unwrap();
+    world.wait_connected(&["h1", "h2"]).await;
+    pin(&world, &["h1", "h2"], &a).await.unwrap();
+    world.wait_healthy_at("h1", &a).await;
+    // B reaches the coordinator (through h2's pin), then Git goes down.
+    let b = commit(&world, "2.0");
+    assert_eq!(pin(&world, &["h2"], "main").await.unwrap(), b);
+    world.wait_healthy_at("h2", &b).await;
+    world.git.stop();
+
+    pin(&world, &["h1"], &b).await.unwrap();
+    let s = world.wait_failed_at("h1", &b).await;
+    assert!(
+        s.message.contains("fetching git://")
+            && s.message.contains(&format!("still enforcing {}", &a[..8])),
+        "{}",
+        s.message
+    );
+    assert_eq!(s.applied_commit, a);
+    assert_eq!(setting(world.emulator("h1")).as_deref(), Some("1.0"));
+
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(
+        ferry_integration::harness::kube_client(world.emulator("h1")).await,
+        "shop",
+    );
+    let edit = kube::api::Patch::Merge(serde_json::json!({"data": {"version": "hacked"}}));
+    cms.patch("settings", &kube::api::PatchParams::default(), &edit)
+        .await
+        .unwrap();
+    eventually("drift repaired against A while Git is down", || async {
+        (setting(world.emulator("h1")).as_deref() == Some("1.0")).then_some(())
+    })
+    .await;
+    // Between retries the agent reports Syncing; the outcome stays Failed.
+    let s = eventually("the repair counted, the target still Failed", || async {
+        let s = world.cluster("h1").await.ok()?.status?;
+        (s.drift_corrections >= 1 && s.phase == Phase::Failed as i32).then_some(s)
+    })
+    .await;
+    assert_eq!(s.applied_commit, a, "{}", s.message);
+}
