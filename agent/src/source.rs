@@ -393,8 +393,15 @@ impl Source {
         std::fs::read_to_string(self.ssh_dir().join("log")).unwrap_or_default()
     }
 
-    /// Configuration for this fetch: for SSH, the command with our key, a
-    /// fresh log, and strict host key checking.
+    /// Empties ssh's log, so a failure is judged by this attempt's words.
+    fn fresh_ssh_log(&self, url: &str) {
+        if is_ssh(url) {
+            let _ = std::fs::write(self.ssh_dir().join("log"), b"");
+        }
+    }
+
+    /// Configuration for fetches: for SSH, the command with our key, its
+    /// log, and strict host key checking.
     fn overrides(&self, url: &str, creds: &Creds) -> Result<Vec<String>> {
         if !is_ssh(url) {
             return Ok(vec![]);
@@ -406,7 +413,6 @@ impl Source {
         };
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         let log = dir.join("log");
-        std::fs::write(&log, b"").map_err(|e| io(&log, e))?;
         let mut cmd = format!(
             "ssh -E {} -o BatchMode=yes -o IdentitiesOnly=yes -o GlobalKnownHostsFile=/dev/null \
              -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
@@ -489,6 +495,7 @@ impl Source {
         let repo = self.open(url, overrides.clone())?;
         let hex = id.to_string();
         let one = gix::remote::fetch::Shallow::DepthAtRemote(1.try_into().expect("1 > 0"));
+        self.fresh_ssh_log(url);
         if let Err(m) = Self::fetch_with(&repo, url, creds, &[&hex], one) {
             match classify(url, m, &self.ssh_log()) {
                 e @ (Error::Auth { .. } | Error::HostKey { .. }) => return Err(e),
@@ -510,7 +517,7 @@ impl Source {
         url: &str,
         creds: &Creds,
     ) -> Result<()> {
-        let _ = self.overrides(url, creds)?;
+        self.fresh_ssh_log(url);
         Self::fetch_with(
             repo,
             url,

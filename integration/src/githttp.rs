@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 /// How an [`HttpGit`] serves.
@@ -85,21 +86,17 @@ impl HttpGit {
                             cgi(root, req).await
                         }
                     });
+                    let io = match acceptor {
+                        Some(a) => match a.accept(tcp).await {
+                            Ok(tls) => Either::Left(tls),
+                            Err(_) => return,
+                        },
+                        None => Either::Right(tcp),
+                    };
                     let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    match acceptor {
-                        Some(a) => {
-                            let Ok(tls) = a.accept(tcp).await else { return };
-                            tokio::select! {
-                                _ = token.cancelled() => {}
-                                _ = conn.serve_connection(TokioIo::new(tls), svc) => {}
-                            }
-                        }
-                        None => {
-                            tokio::select! {
-                                _ = token.cancelled() => {}
-                                _ = conn.serve_connection(TokioIo::new(tcp), svc) => {}
-                            }
-                        }
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = conn.serve_connection(TokioIo::new(io), svc) => {}
                     }
                 });
             }

@@ -546,11 +546,11 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
 }
 
 /// Runs `agent-bench` and relays its figures.
-fn agent_bench(args: &Args) -> Result<(Vec<(String, String)>, Value)> {
+fn agent_bench(objects: usize, steady_seconds: u64) -> Result<(Vec<(String, String)>, Value)> {
     let bin = binary("agent-bench", BUILD)?;
     let out = Command::new(bin)
-        .args(["--objects", &args.agent_objects.to_string()])
-        .args(["--steady-seconds", &args.agent_steady_seconds.to_string()])
+        .args(["--objects", &objects.to_string()])
+        .args(["--steady-seconds", &steady_seconds.to_string()])
         .stderr(Stdio::inherit())
         .output()?;
     if !out.status.success() {
@@ -734,11 +734,8 @@ async fn main() -> Result<()> {
         out.insert("git".into(), j);
     }
     if !args.skip_agent {
-        let (rows, j) = tokio::task::spawn_blocking({
-            let a = Args::parse();
-            move || agent_bench(&a)
-        })
-        .await??;
+        let (objects, steady) = (args.agent_objects, args.agent_steady_seconds);
+        let (rows, j) = tokio::task::spawn_blocking(move || agent_bench(objects, steady)).await??;
         print_table("Agent (ferry-agent process, emulated API server)", &rows);
         out.insert("agent".into(), j);
     }

@@ -51,6 +51,21 @@ pub(crate) fn setting(emu: &Emulator) -> Option<String> {
         .and_then(|o| o["data"]["version"].as_str().map(str::to_string))
 }
 
+/// A world with one cluster, `name`, healthy at commit A (version 1.0).
+async fn one_cluster(dir: &std::path::Path, name: &str) -> (World, String) {
+    let mut world = World::start(dir, WorldConfig::default()).await.unwrap();
+    let path = format!("clusters/{name}/app.yaml");
+    let a = world
+        .git
+        .commit("A", &[(path.as_str(), Some(&app(name, "1.0")))])
+        .unwrap();
+    world.add_cluster(name, &[]).await.unwrap();
+    world.wait_connected(&[name]).await;
+    pin(&world, &[name], &a).await.unwrap();
+    world.wait_healthy_at(name, &a).await;
+    (world, a)
+}
+
 pub(crate) async fn pin(
     world: &World,
     clusters: &[&str],
@@ -283,17 +298,7 @@ async fn coordinator_restart_keeps_state_and_agents_resync() {
 async fn restarted_agent_converges_with_zero_writes_even_without_coordinator() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut world = World::start(dir.path(), WorldConfig::default())
-        .await
-        .unwrap();
-    let a = world
-        .git
-        .commit("A", &[("clusters/z1/app.yaml", Some(&app("z1", "1.0")))])
-        .unwrap();
-    world.add_cluster("z1", &[]).await.unwrap();
-    world.wait_connected(&["z1"]).await;
-    pin(&world, &["z1"], &a).await.unwrap();
-    world.wait_healthy_at("z1", &a).await;
+    let (mut world, _) = one_cluster(dir.path(), "z1").await;
 
     // Restart the agent with nothing changed: zero writes.
     world.stop_agent(0).await.unwrap();
@@ -876,17 +881,7 @@ spec:
 async fn rollback_to_a_known_commit_works_while_git_is_down() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut world = World::start(dir.path(), WorldConfig::default())
-        .await
-        .unwrap();
-    let a = world
-        .git
-        .commit("A", &[("clusters/o1/app.yaml", Some(&app("o1", "1.0")))])
-        .unwrap();
-    world.add_cluster("o1", &[]).await.unwrap();
-    world.wait_connected(&["o1"]).await;
-    pin(&world, &["o1"], &a).await.unwrap();
-    world.wait_healthy_at("o1", &a).await;
+    let (mut world, a) = one_cluster(dir.path(), "o1").await;
     let b = world
         .git
         .commit("B", &[("clusters/o1/app.yaml", Some(&app("o1", "2.0")))])
