@@ -351,8 +351,10 @@ pub async fn execute(args: Args) -> Result<String> {
                 )?;
             } else {
                 writeln!(out, "{reference} is {}", r.commit)?;
+                let changed: std::collections::HashMap<&str, &LedgerEntry> =
+                    r.entries.iter().map(|e| (e.cluster.as_str(), e)).collect();
                 for c in &clusters {
-                    match r.entries.iter().find(|e| &e.cluster == c) {
+                    match changed.get(c.as_str()) {
                         Some(e) => writeln!(
                             out,
                             "  {c}: {} -> {}",
