@@ -4,12 +4,17 @@
 //! kept in a Secret in the agent's namespace, and renewed at two thirds of
 //! its lifetime over the existing identity. The key never leaves the cluster.
 
-use ferry_proto::DialConfig;
+use crate::state::{MANAGER, ensure_namespace};
 use ferry_proto::v1::enrollment_client::EnrollmentClient;
 use ferry_proto::v1::{EnrollRequest, EnrollResponse, RenewRequest};
+use ferry_proto::{DialConfig, now_unix_ms};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The Secret holding key, certificate and CA.
 pub const SECRET: &str = "ferry-agent-identity";
@@ -17,17 +22,44 @@ pub const SECRET: &str = "ferry-agent-identity";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The coordinator refused the join token or the certificate.
-    #[error("the coordinator refused enrollment: {0}")]
-    Refused(String),
+    #[error("the coordinator refused enrollment: {}", .0.message())]
+    Refused(#[source] tonic::Status),
+    /// The coordinator answered for another cluster.
+    #[error("the join token is for cluster {theirs}, not {ours}")]
+    WrongCluster { theirs: String, ours: String },
     /// The coordinator could not be reached.
     #[error("reaching the coordinator to enroll: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Making the key or the request failed.
     #[error("making a key and certificate request: {0}")]
-    Key(String),
+    Key(#[source] rcgen::Error),
     /// Reading or writing the Secret failed.
-    #[error("the identity Secret {namespace}/{SECRET}: {message}")]
-    Secret { namespace: String, message: String },
+    #[error("the identity Secret {namespace}/{SECRET}: {source}")]
+    Secret {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Pre-provisioned certificate files could not be read.
+    #[error("reading {}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster has no identity and no join token to get one.
+    #[error(
+        "cluster {0} has no identity yet: start the agent with --join-token (from `ferry cluster add`)"
+    )]
+    NoJoinToken(String),
+}
+
+impl Error {
+    /// Whether trying again may succeed: the coordinator or the cluster's
+    /// API was unreachable. A refusal stands until an operator acts.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unreachable(_) | Error::Secret { .. })
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -50,23 +82,21 @@ impl Identity {
 }
 
 fn request(cluster: &str) -> Result<(String, String)> {
-    let key = rcgen::KeyPair::generate().map_err(|e| Error::Key(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(vec![cluster.to_string()])
-        .map_err(|e| Error::Key(e.to_string()))?;
+    let key = rcgen::KeyPair::generate().map_err(Error::Key)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![cluster.to_string()]).map_err(Error::Key)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, cluster);
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| Error::Key(e.to_string()))?;
-    let pem = csr.pem().map_err(|e| Error::Key(e.to_string()))?;
+    let csr = params.serialize_request(&key).map_err(Error::Key)?;
+    let pem = csr.pem().map_err(Error::Key)?;
     Ok((key.serialize_pem(), pem))
 }
 
 fn identity(r: EnrollResponse, key_pem: String) -> Identity {
     // Renewal counts from when the certificate arrived: its notBefore is
     // backdated for clock skew, which would pull renewal forward.
-    let received = ferry_proto::now_unix_ms();
+    let received = now_unix_ms();
     Identity {
         cert_pem: r.cert_pem,
         key_pem,
@@ -81,8 +111,8 @@ fn classify(s: tonic::Status) -> Error {
         tonic::Code::Unauthenticated
         | tonic::Code::PermissionDenied
         | tonic::Code::InvalidArgument
-        | tonic::Code::FailedPrecondition => Error::Refused(s.message().to_string()),
-        _ => Error::Unreachable(s.message().to_string()),
+        | tonic::Code::FailedPrecondition => Error::Refused(s),
+        _ => Error::Unreachable(Box::new(s)),
     }
 }
 
@@ -91,10 +121,10 @@ pub async fn enroll(dial: &DialConfig, cluster: &str, join_token: &str) -> Resul
     let (key_pem, csr_pem) = request(cluster)?;
     let channel = dial
         .endpoint()
-        .map_err(|e| Error::Unreachable(e.to_string()))?
+        .map_err(|e| Error::Unreachable(Box::new(e)))?
         .connect()
         .await
-        .map_err(|e| Error::Unreachable(format!("{e}: {:?}", std::error::Error::source(&e))))?;
+        .map_err(|e| Error::Unreachable(Box::new(e)))?;
     let r = EnrollmentClient::new(channel)
         .enroll(EnrollRequest {
             join_token: join_token.trim().to_string(),
@@ -104,10 +134,10 @@ pub async fn enroll(dial: &DialConfig, cluster: &str, join_token: &str) -> Resul
         .map_err(classify)?
         .into_inner();
     if r.cluster != cluster {
-        return Err(Error::Refused(format!(
-            "the join token is for cluster {}, not {cluster}",
-            r.cluster
-        )));
+        return Err(Error::WrongCluster {
+            theirs: r.cluster,
+            ours: cluster.to_string(),
+        });
     }
     Ok(identity(r, key_pem))
 }
@@ -119,10 +149,10 @@ pub async fn renew(dial: &DialConfig, cluster: &str, current: &Identity) -> Resu
     dial.identity = Some((current.cert_pem.clone(), current.key_pem.clone()));
     let channel = dial
         .endpoint()
-        .map_err(|e| Error::Unreachable(e.to_string()))?
+        .map_err(|e| Error::Unreachable(Box::new(e)))?
         .connect()
         .await
-        .map_err(|e| Error::Unreachable(e.to_string()))?;
+        .map_err(|e| Error::Unreachable(Box::new(e)))?;
     let r = EnrollmentClient::new(channel)
         .renew(RenewRequest { csr_pem })
         .await
@@ -136,11 +166,15 @@ fn secrets(client: &kube::Client, ns: &str) -> Api<Secret> {
 }
 
 /// Reads the identity kept in the cluster.
-pub async fn load(client: &kube::Client, ns: &str) -> Result<Option<Identity>> {
-    let err = |e: kube::Error| Error::Secret {
+fn secret_err(ns: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
+    move |source| Error::Secret {
         namespace: ns.to_string(),
-        message: e.to_string(),
-    };
+        source,
+    }
+}
+
+pub async fn load(client: &kube::Client, ns: &str) -> Result<Option<Identity>> {
+    let err = secret_err(ns);
     let Some(s) = secrets(client, ns).get_opt(SECRET).await.map_err(err)? else {
         return Ok(None);
     };
@@ -164,21 +198,7 @@ pub async fn load(client: &kube::Client, ns: &str) -> Result<Option<Identity>> {
 
 /// Keeps the identity in the cluster.
 pub async fn save(client: &kube::Client, ns: &str, id: &Identity) -> Result<()> {
-    let err = |e: kube::Error| Error::Secret {
-        namespace: ns.to_string(),
-        message: e.to_string(),
-    };
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    if nss.get_opt(ns).await.map_err(err)?.is_none() {
-        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        nss.patch(
-            ns,
-            &PatchParams::apply(crate::apply::MANAGER),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(err)?;
-    }
+    ensure_namespace(client, ns).await.map_err(secret_err(ns))?;
     let body = json!({
         "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"name": SECRET, "namespace": ns, "annotations": {
@@ -190,10 +210,118 @@ pub async fn save(client: &kube::Client, ns: &str, id: &Identity) -> Result<()> 
     secrets(client, ns)
         .patch(
             SECRET,
-            &PatchParams::apply(crate::apply::MANAGER).force(),
+            &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&body),
         )
         .await
-        .map_err(err)?;
+        .map_err(secret_err(ns))?;
     Ok(())
+}
+
+/// Where an identity comes from, in order: the Secret in the cluster,
+/// pre-provisioned certificate files, enrollment with a join token.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub cluster: String,
+    pub namespace: String,
+    /// How to reach the coordinator (its `cert`/`key` are the
+    /// pre-provisioned files, if any).
+    pub dial: DialConfig,
+    pub join_token: Option<String>,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// The identity kept in the cluster, pre-provisioned files, or a new one
+/// from enrollment, retrying what may pass. `None` when told to stop while
+/// waiting; an error that will not pass by itself (a refused or missing
+/// join token) at once.
+pub async fn obtain(
+    src: &Source,
+    client: &kube::Client,
+    stop: &CancellationToken,
+) -> Result<Option<Identity>> {
+    let mut delay = src.min_backoff;
+    loop {
+        match obtain_once(src, client).await {
+            Ok(id) => return Ok(Some(id)),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "obtaining an identity; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(src.max_backoff);
+    }
+}
+
+async fn obtain_once(src: &Source, client: &kube::Client) -> Result<Identity> {
+    if let Some(id) = load(client, &src.namespace).await? {
+        return Ok(id);
+    }
+    if let (Some(c), Some(k)) = (&src.dial.cert, &src.dial.key) {
+        // Pre-provisioned certificate files: used as they are, not renewed.
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).map_err(|source| Error::File {
+                path: p.clone(),
+                source,
+            })
+        };
+        return Ok(Identity {
+            cert_pem: read(c)?,
+            key_pem: read(k)?,
+            ca_pem: String::new(),
+            not_before_ms: 0,
+            not_after_ms: 0,
+        });
+    }
+    let token = src
+        .join_token
+        .as_ref()
+        .ok_or_else(|| Error::NoJoinToken(src.cluster.clone()))?;
+    let mut dial = src.dial.clone();
+    dial.cert = None;
+    dial.key = None;
+    let id = enroll(&dial, &src.cluster, token).await?;
+    save(client, &src.namespace, &id).await?;
+    tracing::info!("enrolled: certificate issued and kept in the cluster");
+    Ok(id)
+}
+
+/// Renews the certificate at two thirds of its lifetime, keeps it in the
+/// cluster and hands it to the link; the live session is not interrupted.
+pub async fn renew_forever(
+    src: Source,
+    client: kube::Client,
+    mut current: Identity,
+    tx: watch::Sender<Option<Identity>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let wait = Duration::from_millis((current.renew_at_ms() - now_unix_ms()).max(0) as u64);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match renew(&src.dial, &src.cluster, &current).await {
+            Ok(next) => {
+                if let Err(e) = save(&client, &src.namespace, &next).await {
+                    tracing::warn!(error = %e, "renewed, but keeping the new certificate failed; using it anyway");
+                }
+                tracing::info!(not_after = next.not_after_ms, "certificate renewed");
+                current = next;
+                tx.send_replace(Some(current.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the certificate; retrying");
+                let left = (current.not_after_ms - now_unix_ms()).max(0) as u64;
+                let pause = Duration::from_millis((left / 10).clamp(200, 30_000));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
 }

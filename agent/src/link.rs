@@ -1,19 +1,44 @@
 //! The agent's only connection: it dials the coordinator, says Hello with its
 //! full state, then receives assignments and sends every status change.
 //! Reconnects forever with capped, jittered exponential backoff, and re-sends
-//! its full state each time. Never listens.
+//! its full state each time. Told to stop, it sends the last status and
+//! closes its stream cleanly. Never listens. An assignment that is not
+//! well-formed (a commit that is not a full id, a path leaving the
+//! repository) is refused, never acted on.
 
 use backon::BackoffBuilder;
-use ferry_proto::DialConfig;
 use ferry_proto::v1::agent_link_client::AgentLinkClient;
 use ferry_proto::v1::{
-    AgentMessage, Assignment, Heartbeat, Hello, StatusReport, agent_message, coordinator_message,
+    AgentMessage, Heartbeat, Hello, StatusReport, agent_message, coordinator_message,
 };
+use ferry_proto::{Assignment, DialConfig};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+/// How long a stopping link waits for the coordinator to take its last status.
+const DRAIN: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The coordinator's address or TLS files are unusable.
+    #[error(transparent)]
+    Dial(#[from] ferry_proto::DialError),
+    /// Connecting failed.
+    #[error("connecting: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// The stream failed.
+    #[error("{}", .0.message())]
+    Stream(#[from] tonic::Status),
+    /// The coordinator refused this agent.
+    #[error("the coordinator rejected this agent: {0}")]
+    Rejected(String),
+    /// The outbound stream closed under us.
+    #[error("the session closed")]
+    Closed,
+}
 
 /// What the link needs to know about its agent.
 #[derive(Clone, Debug)]
@@ -36,24 +61,26 @@ fn backoff(cfg: &LinkConfig) -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Runs the link until `shutdown`. Assignments go to `assignments`; every
+/// Runs the link until `stop`. Assignments go to `assignments`; every
 /// change of `status` is reported.
 pub async fn run(
     cfg: LinkConfig,
     identity: watch::Receiver<Option<crate::identity::Identity>>,
     assignments: watch::Sender<Option<Assignment>>,
     mut status: watch::Receiver<StatusReport>,
-    connected: watch::Sender<bool>,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     let mut delays = backoff(&cfg);
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         let started = Instant::now();
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = session(&cfg, identity.borrow().clone(), &assignments, &mut status, &connected) => r,
-        };
-        connected.send_replace(false);
+        let id = identity.borrow().clone();
+        let result = session(&cfg, id, &assignments, &mut status, &stop).await;
+        if stop.is_cancelled() {
+            return;
+        }
         match result {
             Ok(()) => tracing::info!("the coordinator closed the session; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "coordinator link down"),
@@ -64,7 +91,7 @@ pub async fn run(
         }
         let delay = delays.next().unwrap_or(cfg.max_backoff);
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -75,13 +102,17 @@ async fn session(
     identity: Option<crate::identity::Identity>,
     assignments: &watch::Sender<Option<Assignment>>,
     status: &mut watch::Receiver<StatusReport>,
-    connected: &watch::Sender<bool>,
-) -> anyhow::Result<()> {
+    stop: &CancellationToken,
+) -> Result<(), Error> {
     let mut dial = cfg.dial.clone();
     if let Some(id) = identity {
         dial.identity = Some((id.cert_pem, id.key_pem));
     }
-    let channel = dial.endpoint()?.connect().await?;
+    let endpoint = dial.endpoint()?;
+    let channel = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        c = endpoint.connect() => c.map_err(Error::Connect)?,
+    };
     let mut client = AgentLinkClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let hello = Hello {
@@ -90,30 +121,45 @@ async fn session(
         labels: cfg.labels.clone().into_iter().collect(),
         status: Some(status.borrow_and_update().clone()),
     };
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(hello)),
-    })
-    .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
-    connected.send_replace(true);
+    let send = |m: agent_message::Msg| {
+        let tx = tx.clone();
+        async move {
+            tx.send(AgentMessage { msg: Some(m) })
+                .await
+                .map_err(|_| Error::Closed)
+        }
+    };
+    send(agent_message::Msg::Hello(hello)).await?;
+    let mut inbound = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        s = client.session(ReceiverStream::new(rx)) => s?.into_inner(),
+    };
     tracing::info!(addr = %cfg.dial.addr, "connected to the coordinator");
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;
     loop {
         tokio::select! {
+            _ = stop.cancelled() => break,
             msg = inbound.message() => match msg? {
                 None => return Ok(()),
                 Some(m) => match m.msg {
-                    Some(coordinator_message::Msg::Assignment(a)) => {
+                    Some(coordinator_message::Msg::Assignment(wire)) => {
+                        let a = match Assignment::try_from(wire) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::error!(error = %e, "refusing a malformed assignment; keeping the current one");
+                                continue;
+                            }
+                        };
                         tracing::info!(commit = %a.commit, path = %a.path, generation = a.generation, "assignment received");
                         assignments.send_if_modified(|cur| {
                             if cur.as_ref() == Some(&a) { false } else { *cur = Some(a); true }
                         });
                     }
                     Some(coordinator_message::Msg::Rejection(r)) => {
-                        anyhow::bail!("the coordinator rejected this agent: {}", r.reason);
+                        return Err(Error::Rejected(r.reason));
                     }
-                    Some(coordinator_message::Msg::Ping(_)) | None => {}
+                    None => {}
                 },
             },
             changed = status.changed() => {
@@ -121,11 +167,24 @@ async fn session(
                     return Ok(());
                 }
                 let report = status.borrow_and_update().clone();
-                tx.send(AgentMessage { msg: Some(agent_message::Msg::Status(report)) }).await?;
+                send(agent_message::Msg::Status(report)).await?;
             }
             _ = heartbeat.tick() => {
-                tx.send(AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {})) }).await?;
+                send(agent_message::Msg::Heartbeat(Heartbeat {})).await?;
             }
         }
     }
+    // Stopping: the last status, then end our side of the stream and give
+    // the coordinator a moment to take it and close its side.
+    if status.has_changed().unwrap_or(false) {
+        let report = status.borrow_and_update().clone();
+        send(agent_message::Msg::Status(report)).await?;
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(DRAIN, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+    tracing::info!("closed the session with the coordinator");
+    Ok(())
 }

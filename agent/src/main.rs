@@ -1,6 +1,12 @@
 //! `ferry-agent`: runs in a cluster and dials out to the coordinator.
+//!
+//! Parses flags (`--help` and `--version` exit 0, a usage error 64), sets up
+//! logs, then runs the agent until SIGTERM or SIGINT, when it drains: the
+//! step in hand finishes, the coordinator gets a last status, and the
+//! process exits 0 within the grace period. An error the agent cannot get
+//! past by waiting exits 1 at once.
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use ferry_agent::Config;
 use ferry_proto::{DialConfig, parse_label, validate_cluster_name};
 use std::path::PathBuf;
@@ -76,7 +82,22 @@ struct Args {
     /// Seconds between drift checks of a converged cluster.
     #[arg(long, env = "FERRY_RESYNC_SECONDS", default_value_t = 30)]
     resync_seconds: u64,
+    /// Seconds a stopping agent has to finish its step and say goodbye.
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
+    /// Log format (logs go to stderr; `FERRY_LOG` filters them).
+    #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
 }
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `EX_USAGE` from sysexits.h.
+const USAGE: i32 = 64;
 
 fn config(args: Args) -> Result<Config, String> {
     validate_cluster_name(&args.cluster).map_err(|e| e.to_string())?;
@@ -121,39 +142,87 @@ fn config(args: Args) -> Result<Config, String> {
     Ok(cfg)
 }
 
-#[tokio::main]
-async fn main() {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
-        fmt.json().init();
-    } else {
-        fmt.init();
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
     }
-    let cfg = match Args::try_parse()
-        .map_err(|e| e.to_string())
-        .and_then(config)
-    {
+}
+
+/// SIGINT or SIGTERM, whichever comes first.
+async fn signal() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { USAGE } else { 0 });
+        }
+    };
+    init_tracing(args.log_format);
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    let cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(64);
+            eprintln!("error: {e}");
+            std::process::exit(USAGE);
         }
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(ferry_agent::run(cfg, shutdown.clone()));
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
-    match tokio::time::timeout(Duration::from_secs(10), agent).await {
-        Ok(Ok(Err(e))) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
+    let mut agent = tokio::spawn(ferry_agent::run(cfg, shutdown.clone()));
+    let code = tokio::select! {
+        r = &mut agent => match r {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the agent cannot run");
+                eprintln!("error: {e}");
+                1
+            }
+            Err(e) => {
+                eprintln!("error: the agent task failed: {e}");
+                1
+            }
+        },
+        sig = signal() => {
+            tracing::info!(signal = sig, grace_seconds = grace.as_secs(), "stopping");
+            shutdown.cancel();
+            match tokio::time::timeout(grace, &mut agent).await {
+                Ok(Ok(Ok(()))) => {
+                    tracing::info!("stopped");
+                    0
+                }
+                Ok(Ok(Err(e))) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+                Ok(Err(e)) => {
+                    eprintln!("error: the agent task failed: {e}");
+                    1
+                }
+                Err(_) => {
+                    eprintln!("error: the agent did not stop within {}s", grace.as_secs());
+                    agent.abort();
+                    1
+                }
+            }
         }
-        Err(_) => eprintln!("the agent did not stop within 10s"),
-        _ => {}
-    }
+    };
+    std::process::exit(code);
 }

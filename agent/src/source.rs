@@ -17,25 +17,86 @@ use ferry_proto::Commit;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+/// An error from a library, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A Git transport error, kept whole but only ever shown with the
+/// repository URL's password hidden. Its own messages can carry the URL,
+/// and loggers print whole source chains, so the cause is not exposed as
+/// `source()`: it is reachable through [`GitError::cause`] instead.
+#[derive(Debug)]
+pub struct GitError {
+    shown: String,
+    cause: BoxError,
+}
+
+impl GitError {
+    fn new(url: &str, cause: impl Into<BoxError>) -> Self {
+        let cause = cause.into();
+        let shown = chain(&*cause).replace(url, &redact(url));
+        GitError { shown, cause }
+    }
+
+    /// The library's error, for matching (never print it: see the type).
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.cause
+    }
+}
+
+impl std::fmt::Display for GitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::error::Error for GitError {}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The local cache could not be created or opened.
-    #[error("git cache {path}: {message}")]
-    Cache { path: PathBuf, message: String },
-    /// Credentials could not be read.
-    #[error("git credentials {path}: {message}")]
-    Credentials { path: PathBuf, message: String },
+    #[error("git cache {}: {source}", .path.display())]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
+    /// The configured Git secret directory is not there.
+    #[error("git credentials {}: the Git secret directory does not exist (is the Secret mounted?)", .path.display())]
+    SecretMissing { path: PathBuf },
+    /// Credentials could not be read or used.
+    #[error("git credentials {}: {source}", .path.display())]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
     /// The server refused our credentials, or wanted some we do not have.
-    #[error("authentication to {url} failed: {message}")]
-    Auth { url: String, message: String },
+    #[error("authentication to {url} failed: {detail}")]
+    Auth {
+        url: String,
+        /// What ssh or the server said, redacted.
+        detail: String,
+        #[source]
+        source: GitError,
+    },
     /// The SSH server's host key is not the one in known_hosts.
     #[error(
-        "host key of {url} not verified against known_hosts (put the server's key in the Git secret's known_hosts): {message}"
+        "host key of {url} not verified against known_hosts (put the server's key in the Git secret's known_hosts): {detail}"
     )]
-    HostKey { url: String, message: String },
-    /// Fetching from the remote failed (network, protocol).
-    #[error("fetching {url}: {message}")]
-    Fetch { url: String, message: String },
+    HostKey {
+        url: String,
+        detail: String,
+        #[source]
+        source: GitError,
+    },
+    /// Fetching from the remote failed (network, TLS, protocol).
+    #[error("fetching {url}: {detail}")]
+    Fetch {
+        url: String,
+        detail: String,
+        #[source]
+        source: GitError,
+    },
     /// The remote does not have the pinned commit.
     #[error("commit {commit} is not in {url}")]
     UnknownCommit { url: String, commit: String },
@@ -43,12 +104,25 @@ pub enum Error {
     #[error("path {path:?} does not exist at commit {commit}")]
     PathMissing { path: String, commit: String },
     /// Reading objects from the cache failed.
-    #[error("reading {what} at commit {commit}: {message}")]
+    #[error("reading {what} at commit {commit}: {source}")]
     Read {
         what: String,
         commit: String,
-        message: String,
+        #[source]
+        source: BoxError,
     },
+}
+
+impl Error {
+    /// Whether the same fetch may work later with nothing changed here
+    /// (the network, the server); credentials, host keys and missing
+    /// commits or paths need someone to act.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Fetch { .. } | Error::Cache { .. } | Error::Read { .. }
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -105,11 +179,7 @@ impl GitAuth {
         let mut c = Creds::default();
         if let Some(dir) = &self.secret_dir {
             if !dir.is_dir() {
-                return Err(Error::Credentials {
-                    path: dir.clone(),
-                    message: "the Git secret directory does not exist (is the Secret mounted?)"
-                        .into(),
-                });
+                return Err(Error::SecretMissing { path: dir.clone() });
             }
             let read = |name: &str| -> Result<Option<Vec<u8>>> {
                 let p = dir.join(name);
@@ -118,7 +188,7 @@ impl GitAuth {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(Error::Credentials {
                         path: p,
-                        message: e.to_string(),
+                        source: Box::new(e),
                     }),
                 }
             };
@@ -227,7 +297,8 @@ pub fn redact(url: &str) -> String {
 
 /// Sorts a failed fetch into authentication, host key or other failures,
 /// using what ssh logged when it was ssh.
-fn classify(url: &str, message: String, ssh_log: &str) -> Error {
+fn classify(url: &str, source: GitError, ssh_log: &str) -> Error {
+    let message = source.to_string();
     // ssh's own words, without its banners and advice.
     let lines: Vec<&str> = ssh_log
         .lines()
@@ -262,7 +333,7 @@ fn classify(url: &str, message: String, ssh_log: &str) -> Error {
     // A password in the URL never reaches a status or a log.
     let shown = redact(url);
     let message = message.replace(url, &shown);
-    let with_log = with_log.replace(url, &shown);
+    let detail = with_log.replace(url, &shown);
     let url = shown;
     if log.contains("Host key verification failed")
         || log.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
@@ -270,7 +341,8 @@ fn classify(url: &str, message: String, ssh_log: &str) -> Error {
     {
         return Error::HostKey {
             url,
-            message: with_log,
+            detail,
+            source,
         };
     }
     let lower = message.to_lowercase();
@@ -282,17 +354,15 @@ fn classify(url: &str, message: String, ssh_log: &str) -> Error {
     {
         return Error::Auth {
             url,
-            message: with_log,
+            detail,
+            source,
         };
     }
     Error::Fetch {
         url,
-        message: with_log,
+        detail,
+        source,
     }
-}
-
-fn msg<E: std::error::Error + 'static>(e: E) -> String {
-    chain(&e)
 }
 
 /// A commit's id, or the error naming it.
@@ -300,14 +370,14 @@ fn object_id(commit: &Commit) -> Result<gix::ObjectId> {
     gix::ObjectId::from_hex(commit.as_str().as_bytes()).map_err(|e| Error::Read {
         what: "the commit id".into(),
         commit: commit.to_string(),
-        message: e.to_string(),
+        source: Box::new(e),
     })
 }
 
 /// HTTP transport options: an extra CA and a bearer token, when given.
 fn http_options(
     creds: &Creds,
-) -> Result<gix::protocol::transport::client::blocking_io::http::Options, String> {
+) -> Result<gix::protocol::transport::client::blocking_io::http::Options, BoxError> {
     use gix::protocol::transport::client::blocking_io::http;
     let certs = match &creds.ca {
         Some(pem) => Some(
@@ -319,7 +389,7 @@ fn http_options(
     let bearer = match &creds.bearer {
         Some(t) => Some(
             reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
-                .map_err(|_| "bearerToken holds characters a header cannot".to_string())?,
+                .map_err(|_| "bearerToken holds characters a header cannot")?,
         ),
         None => None,
     };
@@ -370,19 +440,19 @@ impl Source {
 
     fn open(&self, url: &str, overrides: Vec<String>) -> Result<gix::Repository> {
         let path = self.repo_path(url);
-        let err = |e: &dyn std::fmt::Display| Error::Cache {
+        let err = |e: BoxError| Error::Cache {
             path: path.clone(),
-            message: e.to_string(),
+            source: e,
         };
         if !path.join("HEAD").exists() {
-            std::fs::create_dir_all(&path).map_err(|e| err(&e))?;
-            gix::init_bare(&path).map_err(|e| err(&e))?;
+            std::fs::create_dir_all(&path).map_err(|e| err(e.into()))?;
+            gix::init_bare(&path).map_err(|e| err(e.into()))?;
         }
         gix::open_opts(
             &path,
             gix::open::Options::isolated().config_overrides(overrides),
         )
-        .map_err(|e| err(&e))
+        .map_err(|e| err(e.into()))
     }
 
     fn ssh_dir(&self) -> PathBuf {
@@ -409,7 +479,7 @@ impl Source {
         let dir = self.ssh_dir();
         let io = |p: &Path, e: std::io::Error| Error::Cache {
             path: p.to_path_buf(),
-            message: e.to_string(),
+            source: Box::new(e),
         };
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         let log = dir.join("log");
@@ -442,19 +512,20 @@ impl Source {
         ])
     }
 
-    /// One fetch of `refspecs`; the error is the whole chain as text.
+    /// One fetch of `refspecs`.
     fn fetch_with(
         repo: &gix::Repository,
         url: &str,
         creds: &Creds,
         refspecs: &[&str],
         shallow: gix::remote::fetch::Shallow,
-    ) -> Result<(), String> {
+    ) -> Result<(), GitError> {
+        let git = |e: BoxError| GitError::new(url, e);
         let remote = repo
             .remote_at(url)
-            .map_err(msg)?
+            .map_err(|e| git(e.into()))?
             .with_refspecs(refspecs.iter().copied(), gix::remote::Direction::Fetch)
-            .map_err(msg)?;
+            .map_err(|e| git(e.into()))?;
         let account = creds
             .password
             .clone()
@@ -465,7 +536,7 @@ impl Source {
             });
         let mut conn = remote
             .connect(gix::remote::Direction::Fetch)
-            .map_err(msg)?
+            .map_err(|e| git(e.into()))?
             .with_credentials(move |action| {
                 Ok(match (action, &account) {
                     (gix::credentials::helper::Action::Get(ctx), Some(a)) => {
@@ -478,13 +549,13 @@ impl Source {
                 })
             });
         if is_http(url) && (creds.ca.is_some() || creds.bearer.is_some()) {
-            conn = conn.with_transport_options(Box::new(http_options(creds)?));
+            conn = conn.with_transport_options(Box::new(http_options(creds).map_err(git)?));
         }
         conn.prepare_fetch(gix::progress::Discard, Default::default())
-            .map_err(msg)?
+            .map_err(|e| git(e.into()))?
             .with_shallow(shallow)
             .receive(gix::progress::Discard, &AtomicBool::new(false))
-            .map_err(msg)?;
+            .map_err(|e| git(e.into()))?;
         Ok(())
     }
 
@@ -575,7 +646,7 @@ impl Source {
         drop(repo);
         std::fs::remove_dir_all(&current).map_err(|e| Error::Cache {
             path: current.clone(),
-            message: e.to_string(),
+            source: Box::new(e),
         })?;
         let repo = self.fetch(url, id, creds)?;
         Ok(repo)
@@ -624,18 +695,17 @@ impl Source {
     /// not cached yet. Also says whether it fetched.
     pub fn files(&self, url: &str, commit: &Commit, path: &str) -> Result<(Vec<File>, bool)> {
         let (repo, fetched) = self.ensure(url, commit)?;
-        let read = |what: &str, e: &dyn std::fmt::Display| Error::Read {
+        let read = |what: &str, e: BoxError| Error::Read {
             what: what.to_string(),
             commit: commit.to_string(),
-            message: e.to_string(),
+            source: e,
         };
-        let id = gix::ObjectId::from_hex(commit.as_str().as_bytes())
-            .map_err(|e| read("the commit id", &e))?;
+        let id = object_id(commit)?;
         let root = repo
             .find_commit(id)
-            .map_err(|e| read("the commit", &e))?
+            .map_err(|e| read("the commit", e.into()))?
             .tree()
-            .map_err(|e| read("the root tree", &e))?;
+            .map_err(|e| read("the root tree", e.into()))?;
         let path = path.trim_matches('/');
         let missing = || Error::PathMissing {
             path: path.to_string(),
@@ -646,15 +716,18 @@ impl Source {
         } else {
             let entry = root
                 .lookup_entry_by_path(Path::new(path))
-                .map_err(|e| read(path, &e))?
+                .map_err(|e| read(path, e.into()))?
                 .ok_or_else(missing)?;
             if !entry.mode().is_tree() {
                 return Err(missing());
             }
-            entry.object().map_err(|e| read(path, &e))?.into_tree()
+            entry
+                .object()
+                .map_err(|e| read(path, e.into()))?
+                .into_tree()
         };
         let mut files = vec![];
-        walk(&repo, tree, "", &mut files).map_err(|(what, m)| read(&what, &m))?;
+        walk(&repo, tree, "", &mut files).map_err(|(what, e)| read(&what, e))?;
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok((files, fetched))
     }
@@ -670,7 +743,7 @@ impl Source {
             let io = |e: std::io::Error| Error::Read {
                 what: f.path.clone(),
                 commit: commit.to_string(),
-                message: e.to_string(),
+                source: Box::new(e),
             };
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).map_err(io)?;
@@ -686,10 +759,10 @@ fn walk(
     tree: gix::Tree<'_>,
     prefix: &str,
     out: &mut Vec<File>,
-) -> Result<(), (String, String)> {
+) -> Result<(), (String, BoxError)> {
     let decoded = tree
         .decode()
-        .map_err(|e| (prefix.to_string(), e.to_string()))?;
+        .map_err(|e| (prefix.to_string(), BoxError::from(e)))?;
     for entry in decoded.entries.iter() {
         let name = entry.filename.to_string();
         let path = if prefix.is_empty() {
@@ -699,7 +772,7 @@ fn walk(
         };
         let object = || {
             repo.find_object(entry.oid)
-                .map_err(|e| (path.clone(), e.to_string()))
+                .map_err(|e| (path.clone(), BoxError::from(e)))
         };
         if entry.mode.is_tree() {
             walk(repo, object()?.into_tree(), &path, out)?;
@@ -830,25 +903,29 @@ mod tests {
 
     #[test]
     fn auth_failures_are_told_apart() {
+        let g = |url: &str, m: &str| GitError::new(url, m.to_string());
         let e = classify(
             "ssh://git@h/r",
-            "Transport handshake failed".into(),
+            g("ssh://git@h/r", "Transport handshake failed"),
             "Host key verification failed.\n",
         );
         assert!(matches!(e, Error::HostKey { .. }), "{e}");
         let e = classify(
             "ssh://git@h/r",
-            "x".into(),
+            g("ssh://git@h/r", "x"),
             "git@h: Permission denied (publickey).",
         );
         assert!(matches!(e, Error::Auth { .. }), "{e}");
         let e = classify(
             "https://h/r",
-            "Credentials provided for \"https://h/r\" were not accepted by the remote".into(),
+            g(
+                "https://h/r",
+                "Credentials provided for \"https://h/r\" were not accepted by the remote",
+            ),
             "",
         );
         assert!(matches!(e, Error::Auth { .. }), "{e}");
-        let e = classify("https://h/r", "connection refused".into(), "");
+        let e = classify("https://h/r", g("https://h/r", "connection refused"), "");
         assert!(matches!(e, Error::Fetch { .. }), "{e}");
     }
 
@@ -860,13 +937,23 @@ mod tests {
         );
         assert_eq!(redact("ssh://git@host/r"), "ssh://git@host/r");
         assert_eq!(redact("https://host/a@b"), "https://host/a@b");
+        let url = "https://bot:tok3n@h/r";
         let e = classify(
-            "https://bot:tok3n@h/r",
-            "Credentials provided for \"https://bot:tok3n@h/r\" were not accepted by the remote"
-                .into(),
+            url,
+            GitError::new(
+                url,
+                "Credentials provided for \"https://bot:tok3n@h/r\" were not accepted by the remote"
+                    .to_string(),
+            ),
             "",
         );
         assert!(!e.to_string().contains("tok3n"), "{e}");
+        // Nor through the source chain loggers print.
+        let mut cur: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(c) = cur {
+            assert!(!c.to_string().contains("tok3n"), "{c}");
+            cur = c.source();
+        }
         assert!(matches!(e, Error::Auth { .. }), "{e}");
     }
 

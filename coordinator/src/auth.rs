@@ -4,7 +4,6 @@
 
 use crate::store::Store;
 use base64::Engine;
-use std::sync::Arc;
 use tonic::{Request, Status};
 
 /// What a token may do; each role includes the ones before it.
@@ -58,48 +57,38 @@ pub fn hash(secret: &str) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Authenticates every Admin request by its bearer token.
-#[derive(Clone)]
-pub struct Authenticate {
-    pub store: Arc<Store>,
-}
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Status::unauthenticated("an API token is required (ferry --token or FERRY_TOKEN; the first admin token is in the coordinator's data dir)"))?;
-        let (name, role) = self
-            .store
-            .token(&hash(token))
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::unauthenticated("unknown API token"))?;
-        let role = Role::parse(&role)
-            .ok_or_else(|| Status::internal("a stored token has an unknown role"))?;
-        req.extensions_mut().insert(Caller { name, role });
-        Ok(req)
-    }
-}
-
-/// The caller, if it has at least `role`.
-pub fn require<T>(req: &Request<T>, role: Role, action: &str) -> Result<Caller, Status> {
-    let caller = req
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("not authenticated"))?;
-    if caller.role < role {
+/// The caller of an Admin request, by its bearer token, if it has at least
+/// `role`. Every Admin call starts here.
+pub async fn require<T>(
+    store: &dyn Store,
+    req: &Request<T>,
+    role: Role,
+    action: &str,
+) -> Result<Caller, Status> {
+    let token = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Status::unauthenticated("an API token is required (ferry --token or FERRY_TOKEN; the first admin token is in the coordinator's data dir)"))?;
+    let (name, stored_role) = store
+        .token(&hash(token))
+        .await
+        .map_err(|e| Status::unavailable(format!("checking the API token: {e}")))?
+        .ok_or_else(|| Status::unauthenticated("unknown API token"))?;
+    let caller_role = Role::parse(&stored_role)
+        .ok_or_else(|| Status::internal("a stored token has an unknown role"))?;
+    if caller_role < role {
         return Err(Status::permission_denied(format!(
-            "{} has role {}; {action} needs {}",
-            caller.name,
-            caller.role.as_str(),
+            "{name} has role {}; {action} needs {}",
+            caller_role.as_str(),
             role.as_str()
         )));
     }
-    Ok(caller)
+    Ok(Caller {
+        name,
+        role: caller_role,
+    })
 }

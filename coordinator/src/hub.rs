@@ -1,13 +1,17 @@
 //! The live agent sessions and what each cluster is assigned. The hub is the
 //! only place that pushes assignments: on connect and after every change.
-//! It owns no durable state; the store does.
+//! It owns no durable state (the store does) and owns every session task,
+//! so stopping the coordinator ends and waits for all of them.
 
 use crate::store::{ClusterRecord, Store};
-use ferry_proto::v1::{Assignment, AssignmentOptions, CoordinatorMessage, coordinator_message};
+use ferry_proto::Assignment;
+use ferry_proto::v1::{CoordinatorMessage, coordinator_message};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -20,17 +24,21 @@ struct Session {
 /// Sessions by cluster name. A new session for a cluster replaces the old
 /// one, whose stream then ends.
 pub struct Hub {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     pub repo_url: String,
     pub path_template: String,
     sessions: Mutex<HashMap<String, Session>>,
     next_id: AtomicU64,
     /// Woken by every status report, so rollouts react at once.
     pub status_changed: tokio::sync::Notify,
+    /// Tasks serving sessions and watches; waited for at shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when the coordinator stops: every session task ends.
+    pub shutdown: CancellationToken,
 }
 
 impl Hub {
-    pub fn new(store: Arc<Store>, repo_url: String, path_template: String) -> Self {
+    pub fn new(store: Arc<dyn Store>, repo_url: String, path_template: String) -> Self {
         Hub {
             store,
             repo_url,
@@ -38,6 +46,8 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             status_changed: tokio::sync::Notify::new(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -85,11 +95,10 @@ impl Hub {
     }
 
     /// The resolved path of a cluster, or why it cannot be resolved.
-    pub fn path(&self, c: &ClusterRecord) -> Result<String, String> {
+    pub fn path(&self, c: &ClusterRecord) -> Result<String, ferry_proto::Invalid> {
         match &c.path_override {
             Some(p) => Ok(p.clone()),
-            None => ferry_proto::render_path(&self.path_template, &c.name, &c.labels)
-                .map_err(|e| e.to_string()),
+            None => ferry_proto::render_path(&self.path_template, &c.name, &c.labels),
         }
     }
 
@@ -105,18 +114,20 @@ impl Hub {
         };
         Some(Assignment {
             repo_url: self.repo_url.clone(),
-            commit: commit.to_string(),
+            commit: commit.clone(),
             path,
             generation: *generation,
-            options: Some(AssignmentOptions {
-                allow_mass_prune: c.allow_mass_prune,
-            }),
+            allow_mass_prune: c.allow_mass_prune,
+            rollout: c.pin_rollout.clone(),
         })
     }
 
     /// Sends a cluster its current assignment, if it is connected.
-    pub fn push(&self, cluster: &str) {
-        match self.store.cluster(cluster) {
+    pub async fn push(&self, cluster: &str) {
+        if !self.connected(cluster) {
+            return;
+        }
+        match self.store.cluster(cluster).await {
             Ok(Some(r)) => self.send(&r),
             Ok(None) => {}
             Err(e) => {
@@ -128,15 +139,15 @@ impl Hub {
     /// Sends many clusters their assignments. Past a few dozen it reads
     /// every cluster in one query rather than one query each, so a pin or
     /// wave of thousands fans out at once.
-    pub fn push_many<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
+    pub async fn push_many<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
         let names: Vec<&str> = clusters.into_iter().collect();
         if names.len() < 64 {
             for n in names {
-                self.push(n);
+                self.push(n).await;
             }
             return;
         }
-        let all = match self.store.clusters() {
+        let all = match self.store.clusters().await {
             Ok(all) => all,
             Err(e) => {
                 tracing::error!(error = %e, "reading clusters to push their assignments");
@@ -159,7 +170,7 @@ impl Hub {
             return;
         };
         let msg = CoordinatorMessage {
-            msg: Some(coordinator_message::Msg::Assignment(assignment)),
+            msg: Some(coordinator_message::Msg::Assignment((&assignment).into())),
         };
         // A full queue means the agent is not reading. Dropping the session
         // ends its stream; the agent reconnects and gets a full resync.

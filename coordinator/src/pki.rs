@@ -3,13 +3,52 @@
 //! the serving certificate and every agent's client certificate, whose only
 //! SAN names its cluster. Never logs key material.
 
-use anyhow::{Context, Result, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key or certificate file could not be read or written.
+    #[error("{}: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Making, reading or signing a key or certificate failed.
+    #[error("{what}: {source}")]
+    Cert {
+        what: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A client certificate that does not parse.
+    #[error("parsing the client certificate: {0}")]
+    Parse(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    /// A client certificate that does not name exactly one cluster.
+    #[error("{0}")]
+    Identity(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn cert(what: &str) -> impl FnOnce(rcgen::Error) -> Error + '_ {
+    move |source| Error::Cert {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn file(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
@@ -36,12 +75,10 @@ pub fn write_private(path: &Path, data: &str) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(data.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    let mut f = opts.open(&tmp).map_err(file(&tmp))?;
+    f.write_all(data.as_bytes()).map_err(file(&tmp))?;
+    f.sync_all().map_err(file(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(file(path))
 }
 
 fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
@@ -53,8 +90,9 @@ impl Pki {
     pub fn open(dir: &Path, lifetime: Duration) -> Result<Pki> {
         let (cert_path, key_path) = ca_paths(dir);
         if !cert_path.exists() {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            let key = KeyPair::generate().map_err(cert("generating the CA key"))?;
+            let mut params =
+                CertificateParams::new(Vec::<String>::new()).map_err(cert("the CA certificate"))?;
             params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
             params
                 .distinguished_name
@@ -69,18 +107,18 @@ impl Pki {
                 .unwrap_or(SystemTime::now())
                 .into();
             params.not_after = (SystemTime::now() + Duration::from_secs(10 * 365 * 86_400)).into();
-            let cert = params.self_signed(&key)?;
+            let ca = params
+                .self_signed(&key)
+                .map_err(cert("signing the CA certificate"))?;
             write_private(&key_path, &key.serialize_pem())?;
-            write_private(&cert_path, &cert.pem())?;
+            write_private(&cert_path, &ca.pem())?;
             tracing::info!(ca = %cert_path.display(), "created the coordinator CA");
         }
-        let ca_pem = std::fs::read_to_string(&cert_path)
-            .with_context(|| format!("reading {}", cert_path.display()))?;
-        let key_pem = std::fs::read_to_string(&key_path)
-            .with_context(|| format!("reading {}", key_path.display()))?;
-        let key = KeyPair::from_pem(&key_pem).context("reading the CA key")?;
+        let ca_pem = std::fs::read_to_string(&cert_path).map_err(file(&cert_path))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(file(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(cert("reading the CA key"))?;
         let issuer =
-            Issuer::from_ca_cert_pem(&ca_pem, key).context("reading the CA certificate")?;
+            Issuer::from_ca_cert_pem(&ca_pem, key).map_err(cert("reading the CA certificate"))?;
         Ok(Pki {
             issuer,
             ca_pem,
@@ -94,8 +132,9 @@ impl Pki {
 
     /// A serving certificate for `names` (DNS names or IPs), written to `dir`.
     pub fn serving(&self, dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names.to_vec())?;
+        let key = KeyPair::generate().map_err(cert("generating the serving key"))?;
+        let mut params = CertificateParams::new(names.to_vec())
+            .map_err(cert("the serving certificate's names"))?;
         params
             .distinguished_name
             .push(DnType::CommonName, "ferry coordinator");
@@ -105,10 +144,12 @@ impl Pki {
             .unwrap_or(SystemTime::now())
             .into();
         params.not_after = (SystemTime::now() + Duration::from_secs(365 * 86_400)).into();
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let serving = params
+            .signed_by(&key, &self.issuer)
+            .map_err(cert("signing the serving certificate"))?;
         let (c, k) = (dir.join("server.pem"), dir.join("server-key.pem"));
         write_private(&k, &key.serialize_pem())?;
-        write_private(&c, &cert.pem())?;
+        write_private(&c, &serving.pem())?;
         Ok((c, k))
     }
 
@@ -116,13 +157,15 @@ impl Pki {
     /// SAN is the cluster name and it is good for client auth only.
     pub fn sign(&self, cluster: &str, csr_pem: &str) -> Result<Issued> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .context("reading the certificate signing request")?;
+            .map_err(cert("reading the certificate signing request"))?;
         let now = SystemTime::now();
         let not_before = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         let not_after = now + self.lifetime;
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::DnsName(
-            cluster.try_into().context("cluster name as a DNS name")?,
+            cluster
+                .try_into()
+                .map_err(cert("the cluster name as a DNS name"))?,
         )];
         params.distinguished_name.push(DnType::CommonName, cluster);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -131,9 +174,11 @@ impl Pki {
         params.not_after = not_after.into();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_bytes(16)));
         csr.params = params;
-        let cert = csr.signed_by(&self.issuer)?;
+        let issued = csr
+            .signed_by(&self.issuer)
+            .map_err(cert("signing the client certificate"))?;
         Ok(Issued {
-            cert_pem: cert.pem(),
+            cert_pem: issued.pem(),
             not_before,
             not_after,
         })
@@ -148,12 +193,11 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 
 /// The cluster a verified client certificate names: its single DNS SAN.
 pub fn cluster_of(cert_der: &[u8]) -> Result<String> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(cert_der).context("parsing the client certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(Error::Parse)?;
     let san = cert
         .subject_alternative_name()
-        .context("reading the SAN")?
-        .context("the client certificate has no SAN")?;
+        .map_err(|e| Error::Identity(format!("reading the client certificate's SAN: {e}")))?
+        .ok_or_else(|| Error::Identity("the client certificate has no SAN".into()))?;
     let names: Vec<String> = san
         .value
         .general_names
@@ -165,6 +209,8 @@ pub fn cluster_of(cert_der: &[u8]) -> Result<String> {
         .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        _ => bail!("the client certificate must name exactly one cluster, it names {names:?}"),
+        _ => Err(Error::Identity(format!(
+            "the client certificate must name exactly one cluster, it names {names:?}"
+        ))),
     }
 }

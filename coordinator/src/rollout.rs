@@ -2,172 +2,28 @@
 //! the clusters and the time go in; the next state and the pins to make come
 //! out. No I/O, no clock of its own: the driver persists each transition
 //! together with its pins, so a coordinator killed at any point resumes
-//! exactly where it was.
+//! exactly where it was. The data types are `ferry_proto::rollout`'s.
 
+use ferry_proto::Commit;
+use ferry_proto::rollout::{
+    ClusterPhase, ClusterProgress, Offline, RolloutPhase, Selector, Spec, State,
+};
 use ferry_proto::v1::{Health, Phase};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// How clusters are picked for a wave, from those not in an earlier wave.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Selector {
-    /// A Kubernetes-style label selector: `ring=canary,region in (eu,us)`.
-    Labels(String),
-    Names(Vec<String>),
-    /// This many of the clusters still to go.
-    Count(u32),
-    /// This percentage (1-100) of the clusters still to go, rounded up.
-    Percent(u32),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Offline {
-    /// Wait for it (its progress deadline still runs).
-    Wait,
-    /// Leave it out of the wave.
-    Skip,
-    /// Count it as failed.
-    Fail,
-}
-
-/// How many failed clusters a wave tolerates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Budget {
-    Count(u32),
-    Percent(u32),
-}
-
-impl Budget {
-    /// Allowed failures among `n` clusters.
-    pub fn allowed(self, n: usize) -> usize {
-        match self {
-            Budget::Count(c) => c as usize,
-            Budget::Percent(p) => n * p as usize / 100,
-        }
-    }
-}
-
-/// The policy of a wave (defaults, overridden per wave).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Policy {
-    /// Clusters of the wave being moved at once; 0 means all.
-    pub max_parallel: u32,
-    /// Every cluster of the wave on the target and Healthy for this long.
-    pub bake_ms: i64,
-    /// A cluster not Healthy at the target this long after its pin has failed.
-    pub deadline_ms: i64,
-    pub max_failures: Budget,
-    pub offline: Offline,
-    /// An operator approves the wave before it starts.
-    pub approval: bool,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            max_parallel: 0,
-            bake_ms: 0,
-            deadline_ms: 10 * 60 * 1000,
-            max_failures: Budget::Count(0),
-            offline: Offline::Wait,
-            approval: false,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WaveSpec {
-    pub name: String,
-    pub selector: Selector,
-    pub policy: Policy,
-}
-
-/// A rollout as created: the commit is resolved once, membership frozen.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Spec {
-    pub reference: String,
-    pub commit: String,
-    pub waves: Vec<WaveSpec>,
-    pub auto_rollback: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum RolloutPhase {
-    Running,
-    Paused,
-    /// The next wave waits for an operator's approval.
-    AwaitingApproval,
-    Succeeded,
-    /// Over the failure budget: halted (and rolled back if asked).
-    Failed,
-    Aborted,
-    RolledBack,
-}
-
-impl RolloutPhase {
-    pub fn is_active(self) -> bool {
-        matches!(self, Self::Running | Self::Paused | Self::AwaitingApproval)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum ClusterPhase {
-    /// Not pinned yet.
-    Waiting,
-    /// Pinned to the target; not Healthy there yet.
-    Pinned,
-    Healthy,
-    Failed,
-    /// Left out (offline, under the skip policy).
-    Skipped,
-    /// Pinned back to its previous commit.
-    RolledBack,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterProgress {
-    pub name: String,
-    pub wave: usize,
-    /// The pin before this rollout moved it (empty: it had none).
-    pub previous: String,
-    pub phase: ClusterPhase,
-    pub pinned_ms: i64,
-    pub reason: String,
-}
-
-/// The persisted state of a rollout.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct State {
-    pub phase: RolloutPhase,
-    pub wave: usize,
-    /// When the current wave started (0: not yet).
-    pub wave_started_ms: i64,
-    /// Since when every cluster of the wave has been Healthy at the target.
-    pub baked_since_ms: i64,
-    /// Waves an operator approved.
-    pub approved: BTreeSet<usize>,
-    pub clusters: Vec<ClusterProgress>,
-    pub message: String,
-}
 
 /// What the engine sees of a cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     pub connected: bool,
     pub labels: BTreeMap<String, String>,
-    pub pinned: String,
-    pub target: String,
-    pub applied: String,
+    pub pinned: Option<Commit>,
+    /// The generation of the cluster's current assignment.
+    pub generation: u64,
+    /// The generation the agent last reported working on: a report about
+    /// an older assignment says nothing about the current one.
+    pub observed_generation: u64,
+    pub target: Option<Commit>,
+    pub applied: Option<Commit>,
     pub phase: Phase,
     pub health: Health,
 }
@@ -177,7 +33,7 @@ pub struct Observed {
 pub enum Action {
     Pin {
         cluster: String,
-        commit: String,
+        commit: Commit,
         reason: String,
     },
     Event {
@@ -252,15 +108,21 @@ pub fn plan(spec: &Spec, clusters: &BTreeMap<String, Observed>) -> Result<State,
     })
 }
 
-fn at_target_healthy(o: &Observed, commit: &str) -> bool {
-    o.applied == commit && o.phase == Phase::Synced && o.health == Health::Healthy
+fn at_target_healthy(o: &Observed, commit: &Commit) -> bool {
+    o.observed_generation >= o.generation
+        && o.applied.as_ref() == Some(commit)
+        && o.phase == Phase::Synced
+        && o.health == Health::Healthy
 }
 
-fn failed_at_target(o: &Observed, commit: &str) -> Option<String> {
-    if o.target == commit && o.phase == Phase::Failed {
+fn failed_at_target(o: &Observed, commit: &Commit) -> Option<String> {
+    if o.observed_generation < o.generation {
+        return None;
+    }
+    if o.target.as_ref() == Some(commit) && o.phase == Phase::Failed {
         return Some("the agent failed to apply the target commit".into());
     }
-    if o.applied == commit && o.health == Health::Degraded {
+    if o.applied.as_ref() == Some(commit) && o.health == Health::Degraded {
         return Some("Degraded at the target commit".into());
     }
     None
@@ -274,10 +136,10 @@ pub fn rollback(spec: &Spec, state: &mut State, why: &str) -> Vec<Action> {
             c.phase,
             ClusterPhase::Pinned | ClusterPhase::Healthy | ClusterPhase::Failed
         ) {
-            if !c.previous.is_empty() && c.previous != spec.commit {
+            if let Some(previous) = c.previous.as_ref().filter(|p| **p != spec.commit) {
                 actions.push(Action::Pin {
                     cluster: c.name.clone(),
-                    commit: c.previous.clone(),
+                    commit: previous.clone(),
                     reason: format!("rollback: {why}"),
                 });
             }
@@ -301,7 +163,7 @@ pub fn step(
     loop {
         let Some(wave) = spec.waves.get(state.wave) else {
             state.phase = RolloutPhase::Succeeded;
-            state.message = format!("every wave runs {}", &spec.commit[..8]);
+            state.message = format!("every wave runs {}", spec.commit.short());
             actions.push(Action::Event {
                 cluster: String::new(),
                 message: state.message.clone(),
@@ -503,8 +365,14 @@ pub fn step(
 mod tests {
     use super::*;
 
-    const T: &str = "1111111111111111111111111111111111111111";
-    const OLD: &str = "0000000000000000000000000000000000000000";
+    use ferry_proto::rollout::{Budget, Policy, WaveSpec};
+
+    fn t() -> Commit {
+        Commit::parse(&"1".repeat(40)).unwrap()
+    }
+    fn old() -> Commit {
+        Commit::parse(&"0".repeat(40)).unwrap()
+    }
 
     fn fleet(n: &[(&str, &str)]) -> BTreeMap<String, Observed> {
         n.iter()
@@ -514,9 +382,11 @@ mod tests {
                     Observed {
                         connected: true,
                         labels: [("ring".to_string(), ring.to_string())].into(),
-                        pinned: OLD.into(),
-                        target: OLD.into(),
-                        applied: OLD.into(),
+                        pinned: Some(old()),
+                        generation: 1,
+                        observed_generation: 1,
+                        target: Some(old()),
+                        applied: Some(old()),
                         phase: Phase::Synced,
                         health: Health::Healthy,
                     },
@@ -528,7 +398,7 @@ mod tests {
     fn spec(waves: Vec<(Selector, Policy)>, auto_rollback: bool) -> Spec {
         Spec {
             reference: "main".into(),
-            commit: T.into(),
+            commit: t(),
             waves: waves
                 .into_iter()
                 .enumerate()
@@ -550,9 +420,11 @@ mod tests {
             } = a
             {
                 let o = obs.get_mut(cluster).unwrap();
-                o.pinned = commit.clone();
-                o.target = commit.clone();
-                o.applied = commit.clone();
+                o.pinned = Some(commit.clone());
+                o.generation += 1;
+                o.observed_generation = o.generation;
+                o.target = Some(commit.clone());
+                o.applied = Some(commit.clone());
                 o.health = if healthy {
                     Health::Healthy
                 } else {
@@ -620,7 +492,7 @@ mod tests {
         assert_eq!(st.phase, RolloutPhase::RolledBack);
         assert!(a.contains(&Action::Pin {
             cluster: "a".into(),
-            commit: OLD.into(),
+            commit: old(),
             reason: "rollback: rollout failed in wave w0".into()
         }));
         assert!(

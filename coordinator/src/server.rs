@@ -1,14 +1,16 @@
 //! `ferry serve`: builds the coordinator from its config and runs it until
 //! shut down. TLS by default; plaintext only when explicitly insecure.
+//! Owns every task it starts: stopping it ends the server, the rollout
+//! driver and every session, and waits for them.
 
-use crate::auth::{self, Authenticate};
+use crate::auth;
 use crate::driver::Driver;
 use crate::hub::Hub;
 use crate::pki::{self, Pki};
 use crate::repo::Repo;
 use crate::service::{AdminService, AgentLinkService, EnrollmentService};
 use crate::store::Store;
-use anyhow::{Context, Result};
+use crate::store::sqlite::Sqlite;
 use ferry_proto::v1::admin_server::AdminServer;
 use ferry_proto::v1::agent_link_server::AgentLinkServer;
 use ferry_proto::v1::enrollment_server::EnrollmentServer;
@@ -18,8 +20,58 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data dir could not be made or restricted.
+    #[error("the data dir {}: {source}", .path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened or read.
+    #[error("the store in {}: {source}", .dir.display())]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: crate::store::Error,
+    },
+    /// The CA or a certificate could not be made or read.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    /// The serving certificate files could not be read.
+    #[error("reading {}: {source}", .path.display())]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// gRPC could not be set up or failed while serving.
+    #[error("{what}: {source}")]
+    Serve {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn serve_err(what: &str) -> impl FnOnce(tonic::transport::Error) -> Error + '_ {
+    move |e| Error::Serve {
+        what: what.to_string(),
+        source: Box::new(e),
+    }
+}
 
 /// PEM files of an externally issued serving certificate.
 #[derive(Clone, Debug)]
@@ -77,33 +129,40 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub struct Coordinator {
     pub addr: SocketAddr,
     pub hub: Arc<Hub>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    driver: tokio::task::JoinHandle<()>,
 }
 
 impl Coordinator {
     /// Opens the store, binds, and starts serving in the background.
     pub async fn start(cfg: Config) -> Result<Coordinator> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        let dir_err = |source| Error::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(dir_err)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("restricting {}", cfg.data_dir.display()))?;
+                .map_err(dir_err)?;
         }
-        let store = Arc::new(
-            Store::open(&cfg.data_dir)
-                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
-        );
-        if store.token_count()? == 0 {
+        let store_err = |source| Error::Store {
+            dir: cfg.data_dir.clone(),
+            source,
+        };
+        let store: Arc<dyn Store> = Arc::new(Sqlite::open(&cfg.data_dir).await.map_err(store_err)?);
+        if store.token_count().await.map_err(store_err)? == 0 {
             let token = auth::new_secret("ferry-");
-            store.create_token(
-                &auth::hash(&token),
-                "bootstrap-admin",
-                "admin",
-                ferry_proto::now_unix_ms(),
-            )?;
+            store
+                .create_token(
+                    &auth::hash(&token),
+                    "bootstrap-admin",
+                    "admin",
+                    ferry_proto::now_unix_ms(),
+                )
+                .await
+                .map_err(store_err)?;
             let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
             pki::write_private(&path, &format!("{token}\n"))?;
             tracing::info!(file = %path.display(), "wrote the bootstrap admin token");
@@ -119,8 +178,12 @@ impl Coordinator {
                 Some(t) => (t.cert.clone(), t.key.clone()),
                 None => pki.serving(&cfg.data_dir, &cfg.tls_names)?,
             };
-            let read =
-                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|source| Error::TlsFile {
+                    path: p.clone(),
+                    source,
+                })
+            };
             // Client certificates are optional at the TLS layer: enrollment
             // runs without one. AgentLink and Renew demand one themselves.
             let tls = ServerTlsConfig::new()
@@ -141,7 +204,7 @@ impl Coordinator {
             cfg.repo_url.clone(),
             cfg.path_template.clone(),
         ));
-        let driver = Arc::new(Driver::new(hub.clone(), repo.clone(), cfg.event_buffer));
+        let (driver, driver_handle) = Driver::new(hub.clone(), repo.clone(), cfg.event_buffer);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -154,25 +217,28 @@ impl Coordinator {
                 .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .context("building the reflection service")?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .context("building the reflection service")?;
+        let reflection_err = |e: tonic_reflection::server::Error| Error::Serve {
+            what: "building the reflection service".into(),
+            source: Box::new(e),
+        };
+        let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
 
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("binding {}", cfg.listen))?;
-        let addr = listener.local_addr()?;
+        let bind_err = |source| Error::Bind {
+            addr: cfg.listen,
+            source,
+        };
+        let listener = TcpListener::bind(cfg.listen).await.map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
         let mut server = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_nodelay(true);
         if let Some(tls) = tls {
-            server = server.tls_config(tls).context("configuring TLS")?;
+            server = server
+                .tls_config(tls)
+                .map_err(serve_err("configuring TLS"))?;
         }
-        let shutdown = CancellationToken::new();
         let router = server
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -191,30 +257,27 @@ impl Coordinator {
                 })
                 .max_decoding_message_size(64 << 10),
             )
-            .add_service(tonic::service::interceptor::InterceptedService::new(
+            .add_service(
                 AdminServer::new(AdminService {
                     hub: hub.clone(),
                     repo,
-                    driver: driver.clone(),
+                    driver: driver_handle,
                 })
                 .max_decoding_message_size(1 << 20),
-                Authenticate {
-                    store: hub.store.clone(),
-                },
-            ));
-        tokio::spawn(driver.run(shutdown.clone()));
-        let stop = shutdown.clone();
-        let task = tokio::spawn(
+            );
+        let shutdown = hub.shutdown.clone();
+        let driver = tokio::spawn(driver.run(shutdown.clone()));
+        let server = tokio::spawn(
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                stop.cancelled().await
+                shutdown.cancelled().await
             }),
         );
         tracing::info!(%addr, repo = %cfg.repo_url, "coordinator serving");
         Ok(Coordinator {
             addr,
             hub,
-            shutdown,
-            task,
+            server,
+            driver,
         })
     }
 
@@ -222,9 +285,28 @@ impl Coordinator {
     /// own), stops accepting, and waits up to `grace` for the rest to drain.
     pub async fn stop(self, grace: Duration) -> Result<()> {
         self.hub.close_all();
-        self.shutdown.cancel();
-        match tokio::time::timeout(grace, self.task).await {
-            Ok(r) => r??,
+        self.hub.shutdown.cancel();
+        self.hub.tasks.close();
+        let Coordinator {
+            hub,
+            mut server,
+            mut driver,
+            ..
+        } = self;
+        let drained = tokio::time::timeout(grace, async {
+            let served = (&mut server).await;
+            let _ = (&mut driver).await;
+            hub.tasks.wait().await;
+            served
+        })
+        .await;
+        if drained.is_err() {
+            server.abort();
+            driver.abort();
+        }
+        match drained {
+            Ok(Ok(r)) => r.map_err(serve_err("serving"))?,
+            Ok(Err(e)) => tracing::error!(error = %e, "the server task failed"),
             Err(_) => tracing::warn!(?grace, "connections still open after the grace period"),
         }
         Ok(())

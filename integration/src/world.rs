@@ -177,7 +177,10 @@ pub struct ClusterHandle {
     pub kubeconfig: PathBuf,
     /// The one-time join token `ferry cluster add` gave this cluster.
     pub join_token: String,
-    pub agent: Option<(CancellationToken, tokio::task::JoinHandle<Result<()>>)>,
+    pub agent: Option<(
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), ferry_agent::Error>>,
+    )>,
 }
 
 /// How agents and the coordinator reach the fleet repository.
@@ -365,7 +368,7 @@ impl World {
                     tracing::debug!(error = %e, "coordinator port busy; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         };
         self.coordinator_addr = c.addr;

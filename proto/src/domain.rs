@@ -24,14 +24,46 @@ pub enum Invalid {
         label: String,
         cluster: String,
     },
+    /// A label selector that does not parse.
+    #[error("label selector {selector:?}: {reason}")]
+    Selector { selector: String, reason: String },
     /// A path template with an unknown placeholder or an unsafe path.
     #[error("bad path template {0:?}: {1}")]
     Template(String, String),
 }
 
-/// A full 40-hex commit id.
+/// A full 40-hex commit id. Serialized as its text.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Commit(String);
+
+impl serde::Serialize for Commit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Commit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Commit::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde for an optional commit kept as text, where "" means none (the
+/// form older records and the wire use).
+pub mod commit_or_empty {
+    use super::Commit;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Option<Commit>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.as_ref().map_or("", Commit::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Commit>, D::Error> {
+        let s = String::deserialize(d)?;
+        Commit::parse_optional(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 impl Commit {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
@@ -39,6 +71,14 @@ impl Commit {
             Ok(Commit(s.to_ascii_lowercase()))
         } else {
             Err(Invalid::Commit(s.to_string()))
+        }
+    }
+    /// "" is none; anything else must be a full commit.
+    pub fn parse_optional(s: &str) -> Result<Option<Self>, Invalid> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            Commit::parse(s).map(Some)
         }
     }
     pub fn as_str(&self) -> &str {
@@ -137,6 +177,46 @@ impl fmt::Display for crate::v1::Health {
             Self::Healthy => "Healthy",
             Self::Progressing => "Progressing",
             Self::Degraded => "Degraded",
+        })
+    }
+}
+
+impl fmt::Display for crate::v1::RolloutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unspecified => "-",
+            Self::Running => "Running",
+            Self::Paused => "Paused",
+            Self::AwaitingApproval => "AwaitingApproval",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Aborted => "Aborted",
+            Self::RolledBack => "RolledBack",
+        })
+    }
+}
+
+impl fmt::Display for crate::v1::RolloutClusterPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unspecified => "-",
+            Self::Waiting => "Waiting",
+            Self::Pinned => "Pinned",
+            Self::Healthy => "Healthy",
+            Self::Failed => "Failed",
+            Self::Skipped => "Skipped",
+            Self::RolledBack => "RolledBack",
+        })
+    }
+}
+
+impl fmt::Display for crate::v1::OfflinePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unspecified => "-",
+            Self::Wait => "wait",
+            Self::Skip => "skip",
+            Self::Fail => "fail",
         })
     }
 }

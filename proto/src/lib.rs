@@ -1,6 +1,7 @@
 //! Ferry's wire contract (`proto/ferry/v1`) and the small domain types that
-//! agent and coordinator share: commits, cluster names, path templates.
-//! Owns no I/O.
+//! agent and coordinator share (commits, cluster names, path templates,
+//! assignments, rollout specs and states), with the conversions between
+//! wire and domain types next to the generated code. Owns no I/O.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
@@ -10,9 +11,13 @@ pub mod v1 {
 /// The encoded file descriptor set, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");
 
+pub mod assignment;
 mod client;
 mod domain;
+pub mod ledger;
+pub mod rollout;
 mod selector;
+pub use assignment::Assignment;
 pub use client::{Bearer, DialConfig, DialError};
 pub use domain::*;
 pub use selector::LabelSelector;

@@ -50,7 +50,14 @@ fn set(s: &str) -> Result<Vec<String>, String> {
 }
 
 impl LabelSelector {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, crate::Invalid> {
+        Self::parse_inner(s).map_err(|reason| crate::Invalid::Selector {
+            selector: s.to_string(),
+            reason,
+        })
+    }
+
+    fn parse_inner(s: &str) -> Result<Self, String> {
         let mut reqs = vec![];
         for part in split_top(s) {
             let req = if let Some(k) = part.strip_prefix('!') {

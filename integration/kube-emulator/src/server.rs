@@ -395,7 +395,7 @@ impl Shared {
             (&Method::GET, None) => {
                 let labels = match LabelSelector::parse(q.get("labelSelector").map_or("", |s| s)) {
                     Ok(s) => s,
-                    Err(e) => return error(&ApiError::bad_request(e)),
+                    Err(e) => return error(&ApiError::bad_request(selector_reason(e))),
                 };
                 let fields = match FieldSelector::parse(q.get("fieldSelector").map_or("", |s| s)) {
                     Ok(s) => s,
@@ -547,7 +547,7 @@ impl Shared {
                 self.count("deletecollection", &rt.plural, is_write);
                 let labels = match LabelSelector::parse(q.get("labelSelector").map_or("", |s| s)) {
                     Ok(s) => s,
-                    Err(e) => return error(&ApiError::bad_request(e)),
+                    Err(e) => return error(&ApiError::bad_request(selector_reason(e))),
                 };
                 let mut s = store();
                 let names: Vec<(Option<String>, String)> = s
@@ -781,5 +781,13 @@ impl Shared {
             .header(header::CONTENT_TYPE, "application/json")
             .body(ChanBody(body_rx).boxed())
             .expect("valid response")
+    }
+}
+
+/// What kube-apiserver says of a bad label selector (the reason alone).
+fn selector_reason(e: ferry_proto::Invalid) -> String {
+    match e {
+        ferry_proto::Invalid::Selector { reason, .. } => reason,
+        other => other.to_string(),
     }
 }

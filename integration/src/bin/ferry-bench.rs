@@ -435,7 +435,7 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         })
         .await?
         .into_inner();
-    if !ended || done.phase != "Succeeded" {
+    if !ended || done.phase != ferry_proto::v1::RolloutPhase::Succeeded as i32 {
         bail!("the rollout ended {}: {}", done.phase, done.message);
     }
     let mut wave_rows = vec![];

@@ -335,9 +335,10 @@ async fn run(args: Args) -> Result<()> {
             .await?
             .into_inner()
             .phase;
-        match phase.as_str() {
-            "Succeeded" => break,
-            "Running" | "Paused" | "AwaitingApproval" => {}
+        use ferry_proto::v1::RolloutPhase;
+        match RolloutPhase::try_from(phase).unwrap_or_default() {
+            RolloutPhase::Succeeded => break,
+            RolloutPhase::Running | RolloutPhase::Paused | RolloutPhase::AwaitingApproval => {}
             other => bail!("rollout {id} ended {other}:\n{status}"),
         }
         if Instant::now() > deadline {

@@ -2,7 +2,9 @@
 
 use ferry_integration::harness::{eventually, init_tracing};
 use ferry_integration::world::{World, WorldConfig};
-use ferry_proto::v1::{GetRolloutRequest, HistoryRequest, Rollout};
+use ferry_proto::v1::{
+    GetRolloutRequest, HistoryRequest, Rollout, RolloutClusterPhase as Cp, RolloutPhase,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -77,10 +79,10 @@ async fn rollout(world: &World, id: &str) -> Rollout {
         .into_inner()
 }
 
-async fn wait_phase(world: &World, id: &str, phase: &str) -> Rollout {
+async fn wait_phase(world: &World, id: &str, phase: RolloutPhase) -> Rollout {
     eventually(&format!("rollout {id} {phase}"), || async {
         let r = rollout(world, id).await;
-        (r.phase == phase).then_some(r)
+        (r.phase == phase as i32).then_some(r)
     })
     .await
 }
@@ -141,14 +143,21 @@ async fn three_waves_complete_with_one_pin_per_cluster() {
     // The canaries move first; nobody else until they are healthy and baked.
     let r = eventually("the canary wave runs", || async {
         let r = rollout(&world, &id).await;
-        (r.waves[0].clusters.iter().all(|c| c.phase == "Healthy")).then_some(r)
+        (r.waves[0]
+            .clusters
+            .iter()
+            .all(|c| c.phase == Cp::Healthy as i32))
+        .then_some(r)
     })
     .await;
     assert!(
-        r.waves[2].clusters.iter().all(|c| c.phase == "Waiting"),
+        r.waves[2]
+            .clusters
+            .iter()
+            .all(|c| c.phase == Cp::Waiting as i32),
         "{r:?}"
     );
-    let done = wait_phase(&world, &id, "Succeeded").await;
+    let done = wait_phase(&world, &id, RolloutPhase::Succeeded).await;
     let sizes: Vec<usize> = done.waves.iter().map(|w| w.clusters.len()).collect();
     assert_eq!(sizes, [2, 3, 3]);
     for (name, _, _) in FLEET {
@@ -184,7 +193,7 @@ async fn a_bad_commit_halts_in_the_canary_wave_and_rolls_back() {
         .await
         .unwrap();
     let id = started_id(&out);
-    let r = wait_phase(&world, &id, "RolledBack").await;
+    let r = wait_phase(&world, &id, RolloutPhase::RolledBack).await;
     assert!(
         r.message.contains("canary") || r.message.contains("wave-1"),
         "{}",
@@ -239,13 +248,13 @@ async fn offline_clusters_under_each_policy() {
             .await
             .unwrap(),
     );
-    let r = wait_phase(&world, &id, "Succeeded").await;
+    let r = wait_phase(&world, &id, RolloutPhase::Succeeded).await;
     let us1_state = r.waves[0]
         .clusters
         .iter()
         .find(|c| c.name == "us-1")
         .unwrap();
-    assert_eq!(us1_state.phase, "Skipped");
+    assert_eq!(us1_state.phase, Cp::Skipped as i32);
 
     // fail: it counts against a zero budget, so the rollout fails.
     let v3 = commit_all(&world, "v3", "app:3");
@@ -264,7 +273,7 @@ async fn offline_clusters_under_each_policy() {
             .await
             .unwrap(),
     );
-    wait_phase(&world, &id, "Failed").await;
+    wait_phase(&world, &id, RolloutPhase::Failed).await;
 
     // wait: it holds the wave until the cluster is back.
     let v4 = commit_all(&world, "v4", "app:4");
@@ -288,13 +297,16 @@ async fn offline_clusters_under_each_policy() {
         let by: BTreeMap<_, _> = r.waves[0]
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), c.phase.clone()))
+            .map(|c| (c.name.clone(), c.phase))
             .collect();
-        (by["us-2"] == "Healthy" && by["us-1"] == "Waiting" && r.phase == "Running").then_some(())
+        (by["us-2"] == Cp::Healthy as i32
+            && by["us-1"] == Cp::Waiting as i32
+            && r.phase == RolloutPhase::Running as i32)
+            .then_some(())
     })
     .await;
     world.start_agent(us1);
-    wait_phase(&world, &id, "Succeeded").await;
+    wait_phase(&world, &id, RolloutPhase::Succeeded).await;
     world.wait_healthy_at("us-1", &v4).await;
 }
 
@@ -340,12 +352,15 @@ async fn pause_resume_abort_and_overlap() {
 
     world.ferry(&["rollout", "pause", &id]).await.unwrap();
     let paused = rollout(&world, &id).await;
-    assert_eq!(paused.phase, "Paused");
+    assert_eq!(paused.phase, RolloutPhase::Paused as i32);
     // While paused, no later wave starts, however long the bake.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let still = rollout(&world, &id).await;
     assert!(
-        still.waves[1].clusters.iter().all(|c| c.phase == "Waiting"),
+        still.waves[1]
+            .clusters
+            .iter()
+            .all(|c| c.phase == Cp::Waiting as i32),
         "{still:?}"
     );
     world.ferry(&["rollout", "resume", &id]).await.unwrap();
@@ -354,13 +369,13 @@ async fn pause_resume_abort_and_overlap() {
         r.waves[1]
             .clusters
             .iter()
-            .any(|c| c.phase != "Waiting")
+            .any(|c| c.phase != Cp::Waiting as i32)
             .then_some(())
     })
     .await;
     world.ferry(&["rollout", "abort", &id]).await.unwrap();
     let aborted = rollout(&world, &id).await;
-    assert_eq!(aborted.phase, "Aborted");
+    assert_eq!(aborted.phase, RolloutPhase::Aborted as i32);
     tokio::time::sleep(Duration::from_secs(1)).await;
     for c in ["us-1", "us-2", "us-3"] {
         assert_eq!(
@@ -406,13 +421,13 @@ async fn a_restarted_coordinator_resumes_mid_wave_without_duplicate_pins() {
         r.waves[1]
             .clusters
             .iter()
-            .any(|c| c.phase != "Waiting")
+            .any(|c| c.phase != Cp::Waiting as i32)
             .then_some(())
     })
     .await;
     world.stop_coordinator().await.unwrap();
     world.start_coordinator().await.unwrap();
-    wait_phase(&world, &id, "Succeeded").await;
+    wait_phase(&world, &id, RolloutPhase::Succeeded).await;
     let pins = pins_by_rollout(&history(&world).await, &id);
     assert_eq!(pins.len(), 8, "{pins:?}");
     assert!(
@@ -439,9 +454,14 @@ async fn plan_files_promote_and_the_event_stream() {
             .await
             .unwrap(),
     );
-    let r = wait_phase(&world, &id, "AwaitingApproval").await;
+    let r = wait_phase(&world, &id, RolloutPhase::AwaitingApproval).await;
     assert_eq!(r.commit, v2, "a tag resolves to its commit");
-    assert!(r.waves[1].clusters.iter().all(|c| c.phase == "Waiting"));
+    assert!(
+        r.waves[1]
+            .clusters
+            .iter()
+            .all(|c| c.phase == Cp::Waiting as i32)
+    );
 
     // The event stream replays what happened, then follows live.
     let mut events = world
@@ -480,7 +500,7 @@ async fn plan_files_promote_and_the_event_stream() {
         }
     };
     assert!(!live.actor.is_empty());
-    wait_phase(&world, &id, "Succeeded").await;
+    wait_phase(&world, &id, RolloutPhase::Succeeded).await;
 
     // promote: a one-wave rollout to a selector.
     let v3 = commit_all(&world, "v3", "app:3");
@@ -490,7 +510,7 @@ async fn plan_files_promote_and_the_event_stream() {
             .await
             .unwrap(),
     );
-    let r = wait_phase(&world, &id, "Succeeded").await;
+    let r = wait_phase(&world, &id, RolloutPhase::Succeeded).await;
     let names: Vec<&str> = r.waves[0]
         .clusters
         .iter()

@@ -135,7 +135,7 @@ async fn simulated_fleet_rolls_out_and_slow_watchers_miss_nothing() {
             .await
             .ok()?
             .into_inner();
-        (r.phase == "Succeeded").then_some(())
+        (r.phase == ferry_proto::v1::RolloutPhase::Succeeded as i32).then_some(())
     })
     .await;
     let seen = drain(&mut slow).await;

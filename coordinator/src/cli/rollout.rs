@@ -24,13 +24,15 @@
 //!   - count: 10             # ten of the clusters still to go
 //! ```
 
-use crate::cli::{Admin, ago, short, status, table};
+use super::output::{ago, short, table};
+use super::{Admin, status};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use ferry_proto::rollout::Offline;
 use ferry_proto::v1::{
     ClusterNames, ControlRolloutRequest, GetRolloutRequest, Health, ListClustersRequest,
-    ListRolloutsRequest, Rollout, RolloutControl, RolloutPlan, StartRolloutRequest,
-    WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
+    ListRolloutsRequest, OfflinePolicy, Rollout, RolloutClusterPhase, RolloutControl, RolloutPhase,
+    RolloutPlan, StartRolloutRequest, WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -69,24 +71,15 @@ pub enum RolloutCommand {
     /// Every rollout, newest first.
     List,
     /// Stop starting new pins (pins already made stay).
-    Pause {
-        id: String,
-    },
-    Resume {
-        id: String,
-    },
+    Pause { id: String },
+    /// Carry on a paused rollout from where it stopped.
+    Resume { id: String },
     /// Stop for good; pins already made stay.
-    Abort {
-        id: String,
-    },
+    Abort { id: String },
     /// Pin every cluster the rollout moved back to its previous commit.
-    Rollback {
-        id: String,
-    },
+    Rollback { id: String },
     /// Let a wave that waits for approval start.
-    Approve {
-        id: String,
-    },
+    Approve { id: String },
 }
 
 /// Wave policy flags (for every wave of the plan).
@@ -128,6 +121,16 @@ pub fn seconds(s: &str) -> Result<i64> {
     })
 }
 
+/// `wait`, `skip` or `fail` as the wire's enum.
+fn offline(s: Option<&str>) -> Result<Option<i32>> {
+    s.map(|s| {
+        Offline::parse(s)
+            .map(|o| OfflinePolicy::from(o) as i32)
+            .map_err(|e| anyhow::anyhow!(e))
+    })
+    .transpose()
+}
+
 impl PolicyArgs {
     fn policy(&self) -> Result<WavePolicy> {
         Ok(WavePolicy {
@@ -135,7 +138,7 @@ impl PolicyArgs {
             bake_seconds: self.bake.as_deref().map(seconds).transpose()?,
             deadline_seconds: self.deadline.as_deref().map(seconds).transpose()?,
             max_failures: self.max_failures.clone(),
-            offline: self.offline.clone(),
+            offline: offline(self.offline.as_deref())?,
             approval: self.approval.then_some(true),
         })
     }
@@ -207,7 +210,7 @@ impl PolicyFile {
                 .map(|b| seconds(&b.text()))
                 .transpose()?,
             max_failures: self.max_failures.as_ref().map(NumOrText::text),
-            offline: self.offline.clone(),
+            offline: offline(self.offline.as_deref())?,
             approval: self.approval,
         })
     }
@@ -416,7 +419,7 @@ pub async fn execute(client: &mut Admin, cmd: RolloutCommand, json: bool) -> Res
                         r.id.clone(),
                         r.r#ref.clone(),
                         short(&r.commit).into(),
-                        r.phase.clone(),
+                        phase(r).to_string(),
                         format!(
                             "{}/{}",
                             (r.current_wave as usize + 1).min(r.waves.len()),
@@ -452,7 +455,7 @@ pub async fn execute(client: &mut Admin, cmd: RolloutCommand, json: bool) -> Res
     if json {
         return Ok(serde_json::to_string_pretty(&rollout_json(&r))? + "\n");
     }
-    Ok(format!("rollout {}: {} ({})\n", r.id, r.phase, r.message))
+    Ok(format!("rollout {}: {} ({})\n", r.id, phase(&r), r.message))
 }
 
 /// (applied commit, health) of every cluster.
@@ -484,6 +487,14 @@ async fn cluster_states(client: &mut Admin) -> Result<BTreeMap<String, (String, 
         .collect())
 }
 
+fn phase(r: &Rollout) -> RolloutPhase {
+    RolloutPhase::try_from(r.phase).unwrap_or_default()
+}
+
+fn cluster_phase(c: &ferry_proto::v1::RolloutCluster) -> RolloutClusterPhase {
+    RolloutClusterPhase::try_from(c.phase).unwrap_or_default()
+}
+
 fn left(ms: i64) -> String {
     let s = (ms / 1000).max(0);
     if s >= 60 {
@@ -505,7 +516,7 @@ pub fn render(
         r.id,
         r.r#ref,
         short(&r.commit),
-        r.phase,
+        phase(r),
         (r.current_wave as usize + 1).min(r.waves.len()),
         r.waves.len(),
         r.actor,
@@ -530,7 +541,7 @@ pub fn render(
         for (j, c) in w.clusters.iter().enumerate() {
             let (pinned, applied, health) = clusters.get(&c.name).cloned().unwrap_or_default();
             let mut cluster_note = c.reason.clone();
-            if c.phase == "Pinned" && c.pinned_unix_ms > 0 {
+            if cluster_phase(c) == RolloutClusterPhase::Pinned && c.pinned_unix_ms > 0 {
                 cluster_note = format!(
                     "deadline in {}",
                     left(w.deadline_ms - (now - c.pinned_unix_ms))
@@ -548,7 +559,7 @@ pub fn render(
                     String::new()
                 },
                 c.name.clone(),
-                c.phase.clone(),
+                cluster_phase(c).to_string(),
                 short(&pinned).into(),
                 short(&applied).into(),
                 health,
@@ -622,7 +633,10 @@ pub async fn watch(client: &mut Admin, id: String) -> Result<()> {
             o.flush()?;
             last = view;
         }
-        if !matches!(r.phase.as_str(), "Running" | "Paused" | "AwaitingApproval") {
+        if !matches!(
+            phase(&r),
+            RolloutPhase::Running | RolloutPhase::Paused | RolloutPhase::AwaitingApproval
+        ) {
             break;
         }
     }
@@ -631,14 +645,14 @@ pub async fn watch(client: &mut Admin, id: String) -> Result<()> {
 
 pub fn rollout_json(r: &Rollout) -> serde_json::Value {
     serde_json::json!({
-        "id": r.id, "ref": r.r#ref, "commit": r.commit, "phase": r.phase, "message": r.message,
+        "id": r.id, "ref": r.r#ref, "commit": r.commit, "phase": phase(r).to_string(), "message": r.message,
         "currentWave": r.current_wave, "actor": r.actor, "autoRollback": r.auto_rollback,
         "createdUnixMs": r.created_unix_ms, "updatedUnixMs": r.updated_unix_ms,
         "waves": r.waves.iter().map(|w| serde_json::json!({
             "name": w.name, "selector": w.selector, "bakeMs": w.bake_ms, "deadlineMs": w.deadline_ms,
             "approval": w.approval, "startedUnixMs": w.started_unix_ms, "bakedSinceUnixMs": w.baked_since_unix_ms,
             "clusters": w.clusters.iter().map(|c| serde_json::json!({
-                "name": c.name, "phase": c.phase, "previousCommit": c.previous_commit, "reason": c.reason, "pinnedUnixMs": c.pinned_unix_ms,
+                "name": c.name, "phase": cluster_phase(c).to_string(), "previousCommit": c.previous_commit, "reason": c.reason, "pinnedUnixMs": c.pinned_unix_ms,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

@@ -1,0 +1,487 @@
+//! The decisions of a sync, as pure functions: how each rendered object is
+//! applied (namespace, owner label, content hash, wave, order), which
+//! objects need a write, what leaves Git and may be pruned, and whether the
+//! mass-prune valve holds. No I/O: `apply` reads the cluster, asks these
+//! functions, and writes.
+
+use crate::render::{Object, ObjectRef, Problem};
+use crate::state::InventoryEntry;
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+
+/// Label on every object the agent applies: the cluster that owns it.
+pub const OWNER_LABEL: &str = "ferry.dev/owner";
+/// `ferry.dev/prune: "false"` keeps an object when it leaves Git.
+pub const PRUNE_ANNOTATION: &str = "ferry.dev/prune";
+/// `ferry.dev/wave: "N"` splits a directory into waves applied in order,
+/// each once the earlier ones are healthy.
+pub const WAVE_ANNOTATION: &str = "ferry.dev/wave";
+
+/// How the cluster serves an object's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Served now; namespaced or not.
+    Served { namespaced: bool },
+    /// Not served yet: a CRD in the same set defines it.
+    FromCrd { namespaced: bool },
+    /// Not served, and nothing in the set defines it.
+    Unknown,
+}
+
+/// One object as it will be applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    /// The object with its namespace settled and the owner label set.
+    pub object: Object,
+    pub reference: ObjectRef,
+    /// Content hash of what is applied.
+    pub hash: String,
+    pub wave: i64,
+    pub namespaced: bool,
+    /// Whether the cluster serves the kind already (false: its CRD is in
+    /// this set and must be Established first).
+    pub served: bool,
+}
+
+/// The CRDs of a set: (group, kind) -> (namespaced, the CRD's name).
+pub fn crds_in(objects: &[Object]) -> HashMap<(String, String), (bool, String)> {
+    objects
+        .iter()
+        .filter(|o| o.kind() == "CustomResourceDefinition")
+        .map(|o| {
+            let text = |p: &str| o.value.pointer(p).and_then(Value::as_str).unwrap_or("");
+            let namespaced = text("/spec/scope") != "Cluster";
+            (
+                (
+                    text("/spec/group").to_string(),
+                    text("/spec/names/kind").to_string(),
+                ),
+                (namespaced, o.name().to_string()),
+            )
+        })
+        .collect()
+}
+
+/// Apply order within a wave: CRDs, Namespaces, other cluster-scoped
+/// objects, namespaced ones.
+pub fn rank(kind: &str, group: &str, namespaced: bool) -> u8 {
+    match (group, kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => 0,
+        ("", "Namespace") => 1,
+        _ if !namespaced => 2,
+        _ => 3,
+    }
+}
+
+/// Content hash of an object as it will be applied.
+pub fn hash(v: &Value) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, v.to_string().as_bytes());
+    d.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Settles every object: its kind's scope (namespace defaulted or dropped),
+/// the owner label, the hash and the wave; sorted in apply order. Every
+/// problem is reported at once; on any, nothing is planned.
+pub fn plan(
+    objects: &[Object],
+    scope: impl Fn(&Object) -> Scope,
+    cluster: &str,
+) -> Result<Vec<Planned>, Vec<Problem>> {
+    let mut planned = vec![];
+    let mut problems = vec![];
+    for o in objects {
+        let problem = |message: String| Problem {
+            source: o.source.clone(),
+            object: o.reference().to_string(),
+            message,
+        };
+        let (namespaced, served) = match scope(o) {
+            Scope::Served { namespaced } => (namespaced, true),
+            Scope::FromCrd { namespaced } => (namespaced, false),
+            Scope::Unknown => {
+                problems.push(problem(format!(
+                    "the cluster does not serve kind {} in {}",
+                    o.kind(),
+                    o.api_version()
+                )));
+                continue;
+            }
+        };
+        let annotation = format!(
+            "/metadata/annotations/{}",
+            WAVE_ANNOTATION.replace('/', "~1")
+        );
+        let wave = match o.value.pointer(&annotation) {
+            None => 0,
+            Some(v) => match v.as_str().and_then(|s| s.trim().parse::<i64>().ok()) {
+                Some(w) => w,
+                None => {
+                    problems.push(problem(format!(
+                        "{WAVE_ANNOTATION} must be a whole number, not {v}"
+                    )));
+                    continue;
+                }
+            },
+        };
+        let mut value = o.value.clone();
+        let meta = value["metadata"]
+            .as_object_mut()
+            .expect("render validated metadata");
+        if namespaced {
+            meta.entry("namespace").or_insert_with(|| "default".into());
+        } else {
+            meta.remove("namespace");
+        }
+        let labels = meta.entry("labels").or_insert_with(|| json!({}));
+        labels[OWNER_LABEL] = cluster.into();
+        let object = Object {
+            source: o.source.clone(),
+            value,
+        };
+        planned.push(Planned {
+            reference: object.reference(),
+            hash: hash(&object.value),
+            object,
+            wave,
+            namespaced,
+            served,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    planned.sort_by_key(|p| {
+        (
+            p.wave,
+            rank(p.object.kind(), p.object.group(), p.namespaced),
+        )
+    });
+    Ok(planned)
+}
+
+/// Whether every field of `want` is in `live` with the same value. Server
+/// defaults in `live` are fine; only what Git sets is compared.
+pub fn contains(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(a, b)| contains(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (a, b) => a == b,
+    }
+}
+
+/// Whether `live` still holds what `want` sets, ignoring status and
+/// server-owned metadata (only name, namespace, labels and annotations of
+/// `metadata` are compared).
+pub fn unchanged(live: &Value, want: &Value) -> bool {
+    let (Some(l), Some(w)) = (live.as_object(), want.as_object()) else {
+        return contains(live, want);
+    };
+    w.iter().all(|(k, wv)| match k.as_str() {
+        "status" => true,
+        "metadata" => wv.as_object().is_none_or(|wm| {
+            wm.iter()
+                .filter(|(mk, _)| {
+                    matches!(mk.as_str(), "name" | "namespace" | "labels" | "annotations")
+                })
+                .all(|(mk, mv)| {
+                    l.get("metadata")
+                        .and_then(|lm| lm.get(mk))
+                        .is_some_and(|lv| contains(lv, mv))
+                })
+        }),
+        _ => l.get(k).is_some_and(|lv| contains(lv, wv)),
+    })
+}
+
+/// Pruning would remove more of the inventory than one sync may.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error(
+    "refusing to prune {count} of {total} managed objects in one sync (more than {share}%); the assignment must allow mass pruning"
+)]
+pub struct MassPrune {
+    pub count: usize,
+    pub total: usize,
+    pub share: u32,
+}
+
+/// What a sync must do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Diff {
+    /// Indexes (into the plan) of the objects to write, in apply order.
+    pub writes: Vec<usize>,
+    /// Inventory entries that left Git, in prune order (namespaced objects
+    /// first, CRDs last).
+    pub prune: Vec<InventoryEntry>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.prune.is_empty()
+    }
+}
+
+/// Which objects need a write (missing, changed in Git since last applied,
+/// or drifted in the cluster) and which inventory entries left Git. The
+/// valve: pruning more than `share_percent` of the inventory (and more than
+/// one object) needs `allow_mass_prune`.
+pub fn diff(
+    planned: &[Planned],
+    live: &HashMap<ObjectRef, Value>,
+    inventory: &[InventoryEntry],
+    allow_mass_prune: bool,
+    share_percent: u32,
+) -> Result<Diff, MassPrune> {
+    let previous: HashMap<ObjectRef, &InventoryEntry> =
+        inventory.iter().map(|e| (e.into(), e)).collect();
+    let writes = planned
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            let fresh = previous.get(&p.reference).is_some_and(|e| e.hash == p.hash);
+            match live.get(&p.reference) {
+                Some(l) => !(fresh && unchanged(l, &p.object.value)),
+                None => true,
+            }
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let desired: BTreeSet<&ObjectRef> = planned.iter().map(|p| &p.reference).collect();
+    let mut prune: Vec<InventoryEntry> = inventory
+        .iter()
+        .filter(|e| !desired.contains(&ObjectRef::from(*e)))
+        .cloned()
+        .collect();
+    let total = inventory.len();
+    if !allow_mass_prune && prune.len() > 1 && prune.len() * 100 > total * share_percent as usize {
+        return Err(MassPrune {
+            count: prune.len(),
+            total,
+            share: share_percent,
+        });
+    }
+    prune.sort_by_key(|e| {
+        let r = ObjectRef::from(e);
+        std::cmp::Reverse(rank(&e.kind, &r.group, e.namespace.is_some()))
+    });
+    Ok(Diff { writes, prune })
+}
+
+/// The inventory after a sync: every planned object with its live uid.
+pub fn inventory(planned: &[Planned], live: &HashMap<ObjectRef, Value>) -> Vec<InventoryEntry> {
+    planned
+        .iter()
+        .map(|p| {
+            let r = &p.reference;
+            InventoryEntry {
+                api_version: p.object.api_version().to_string(),
+                kind: r.kind.clone(),
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                uid: live
+                    .get(r)
+                    .and_then(|l| l.pointer("/metadata/uid"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                hash: p.hash.clone(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(kind: &str, name: &str, extra: Value) -> Object {
+        let api_version = match kind {
+            "Deployment" => "apps/v1",
+            "CustomResourceDefinition" => "apiextensions.k8s.io/v1",
+            "ClusterRole" => "rbac.authorization.k8s.io/v1",
+            _ => "v1",
+        };
+        let mut v = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}});
+        if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                if k == "metadata" {
+                    for (mk, mv) in x.as_object().unwrap() {
+                        m["metadata"][mk] = mv.clone();
+                    }
+                } else {
+                    m.insert(k.clone(), x.clone());
+                }
+            }
+        }
+        Object {
+            source: format!("{name}.yaml#1"),
+            value: v,
+        }
+    }
+
+    fn scope(o: &Object) -> Scope {
+        let namespaced = !matches!(
+            o.kind(),
+            "Namespace" | "ClusterRole" | "CustomResourceDefinition"
+        );
+        if o.kind() == "Widget" {
+            return Scope::Unknown;
+        }
+        Scope::Served { namespaced }
+    }
+
+    #[test]
+    fn contains_ignores_server_defaults() {
+        let live = json!({"spec": {"replicas": 2, "strategy": {"type": "RollingUpdate"}, "template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}}}});
+        let want = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        assert!(contains(&live, &want));
+        let drifted = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        assert!(!contains(&drifted, &want));
+    }
+
+    #[test]
+    fn plans_settle_namespaces_labels_waves_and_order() {
+        let objects = [
+            obj(
+                "ConfigMap",
+                "late",
+                json!({"metadata": {"annotations": {WAVE_ANNOTATION: "1"}}}),
+            ),
+            obj("Deployment", "web", json!({})),
+            obj(
+                "Namespace",
+                "shop",
+                json!({"metadata": {"namespace": "ignored"}}),
+            ),
+            obj("ClusterRole", "r", json!({})),
+            obj("CustomResourceDefinition", "widgets.x.io", json!({})),
+        ];
+        let p = plan(&objects, scope, "c1").unwrap();
+        let order: Vec<_> = p.iter().map(|p| p.object.name()).collect();
+        assert_eq!(order, ["widgets.x.io", "shop", "r", "web", "late"]);
+        let web = &p[3];
+        assert_eq!(web.object.namespace(), Some("default"));
+        assert_eq!(web.object.value["metadata"]["labels"][OWNER_LABEL], "c1");
+        assert_eq!(
+            p[1].object.namespace(),
+            None,
+            "cluster-scoped: namespace dropped"
+        );
+        assert_eq!(p[4].wave, 1);
+        let bad = [
+            obj("Widget", "w", json!({})),
+            obj(
+                "ConfigMap",
+                "x",
+                json!({"metadata": {"annotations": {WAVE_ANNOTATION: "soon"}}}),
+            ),
+        ];
+        let problems = plan(&bad, scope, "c1").unwrap_err();
+        assert_eq!(problems.len(), 2, "all problems at once: {problems:?}");
+        assert!(problems[0].message.contains("does not serve kind Widget"));
+        assert!(problems[1].message.contains("whole number"));
+    }
+
+    fn entry(p: &Planned, uid: &str) -> InventoryEntry {
+        inventory(std::slice::from_ref(p), &HashMap::new())
+            .pop()
+            .map(|mut e| {
+                e.uid = uid.into();
+                e
+            })
+            .unwrap()
+    }
+
+    fn live_of(p: &Planned) -> Value {
+        let mut v = p.object.value.clone();
+        v["metadata"]["uid"] = "u".into();
+        v["metadata"]["resourceVersion"] = "7".into();
+        v["status"] = json!({"ready": true});
+        v
+    }
+
+    #[test]
+    fn only_missing_changed_or_drifted_objects_are_written() {
+        let objects: Vec<Object> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| obj("ConfigMap", n, json!({"data": {"k": "v"}})))
+            .collect();
+        let p = plan(&objects, scope, "c1").unwrap();
+        // a: unchanged; b: drifted live; c: changed in Git since last
+        // applied (old hash); d: missing from the cluster.
+        let mut live = HashMap::new();
+        for x in &p[..3] {
+            live.insert(x.reference.clone(), live_of(x));
+        }
+        live.get_mut(&p[1].reference).unwrap()["data"]["k"] = "edited".into();
+        let mut inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
+        inv[2].hash = "old".into();
+        let d = diff(&p, &live, &inv, false, 50).unwrap();
+        assert_eq!(d.writes, [1, 2, 3]);
+        assert!(d.prune.is_empty());
+        // Nothing to do at all when everything matches.
+        let mut all = live.clone();
+        all.insert(p[3].reference.clone(), live_of(&p[3]));
+        all.insert(p[1].reference.clone(), live_of(&p[1]));
+        inv[2].hash = p[2].hash.clone();
+        assert!(diff(&p, &all, &inv, false, 50).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_valve_holds_past_the_share_unless_allowed() {
+        let objects: Vec<Object> = (0..4)
+            .map(|i| obj("ConfigMap", &format!("o{i}"), json!({})))
+            .collect();
+        let p = plan(&objects, scope, "c1").unwrap();
+        let inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
+        // Two of four leave Git: 50% is the share, allowed.
+        let d = diff(&p[..2], &HashMap::new(), &inv, false, 50).unwrap();
+        assert_eq!(d.prune.len(), 2);
+        // Three of four: over it.
+        let e = diff(&p[..1], &HashMap::new(), &inv, false, 50).unwrap_err();
+        assert_eq!(
+            e,
+            MassPrune {
+                count: 3,
+                total: 4,
+                share: 50
+            }
+        );
+        assert!(e.to_string().contains("refusing to prune 3 of 4"));
+        // Unless the assignment allows it.
+        assert_eq!(
+            diff(&p[..1], &HashMap::new(), &inv, true, 50)
+                .unwrap()
+                .prune
+                .len(),
+            3
+        );
+        // A single object always may go, even if it is all there is.
+        let one = diff(&[], &HashMap::new(), &inv[..1], false, 50).unwrap();
+        assert_eq!(one.prune.len(), 1);
+    }
+
+    #[test]
+    fn pruning_goes_in_reverse_apply_order() {
+        let objects = [
+            obj("CustomResourceDefinition", "w.x.io", json!({})),
+            obj("Namespace", "shop", json!({})),
+            obj("ConfigMap", "cm", json!({})),
+        ];
+        let p = plan(&objects, scope, "c1").unwrap();
+        let inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
+        let d = diff(&[], &HashMap::new(), &inv, true, 50).unwrap();
+        let kinds: Vec<_> = d.prune.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["ConfigMap", "Namespace", "CustomResourceDefinition"]
+        );
+    }
+}

@@ -1,0 +1,517 @@
+//! The agent's one loop, level-triggered: the desired state (the current
+//! assignment: a directory of a repository at a pinned commit) against what
+//! is in the cluster; converge; report. A pass runs when the assignment
+//! changes, when a drift watch fires, and every resync interval; it reads
+//! Git (the pinned commit only, cached), renders, applies and judges
+//! health. When the new target cannot be read, it keeps enforcing the last
+//! commit it applied. Told to stop, it finishes the step it is in (waits
+//! end at once), publishes a last status and returns.
+
+use crate::apply::{self, Applier};
+use crate::render::{self, Object};
+use crate::source::{self, Source};
+use crate::state::{State, StateStore};
+use crate::{Config, health};
+use ferry_proto::v1::{Health, ObjectProblem, Phase, StatusReport};
+use ferry_proto::{Assignment, Commit, now_unix_ms};
+use kube::discovery::ApiResource;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The longest a Git fetch may take before the pass fails and is retried.
+const GIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Problems as the wire carries them.
+fn wire(problems: Vec<render::Problem>) -> Vec<ObjectProblem> {
+    problems
+        .into_iter()
+        .map(|p| ObjectProblem {
+            object: p.object,
+            source: p.source,
+            message: p.message,
+        })
+        .collect()
+}
+
+/// Two reports that differ only in their timestamps say the same thing.
+fn same_report(a: &StatusReport, b: &StatusReport) -> bool {
+    let strip = |r: &StatusReport| StatusReport {
+        reported_unix_ms: 0,
+        last_sync_unix_ms: 0,
+        ..r.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// What one pass concluded; `None` when it was interrupted by a stop.
+struct Pass {
+    phase: Phase,
+    health: Health,
+    message: String,
+    problems: Vec<ObjectProblem>,
+}
+
+impl Pass {
+    fn failed(message: String, problems: Vec<ObjectProblem>) -> Pass {
+        Pass {
+            phase: Phase::Failed,
+            health: Health::Unknown,
+            message,
+            problems,
+        }
+    }
+}
+
+/// The loop's own state. The sync loop is its only owner.
+pub struct Syncer {
+    cfg: Config,
+    applier: Applier,
+    states: StateStore,
+    source: Source,
+    state: State,
+    /// The rendered objects of the last (url, commit, path) read.
+    rendered: Option<((String, Commit, String), Vec<Object>)>,
+    status: watch::Sender<StatusReport>,
+    drift_corrections: u64,
+    last_sync_ms: i64,
+    last_correction_ms: i64,
+}
+
+impl Syncer {
+    pub fn new(
+        cfg: Config,
+        client: kube::Client,
+        states: StateStore,
+        state: State,
+        status: watch::Sender<StatusReport>,
+    ) -> Self {
+        Syncer {
+            applier: Applier::new(client, cfg.cluster.clone()),
+            source: Source::new(cfg.cache_dir.clone())
+                .with_auth(cfg.git_auth.clone())
+                .with_max_bytes(cfg.git_cache_bytes),
+            cfg,
+            states,
+            state,
+            rendered: None,
+            status,
+            drift_corrections: 0,
+            last_sync_ms: 0,
+            last_correction_ms: 0,
+        }
+    }
+
+    /// The first report, before any pass: what the cluster was left with.
+    pub fn initial_report(state: &State) -> StatusReport {
+        StatusReport {
+            applied_commit: state
+                .applied_commit
+                .as_ref()
+                .map(Commit::to_string)
+                .unwrap_or_default(),
+            phase: Phase::Pending as i32,
+            objects: state.inventory.len() as u32,
+            reported_unix_ms: now_unix_ms(),
+            ..Default::default()
+        }
+    }
+
+    fn report(&mut self, a: Option<&Assignment>, pass: Pass) {
+        let report = StatusReport {
+            observed_generation: a.map_or(0, |a| a.generation),
+            target_commit: a.map(|a| a.commit.to_string()).unwrap_or_default(),
+            applied_commit: self
+                .state
+                .applied_commit
+                .as_ref()
+                .map(Commit::to_string)
+                .unwrap_or_default(),
+            phase: pass.phase as i32,
+            health: pass.health as i32,
+            message: pass.message,
+            problems: pass.problems,
+            objects: self.state.inventory.len() as u32,
+            drift_corrections: self.drift_corrections,
+            last_sync_unix_ms: self.last_sync_ms,
+            reported_unix_ms: now_unix_ms(),
+            last_correction_unix_ms: self.last_correction_ms,
+        };
+        self.status.send_if_modified(|cur| {
+            if same_report(cur, &report) {
+                false
+            } else {
+                *cur = report;
+                true
+            }
+        });
+    }
+
+    /// Runs until `stop`: a pass on every new assignment, drift wake-up and
+    /// resync; publishes the kinds it manages for the drift watches.
+    pub async fn run(
+        mut self,
+        mut assignments: watch::Receiver<Option<Assignment>>,
+        drift: Arc<Notify>,
+        kinds: watch::Sender<Vec<ApiResource>>,
+        stop: CancellationToken,
+    ) {
+        let mut next = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = assignments.changed() => if r.is_err() { break },
+                _ = drift.notified() => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+            let assignment = assignments.borrow_and_update().clone();
+            let Some(a) = assignment else {
+                self.report(
+                    None,
+                    Pass {
+                        phase: Phase::Pending,
+                        health: Health::Unknown,
+                        message: "waiting for an assignment".into(),
+                        problems: vec![],
+                    },
+                );
+                next = Instant::now() + self.cfg.resync;
+                continue;
+            };
+            let span = tracing::info_span!(
+                "sync",
+                cluster = %self.cfg.cluster,
+                commit = %a.commit.short(),
+                generation = a.generation,
+                rollout = a.rollout.as_deref().unwrap_or("-"),
+            );
+            let Some(pass) = self.pass(&a, &stop).instrument(span.clone()).await else {
+                break;
+            };
+            let delay = match (pass.phase, pass.health) {
+                (Phase::Failed, _) => {
+                    failures += 1;
+                    (self.cfg.min_backoff * 2u32.saturating_pow(failures.min(8)))
+                        .min(self.cfg.resync)
+                }
+                (_, Health::Progressing | Health::Unknown) => {
+                    failures = 0;
+                    self.cfg.health_poll
+                }
+                _ => {
+                    failures = 0;
+                    self.cfg.resync
+                }
+            };
+            if pass.phase == Phase::Failed {
+                span.in_scope(|| tracing::warn!(message = %pass.message, "sync failed"));
+            }
+            self.report(Some(&a), pass);
+            let inventory = self.state.inventory.clone();
+            let managed = self.applier.resources(&inventory).await;
+            kinds.send_if_modified(|cur| {
+                if *cur == managed {
+                    false
+                } else {
+                    *cur = managed;
+                    true
+                }
+            });
+            next = Instant::now() + delay;
+        }
+        // The last word: what the coordinator last heard stays true, and
+        // says the agent stopped.
+        self.status.send_modify(|r| {
+            r.message = format!("the agent stopped; before: {}", r.message);
+            r.reported_unix_ms = now_unix_ms();
+        });
+    }
+
+    /// The target cannot be read from Git (server down, refused, missing
+    /// commit): keep enforcing the last applied commit from the cache, with
+    /// no network, so drift is still repaired; report the target Failed.
+    async fn hold_last(
+        &mut self,
+        a: &Assignment,
+        why: String,
+        stop: &CancellationToken,
+    ) -> Option<Pass> {
+        let Some(prev) = self.state.assignment.clone().filter(|p| {
+            self.state.applied_commit.as_ref() == Some(&p.commit) && p.commit != a.commit
+        }) else {
+            return Some(Pass::failed(why, vec![]));
+        };
+        let source = self.source.clone();
+        let (url, path, c) = (
+            prev.repo_url.clone(),
+            prev.path.clone(),
+            prev.commit.clone(),
+        );
+        let cached =
+            tokio::task::spawn_blocking(move || source.cached_files(&url, &c, &path)).await;
+        // Kustomizations are not held: building one needs the whole tree.
+        let objects = match cached {
+            Ok(Ok(Some(files))) if !render::is_kustomization(&files) => {
+                match render::render(&files) {
+                    Ok(o) => o,
+                    Err(_) => return Some(Pass::failed(why, vec![])),
+                }
+            }
+            _ => return Some(Pass::failed(why, vec![])),
+        };
+        let held = match self
+            .applier
+            .sync(
+                &objects,
+                &self.state.inventory,
+                prev.allow_mass_prune,
+                !self.cfg.self_heal,
+                stop,
+            )
+            .await
+        {
+            Ok(done) => {
+                if done.writes > 0 {
+                    self.drift_corrections += done.writes as u64;
+                    self.last_correction_ms = now_unix_ms();
+                    tracing::info!(
+                        writes = done.writes,
+                        commit = %prev.commit,
+                        "repaired drift against the last applied commit"
+                    );
+                }
+                let mut next = self.state.clone();
+                next.inventory = done.inventory;
+                if self.states.save(&next).await.is_ok() {
+                    self.state = next;
+                }
+                format!("still enforcing {}", prev.commit.short())
+            }
+            Err(apply::Error::Interrupted) => return None,
+            Err(apply::Error::Drifted(p)) => format!(
+                "{} object(s) drifted from {} (self-heal is off)",
+                p.len(),
+                prev.commit.short()
+            ),
+            Err(e) => format!("enforcing {} failed too: {e}", prev.commit.short()),
+        };
+        Some(Pass::failed(format!("{why}; {held}"), vec![]))
+    }
+
+    /// Reads and renders the assignment's directory (cached per commit).
+    /// `Err` is the pass that reports why it could not.
+    async fn objects(
+        &mut self,
+        a: &Assignment,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Object>, Option<Pass>> {
+        let key = (a.repo_url.clone(), a.commit.clone(), a.path.clone());
+        if let Some((k, objects)) = &self.rendered
+            && *k == key
+        {
+            return Ok(objects.clone());
+        }
+        if self.state.applied_commit.as_ref() != Some(&a.commit) {
+            self.report(
+                Some(a),
+                Pass {
+                    phase: Phase::Syncing,
+                    health: Health::Unknown,
+                    message: format!("syncing {}", a.commit.short()),
+                    problems: vec![],
+                },
+            );
+        }
+        let source = self.source.clone();
+        let (url, path, c) = (a.repo_url.clone(), a.path.clone(), a.commit.clone());
+        // A Git server that hangs must not hang the agent: the pass fails
+        // (and is retried) after GIT_TIMEOUT.
+        let read = tokio::task::spawn_blocking(move || source.files(&url, &c, &path));
+        let files = tokio::select! {
+            _ = stop.cancelled() => return Err(None),
+            r = tokio::time::timeout(GIT_TIMEOUT, read) => r,
+        };
+        let files = match files {
+            Err(_) => {
+                let why = format!(
+                    "fetching {} from {} took over {} s: gave up, will retry",
+                    a.commit.short(),
+                    source::redact(&a.repo_url),
+                    GIT_TIMEOUT.as_secs()
+                );
+                return Err(self.hold_last(a, why, stop).await);
+            }
+            Ok(Ok(Ok((files, fetched)))) => {
+                if fetched {
+                    tracing::info!("fetched");
+                }
+                files
+            }
+            Ok(Ok(Err(e))) => return Err(self.hold_last(a, e.to_string(), stop).await),
+            Ok(Err(e)) => return Err(Some(Pass::failed(format!("reading Git: {e}"), vec![]))),
+        };
+        let files = if render::is_kustomization(&files) {
+            match self.kustomize(a).await {
+                Ok(f) => vec![f],
+                Err(p) => {
+                    let message = format!("{} at {}: nothing was applied", p, a.commit.short());
+                    return Err(Some(Pass::failed(message, wire(vec![p]))));
+                }
+            }
+        } else {
+            files
+        };
+        match render::render(&files) {
+            Ok(objects) => {
+                self.rendered = Some((key, objects.clone()));
+                Ok(objects)
+            }
+            Err(problems) => {
+                let message = format!(
+                    "{} invalid document(s) at {} in {}: nothing was applied",
+                    problems.len(),
+                    a.commit.short(),
+                    a.path
+                );
+                Err(Some(Pass::failed(message, wire(problems))))
+            }
+        }
+    }
+
+    /// Reads, renders and applies the assignment; judges health. `None`
+    /// when told to stop part-way.
+    async fn pass(&mut self, a: &Assignment, stop: &CancellationToken) -> Option<Pass> {
+        let objects = match self.objects(a, stop).await {
+            Ok(o) => o,
+            Err(pass) => return pass,
+        };
+        let applied_before = self.state.applied_commit.as_ref() == Some(&a.commit);
+        let detect_only = !self.cfg.self_heal && applied_before;
+        let result = self
+            .applier
+            .sync(
+                &objects,
+                &self.state.inventory,
+                a.allow_mass_prune,
+                detect_only,
+                stop,
+            )
+            .await;
+        Some(match result {
+            Ok(applied) => {
+                if applied.writes > 0 && applied_before {
+                    self.drift_corrections += applied.writes as u64;
+                    self.last_correction_ms = now_unix_ms();
+                    tracing::info!(writes = applied.writes, "repaired drift");
+                }
+                if applied.writes > 0 {
+                    tracing::info!(writes = applied.writes, pruned = applied.pruned, "applied");
+                }
+                let next = State {
+                    assignment: Some(a.clone()),
+                    applied_commit: Some(a.commit.clone()),
+                    inventory: applied.inventory,
+                };
+                if let Err(e) = self.states.save(&next).await {
+                    return Some(Pass::failed(
+                        format!("applied, but saving the inventory failed: {e}"),
+                        vec![],
+                    ));
+                }
+                self.state = next;
+                self.last_sync_ms = now_unix_ms();
+                judge(&applied.live, &a.commit)
+            }
+            Err(apply::Error::Interrupted) => return None,
+            Err(apply::Error::Drifted(problems)) => Pass {
+                phase: Phase::Synced,
+                health: Health::Degraded,
+                message: format!(
+                    "{} object(s) drifted from Git at {}; self-heal is off",
+                    problems.len(),
+                    a.commit.short()
+                ),
+                problems: wire(problems),
+            },
+            Err(apply::Error::Rejected(problems)) => {
+                let message = format!(
+                    "{} object(s) rejected at {}: nothing was applied",
+                    problems.len(),
+                    a.commit.short()
+                );
+                Pass::failed(message, wire(problems))
+            }
+            Err(e) => Pass::failed(e.to_string(), vec![]),
+        })
+    }
+
+    /// Builds the assignment's kustomization from an export of the tree.
+    async fn kustomize(&self, a: &Assignment) -> Result<source::File, render::Problem> {
+        let source = self.source.clone();
+        let command = self.cfg.kustomize.clone();
+        let (url, path, c) = (a.repo_url.clone(), a.path.clone(), a.commit.clone());
+        let problem = |message: String| render::Problem {
+            source: format!("kustomize build {}", a.path),
+            object: String::new(),
+            message,
+        };
+        let built = tokio::task::spawn_blocking(move || {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            source
+                .export(&url, &c, dir.path())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(render::kustomize(&command, &dir.path().join(&path), &path))
+        })
+        .await;
+        match built {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(problem(e)),
+            Err(e) => Err(problem(e.to_string())),
+        }
+    }
+}
+
+/// The health of the applied objects, as one report.
+fn judge(live: &[serde_json::Value], commit: &Commit) -> Pass {
+    let mut problems = vec![];
+    let mut hs = vec![];
+    for o in live {
+        let v = health::judge(o);
+        if v.health != Health::Healthy {
+            let kind = o["kind"].as_str().unwrap_or("");
+            let name = o
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("");
+            let object = match o.pointer("/metadata/namespace").and_then(|n| n.as_str()) {
+                Some(ns) => format!("{kind}/{ns}/{name}"),
+                None => format!("{kind}/{name}"),
+            };
+            problems.push(ObjectProblem {
+                object,
+                source: String::new(),
+                message: v.reason,
+            });
+        }
+        hs.push(v.health);
+    }
+    let health = health::aggregate(hs);
+    let message = match health {
+        Health::Healthy => format!("{} objects at {} are healthy", live.len(), commit.short()),
+        _ => format!(
+            "{} of {} objects at {} are not healthy yet",
+            problems.len(),
+            live.len(),
+            commit.short()
+        ),
+    };
+    Pass {
+        phase: Phase::Synced,
+        health,
+        message,
+        problems,
+    }
+}

@@ -1,0 +1,40 @@
+//! Connecting the CLI to the coordinator's Admin API.
+
+use super::Args;
+use anyhow::{Context, Result};
+use ferry_proto::v1::admin_client::AdminClient;
+use ferry_proto::{Bearer, DialConfig};
+
+/// The Admin client, carrying the caller's token.
+pub type Admin =
+    AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// Connects the Admin client the global flags describe. A token is never
+/// sent over plaintext unless `--insecure` says so.
+pub async fn admin(args: &Args) -> Result<Admin> {
+    let dial = DialConfig {
+        addr: args.addr.clone(),
+        ca: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        identity: None,
+        insecure: args.insecure,
+    };
+    let channel = dial
+        .endpoint()?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the token file {}", f.display()))?,
+        (None, None) => String::new(),
+    };
+    Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?))
+}
+
+/// A gRPC error as the message the coordinator gave, for humans.
+pub fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}

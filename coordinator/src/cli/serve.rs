@@ -1,0 +1,114 @@
+//! `ferry serve`: the coordinator's flags, and running it until a signal.
+
+use crate::server::{Config, Coordinator, TlsFiles};
+use anyhow::Result;
+use ferry_proto::DEFAULT_PATH_TEMPLATE;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long `ferry serve` waits for sessions to drain after a signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Where the coordinator keeps its database and repository cache.
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The fleet's Git repository, as agents reach it.
+    #[arg(long, env = "FERRY_REPO")]
+    pub repo: String,
+    /// Where the coordinator reads the repository to resolve refs, if not
+    /// from --repo (for example agents use an in-cluster mirror).
+    #[arg(long, env = "FERRY_RESOLVE_URL")]
+    pub resolve_url: Option<String>,
+    /// Each cluster's directory: {cluster} and {label.KEY} placeholders.
+    #[arg(long, env = "FERRY_PATH_TEMPLATE", default_value = DEFAULT_PATH_TEMPLATE)]
+    pub path_template: String,
+    /// Serving certificate (PEM) instead of one from the coordinator's CA.
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving key (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Names (DNS or IP) for the serving certificate the coordinator's CA issues.
+    #[arg(
+        long = "tls-san",
+        env = "FERRY_TLS_SANS",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    pub tls_sans: Vec<String>,
+    /// How long agent certificates live (renewed automatically at two thirds).
+    #[arg(long, env = "FERRY_CERT_LIFETIME", default_value = "30d")]
+    pub cert_lifetime: String,
+}
+
+impl ServeArgs {
+    /// The coordinator's config; `insecure` is the global `--insecure`.
+    pub fn config(&self, insecure: bool) -> Result<Config> {
+        let mut cfg = Config::new(self.listen, self.data_dir.clone(), self.repo.clone());
+        cfg.path_template = self.path_template.clone();
+        cfg.resolve_url = self.resolve_url.clone();
+        cfg.tls_names = self.tls_sans.clone();
+        cfg.tls = self
+            .tls_cert
+            .clone()
+            .zip(self.tls_key.clone())
+            .map(|(cert, key)| TlsFiles { cert, key });
+        cfg.cert_lifetime =
+            Duration::from_secs(super::rollout::seconds(&self.cert_lifetime)?.max(60) as u64);
+        if insecure && cfg.tls.is_some() {
+            anyhow::bail!("--insecure serves plaintext: it cannot be combined with --tls-cert");
+        }
+        cfg.insecure = insecure;
+        Ok(cfg)
+    }
+}
+
+/// Every agent holds a connection: lift the soft open-file limit to the
+/// hard one, as servers do (the default soft limit is often 1024).
+fn raise_nofile() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let r = getrlimit(Resource::Nofile);
+    if let (Some(current), maximum) = (r.current, r.maximum)
+        && maximum.is_none_or(|m| current < m)
+    {
+        let want = Rlimit {
+            current: maximum,
+            maximum,
+        };
+        match setrlimit(Resource::Nofile, want) {
+            Ok(()) => tracing::debug!(limit = ?maximum, "raised the open-file limit"),
+            Err(e) => tracing::warn!(current, error = %e, "could not raise the open-file limit"),
+        }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, then drains within [`GRACE`].
+pub async fn run(args: &ServeArgs, insecure: bool) -> Result<()> {
+    raise_nofile();
+    let coordinator = Coordinator::start(args.config(insecure)?).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    coordinator.stop(GRACE).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,397 @@
+//! `Admin`: what the CLI talks to. Every call is authenticated by its
+//! bearer token and checked against the role it needs.
+
+use super::{driver_status, repo_status, store_status};
+use crate::auth::{self, Role};
+use crate::driver::DriverHandle;
+use crate::hub::Hub;
+use crate::repo::Repo;
+use crate::store::{ClusterRecord, PinChange};
+use ferry_proto::v1::admin_server::Admin;
+use ferry_proto::v1::{
+    AddClusterRequest, AddClusterResponse, Cluster, ControlRolloutRequest, CreateTokenRequest,
+    CreateTokenResponse, Event, GetClusterRequest, GetRolloutRequest, HistoryRequest,
+    HistoryResponse, ListClustersRequest, ListClustersResponse, ListRolloutsRequest,
+    ListRolloutsResponse, PinRequest, PinResponse, RevokeClusterRequest, Rollout, RolloutControl,
+    SetClusterPathRequest, StartRolloutRequest, WatchEventsRequest,
+};
+use ferry_proto::{now_unix_ms, validate_cluster_name};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub struct AdminService {
+    pub hub: Arc<Hub>,
+    pub repo: Arc<Repo>,
+    pub driver: DriverHandle,
+}
+
+impl AdminService {
+    async fn require<T>(
+        &self,
+        req: &Request<T>,
+        role: Role,
+        action: &str,
+    ) -> Result<auth::Caller, Status> {
+        auth::require(&*self.hub.store, req, role, action).await
+    }
+
+    fn to_proto(&self, c: ClusterRecord) -> Cluster {
+        let (path, path_error) = match self.hub.path(&c) {
+            Ok(p) => (p, String::new()),
+            Err(e) => (String::new(), e.to_string()),
+        };
+        Cluster {
+            connected: self.hub.connected(&c.name),
+            pinned_commit: c.pin.as_ref().map(|p| p.0.to_string()).unwrap_or_default(),
+            generation: c.pin.as_ref().map(|p| p.1).unwrap_or_default(),
+            path,
+            path_error,
+            labels: c.labels.into_iter().collect(),
+            status: c.status,
+            last_seen_unix_ms: c.last_seen_ms,
+            agent_version: c.agent_version,
+            name: c.name,
+        }
+    }
+
+    async fn cluster(&self, name: &str) -> Result<Cluster, Status> {
+        let c = self
+            .hub
+            .store
+            .cluster(name)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("unknown cluster {name:?}")))?;
+        Ok(self.to_proto(c))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_clusters(
+        &self,
+        req: Request<ListClustersRequest>,
+    ) -> Result<Response<ListClustersResponse>, Status> {
+        self.require(&req, Role::Viewer, "listing clusters").await?;
+        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        Ok(Response::new(ListClustersResponse {
+            clusters: clusters.into_iter().map(|c| self.to_proto(c)).collect(),
+        }))
+    }
+
+    async fn get_cluster(
+        &self,
+        req: Request<GetClusterRequest>,
+    ) -> Result<Response<Cluster>, Status> {
+        self.require(&req, Role::Viewer, "reading a cluster")
+            .await?;
+        Ok(Response::new(self.cluster(&req.into_inner().name).await?))
+    }
+
+    async fn pin(&self, req: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
+        let actor = self.require(&req, Role::Operator, "pinning").await?.name;
+        let r = req.into_inner();
+        if r.clusters.is_empty() {
+            return Err(Status::invalid_argument("name at least one cluster to pin"));
+        }
+        if r.r#ref.trim().is_empty() {
+            return Err(Status::invalid_argument("a ref to pin to is required"));
+        }
+        let repo = self.repo.clone();
+        let reference = r.r#ref.clone();
+        let commit = tokio::task::spawn_blocking(move || repo.resolve(&reference))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(repo_status)?;
+        // Whether a cluster inside an active rollout may be pinned is
+        // decided in the pin's own transaction.
+        let entries = self
+            .hub
+            .store
+            .pin(
+                PinChange {
+                    clusters: r.clusters,
+                    commit: commit.clone(),
+                    actor: actor.clone(),
+                    reason: r.reason,
+                    rollout: None,
+                    force: r.force,
+                    allow_mass_prune: r.allow_mass_prune,
+                },
+                now_unix_ms(),
+            )
+            .await
+            .map_err(store_status)?;
+        for e in &entries {
+            tracing::info!(cluster = %e.cluster, from = ?e.from.as_ref().map(|c| c.short()), to = %e.to, actor = %actor, "pinned");
+        }
+        self.hub
+            .push_many(entries.iter().map(|e| e.cluster.as_str()))
+            .await;
+        Ok(Response::new(PinResponse {
+            commit: commit.to_string(),
+            entries: entries.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn set_cluster_path(
+        &self,
+        req: Request<SetClusterPathRequest>,
+    ) -> Result<Response<Cluster>, Status> {
+        self.require(&req, Role::Operator, "setting a path").await?;
+        let r = req.into_inner();
+        let path = r.path.trim().trim_matches('/');
+        if !ferry_proto::assignment::safe_path(path) {
+            return Err(Status::invalid_argument(format!("unsafe path {path:?}")));
+        }
+        self.hub
+            .store
+            .set_path_override(&r.name, (!path.is_empty()).then(|| path.to_string()))
+            .await
+            .map_err(store_status)?;
+        self.hub.push(&r.name).await;
+        Ok(Response::new(self.cluster(&r.name).await?))
+    }
+
+    async fn start_rollout(
+        &self,
+        req: Request<StartRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let actor = self
+            .require(&req, Role::Operator, "starting a rollout")
+            .await?
+            .name;
+        let plan = req
+            .into_inner()
+            .plan
+            .ok_or_else(|| Status::invalid_argument("a rollout plan is required"))?;
+        let r = self
+            .driver
+            .start(&plan, &actor)
+            .await
+            .map_err(driver_status)?;
+        Ok(Response::new((&r).into()))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<GetRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        self.require(&req, Role::Viewer, "reading a rollout")
+            .await?;
+        let id = req.into_inner().id;
+        let r = if id.is_empty() {
+            self.hub
+                .store
+                .rollouts(false)
+                .await
+                .map_err(store_status)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Status::not_found("there are no rollouts yet"))?
+        } else {
+            self.hub.store.rollout(&id).await.map_err(store_status)?
+        };
+        Ok(Response::new((&r).into()))
+    }
+
+    async fn list_rollouts(
+        &self,
+        req: Request<ListRolloutsRequest>,
+    ) -> Result<Response<ListRolloutsResponse>, Status> {
+        self.require(&req, Role::Viewer, "listing rollouts").await?;
+        let rollouts = self.hub.store.rollouts(false).await.map_err(store_status)?;
+        Ok(Response::new(ListRolloutsResponse {
+            rollouts: rollouts.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<ControlRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let actor = self
+            .require(&req, Role::Operator, "controlling a rollout")
+            .await?
+            .name;
+        let r = req.into_inner();
+        let control = RolloutControl::try_from(r.control).unwrap_or(RolloutControl::Unspecified);
+        if control == RolloutControl::Unspecified {
+            return Err(Status::invalid_argument(
+                "say what to do: pause, resume, abort, rollback or approve",
+            ));
+        }
+        let rec = self
+            .driver
+            .control(&r.id, control, &actor)
+            .await
+            .map_err(driver_status)?;
+        Ok(Response::new((&rec).into()))
+    }
+
+    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        req: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.require(&req, Role::Viewer, "watching events").await?;
+        let r = req.into_inner();
+        let filter = (!r.rollout.is_empty()).then_some(r.rollout);
+        // Subscribe before reading the backlog, so nothing falls between.
+        // Whatever the live feed drops (a wave of thousands of pins outruns
+        // it) is read again from the store, so a watch never loses events.
+        let mut live = self.driver.events.subscribe();
+        let store = self.hub.store.clone();
+        let shutdown = self.hub.shutdown.clone();
+        let (tx, rx) = mpsc::channel(64);
+        self.hub.tasks.spawn(async move {
+            let mut last = r.after_id;
+            loop {
+                // Catch up from the store, a page at a time.
+                loop {
+                    let page = match store.events(filter.as_deref(), last, 1_000).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = tx.send(Err(store_status(e))).await;
+                            return;
+                        }
+                    };
+                    if page.is_empty() {
+                        break;
+                    }
+                    for e in page {
+                        last = e.id;
+                        if tx.send(Ok((&e).into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // Then follow the live feed until it drops something.
+                loop {
+                    let e = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        e = live.recv() => match e {
+                            Ok(e) => e,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(_) => return,
+                        },
+                    };
+                    if e.id <= last || filter.as_deref().is_some_and(|f| f != e.rollout) {
+                        continue;
+                    }
+                    last = e.id;
+                    if tx.send(Ok((&e).into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn add_cluster(
+        &self,
+        req: Request<AddClusterRequest>,
+    ) -> Result<Response<AddClusterResponse>, Status> {
+        let caller = self.require(&req, Role::Admin, "adding a cluster").await?;
+        let r = req.into_inner();
+        validate_cluster_name(&r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = if r.token_ttl_seconds <= 0 {
+            3600
+        } else {
+            r.token_ttl_seconds
+        };
+        let token = auth::new_secret("ferry-join-");
+        let expires = now_unix_ms() + ttl * 1000;
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        self.hub
+            .store
+            .add_cluster(&r.name, labels, &auth::hash(&token), expires, now_unix_ms())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(cluster = %r.name, by = %caller.name, "cluster added; join token issued");
+        Ok(Response::new(AddClusterResponse {
+            cluster: Some(self.cluster(&r.name).await?),
+            join_token: token,
+            expires_unix_ms: expires,
+        }))
+    }
+
+    async fn revoke_cluster(
+        &self,
+        req: Request<RevokeClusterRequest>,
+    ) -> Result<Response<Cluster>, Status> {
+        let caller = self
+            .require(&req, Role::Admin, "revoking a cluster")
+            .await?;
+        let name = req.into_inner().name;
+        self.hub
+            .store
+            .revoke(&name, now_unix_ms())
+            .await
+            .map_err(store_status)?;
+        self.hub.close(&name);
+        tracing::warn!(cluster = %name, by = %caller.name, "cluster revoked; its session is closed");
+        Ok(Response::new(self.cluster(&name).await?))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let caller = self.require(&req, Role::Admin, "creating tokens").await?;
+        let r = req.into_inner();
+        let role = Role::parse(&r.role).ok_or_else(|| {
+            Status::invalid_argument(format!("role {:?}: viewer, operator or admin", r.role))
+        })?;
+        if r.name.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "name the token (who or what it is for)",
+            ));
+        }
+        let token = auth::new_secret("ferry-");
+        self.hub
+            .store
+            .create_token(
+                &auth::hash(&token),
+                r.name.trim(),
+                role.as_str(),
+                now_unix_ms(),
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(name = %r.name, role = role.as_str(), by = %caller.name, "API token created");
+        Ok(Response::new(CreateTokenResponse { token }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        self.require(&req, Role::Viewer, "reading the ledger")
+            .await?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 {
+            100
+        } else {
+            r.limit.min(10_000)
+        };
+        let cluster = (!r.cluster.is_empty()).then_some(r.cluster.as_str());
+        let entries = self
+            .hub
+            .store
+            .history(cluster, limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(HistoryResponse {
+            entries: entries.iter().map(Into::into).collect(),
+        }))
+    }
+}

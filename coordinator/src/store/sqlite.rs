@@ -1,0 +1,1232 @@
+//! The embedded store: one SQLite file (WAL) in the data dir.
+//!
+//! One thread owns the connection; callers send it jobs over a bounded
+//! channel and await the answer, so no runtime worker ever waits on SQLite.
+//! The thread runs whatever jobs are queued in one transaction and answers
+//! them after the commit (group commit): under load thousands of status
+//! reports cost one commit, and an answer never claims what a failed commit
+//! undid. A job of several statements runs under its own savepoint, so a
+//! job that fails leaves nothing behind in its batch.
+
+use super::{
+    Advance, BackendError, ClusterRecord, Error, PinChange, Result, Store, rollout_number,
+};
+use ferry_proto::Commit;
+use ferry_proto::ledger::{Event, LedgerEntry};
+use ferry_proto::rollout::{ClusterPhase, ClusterProgress, Rollout, RolloutPhase, Spec, State};
+use ferry_proto::v1::StatusReport;
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs a batch may carry at most.
+const BATCH: usize = 512;
+
+/// Jobs queued before callers wait for room.
+const QUEUE: usize = 4096;
+
+fn db(what: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    move |e| Error::Db {
+        what: what.to_string(),
+        source: Arc::new(e),
+    }
+}
+
+/// Schema migrations, applied in order; the index + 1 is the version
+/// (`PRAGMA user_version`). Never edit one that shipped: add another.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE clusters (
+    name TEXT PRIMARY KEY,
+    labels TEXT NOT NULL DEFAULT '{}',
+    path_override TEXT,
+    agent_version TEXT NOT NULL DEFAULT '',
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    status BLOB
+);
+CREATE TABLE pins (
+    cluster TEXT PRIMARY KEY REFERENCES clusters(name),
+    commit_sha TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    cluster TEXT NOT NULL,
+    from_commit TEXT NOT NULL,
+    to_commit TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    rollout TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX ledger_cluster ON ledger(cluster, id);
+"#,
+    r#"
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    rollout TEXT NOT NULL,
+    cluster TEXT NOT NULL,
+    message TEXT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX events_rollout ON events(rollout, id);
+"#,
+    r#"
+ALTER TABLE clusters ADD COLUMN revoked_ms INTEGER;
+CREATE TABLE join_tokens (
+    hash TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL REFERENCES clusters(name),
+    expires_ms INTEGER NOT NULL,
+    used_ms INTEGER
+);
+CREATE TABLE api_tokens (
+    hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+"#,
+    "ALTER TABLE pins ADD COLUMN allow_mass_prune INTEGER NOT NULL DEFAULT 0;",
+    // Rollout membership in its own table (it was a JSON array in `state`),
+    // and the rest of the state in columns.
+    r#"
+CREATE TABLE rollout_clusters (
+    rollout INTEGER NOT NULL REFERENCES rollouts(id),
+    position INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    wave INTEGER NOT NULL,
+    previous TEXT NOT NULL DEFAULT '',
+    phase TEXT NOT NULL,
+    pinned_ms INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (rollout, cluster)
+);
+CREATE INDEX rollout_clusters_cluster ON rollout_clusters(cluster);
+INSERT INTO rollout_clusters (rollout, position, cluster, wave, previous, phase, pinned_ms, reason)
+    SELECT r.id, c.key, json_extract(c.value, '$.name'), json_extract(c.value, '$.wave'),
+           COALESCE(json_extract(c.value, '$.previous'), ''), json_extract(c.value, '$.phase'),
+           COALESCE(json_extract(c.value, '$.pinnedMs'), 0), COALESCE(json_extract(c.value, '$.reason'), '')
+    FROM rollouts r, json_each(r.state, '$.clusters') c;
+ALTER TABLE rollouts ADD COLUMN phase TEXT NOT NULL DEFAULT 'running';
+ALTER TABLE rollouts ADD COLUMN wave INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollouts ADD COLUMN wave_started_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollouts ADD COLUMN baked_since_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollouts ADD COLUMN approved TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE rollouts ADD COLUMN message TEXT NOT NULL DEFAULT '';
+UPDATE rollouts SET
+    phase = json_extract(state, '$.phase'),
+    wave = json_extract(state, '$.wave'),
+    wave_started_ms = json_extract(state, '$.waveStartedMs'),
+    baked_since_ms = json_extract(state, '$.bakedSinceMs'),
+    approved = json_extract(state, '$.approved'),
+    message = json_extract(state, '$.message');
+ALTER TABLE rollouts DROP COLUMN state;
+CREATE INDEX rollouts_active ON rollouts(active);
+"#,
+    // Which rollout moved each pin (agents log it).
+    "ALTER TABLE pins ADD COLUMN rollout TEXT NOT NULL DEFAULT '';",
+];
+
+/// What the store thread runs: a job, then (after the commit) its answer.
+type Reply = Box<dyn FnOnce(Option<&BackendError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+
+/// The SQLite store; cheap to share (`Arc`), its thread ends with it.
+pub struct Sqlite {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    /// Opens (creating and migrating) `ferry.db` in `dir` on the store's
+    /// own thread.
+    pub async fn open(dir: &Path) -> Result<Sqlite> {
+        let path = dir.join("ferry.db");
+        let (jobs, rx) = mpsc::channel::<Job>(QUEUE);
+        let (ready_tx, ready) = oneshot::channel();
+        let p = path.clone();
+        std::thread::Builder::new()
+            .name("ferry-store".into())
+            .spawn(move || match open_conn(&p) {
+                Ok(conn) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(conn, rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| Error::Db {
+                what: "starting the store thread".into(),
+                source: Arc::new(e),
+            })?;
+        ready.await.map_err(|_| Error::Closed)??;
+        Ok(Sqlite { jobs, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the store thread; answers after its batch commits.
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            Box::new(move |failed: Option<&BackendError>| {
+                let result = match (result, failed) {
+                    (Ok(_), Some(e)) => Err(Error::Db {
+                        what: "commit".into(),
+                        source: e.clone(),
+                    }),
+                    (r, _) => r,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let mut conn = Connection::open(path).map_err(db("open"))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(db("configure"))?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction().map_err(db("migrate"))?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("read schema version"))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(Error::TooNew {
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)
+            .map_err(db(&format!("migration {}", i + 1)))?;
+    }
+    tx.pragma_update(None, "user_version", known)
+        .map_err(db("write schema version"))?;
+    tx.commit().map_err(db("migrate"))
+}
+
+/// The store thread: runs queued jobs in batches, one transaction each.
+fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        // Without an outer transaction each job still commits on its own
+        // (single statements, or a savepoint acting as a transaction).
+        let outer = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let replies: Vec<Reply> = batch.into_iter().map(|job| job(&mut conn)).collect();
+        let failed: Option<BackendError> = if outer {
+            match conn.execute_batch("COMMIT") {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "committing a batch of store writes");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Some(Arc::new(e))
+                }
+            }
+        } else {
+            None
+        };
+        for r in replies {
+            r(failed.as_ref());
+        }
+    }
+}
+
+fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).expect("labels serialize")
+}
+
+const SELECT_CLUSTER: &str =
+    "SELECT c.name, c.labels, c.path_override, c.agent_version, c.last_seen_ms, c.status,
+        p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
+     FROM clusters c LEFT JOIN pins p ON p.cluster = c.name";
+
+fn cluster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterRecord> {
+    let labels: String = r.get(1)?;
+    let status: Option<Vec<u8>> = r.get(5)?;
+    let commit: Option<String> = r.get(6)?;
+    let generation: Option<i64> = r.get(7)?;
+    Ok(ClusterRecord {
+        name: r.get(0)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        path_override: r.get(2)?,
+        agent_version: r.get(3)?,
+        last_seen_ms: r.get(4)?,
+        status: status.and_then(|b| StatusReport::decode(b.as_slice()).ok()),
+        pin: commit
+            .and_then(|c| Commit::parse(&c).ok())
+            .zip(generation.map(|g| g as u64)),
+        allow_mass_prune: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+        pin_rollout: r.get::<_, Option<String>>(9)?.filter(|s| !s.is_empty()),
+    })
+}
+
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
+    let from: String = r.get(4)?;
+    let to: String = r.get(5)?;
+    let rollout: String = r.get(7)?;
+    Ok(LedgerEntry {
+        id: r.get(0)?,
+        at_ms: r.get(1)?,
+        actor: r.get(2)?,
+        cluster: r.get(3)?,
+        from: Commit::parse(&from).ok(),
+        to: Commit::parse(&to).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        reason: r.get(6)?,
+        rollout: (!rollout.is_empty()).then_some(rollout),
+    })
+}
+
+/// The active rollout a cluster is a member of, if any.
+fn active_rollout_of(conn: &Connection, cluster: &str) -> Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT r.id FROM rollout_clusters rc JOIN rollouts r ON r.id = rc.rollout
+         WHERE rc.cluster = ?1 AND r.active = 1 LIMIT 1",
+    )
+    .and_then(|mut st| st.query_row([cluster], |r| r.get::<_, i64>(0)).optional())
+    .map(|id| id.map(|n| format!("r{n}")))
+    .map_err(db("read rollout membership"))
+}
+
+/// The pin logic, inside a caller's savepoint.
+fn pin_in(conn: &Connection, change: &PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {
+    // A manual pin must not move a cluster an active rollout is moving,
+    // decided here, in the pin's own transaction, so no rollout can start
+    // between the check and the write.
+    let mut reason = change.reason.trim().to_string();
+    if change.rollout.is_none() {
+        let mut forced = BTreeSet::new();
+        for cluster in &change.clusters {
+            if let Some(rollout) = active_rollout_of(conn, cluster)? {
+                if !change.force {
+                    return Err(Error::InRollout {
+                        cluster: cluster.clone(),
+                        rollout,
+                    });
+                }
+                forced.insert(rollout);
+            }
+        }
+        for r in forced {
+            reason = format!("{reason} [forced during rollout {r}]")
+                .trim()
+                .to_string();
+        }
+    }
+    if change.allow_mass_prune {
+        reason = format!("{reason} [mass prune allowed]").trim().to_string();
+    }
+    let mut entries = vec![];
+    // Prepared once: a pin may move thousands of clusters.
+    let mut exists_q = conn
+        .prepare_cached("SELECT 1 FROM clusters WHERE name = ?1")
+        .map_err(db("pin"))?;
+    let mut current_q = conn
+        .prepare_cached(
+            "SELECT commit_sha, generation, allow_mass_prune FROM pins WHERE cluster = ?1",
+        )
+        .map_err(db("pin"))?;
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO pins (cluster, commit_sha, generation, updated_ms, allow_mass_prune, rollout) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(cluster) DO UPDATE SET commit_sha = ?2, generation = ?3, updated_ms = ?4, allow_mass_prune = ?5, rollout = ?6",
+        )
+        .map_err(db("pin"))?;
+    let mut ledger = conn
+        .prepare_cached(
+            "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db("append to the ledger"))?;
+    let rollout = change.rollout.clone().unwrap_or_default();
+    for cluster in &change.clusters {
+        let exists = exists_q
+            .query_row([cluster], |_| Ok(()))
+            .optional()
+            .map_err(db("pin"))?
+            .is_some();
+        if !exists {
+            return Err(Error::UnknownCluster(cluster.clone()));
+        }
+        let current: Option<(String, i64, bool)> = current_q
+            .query_row([cluster], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(db("pin"))?;
+        let (from, generation, allowed) = current.unwrap_or_default();
+        // The same commit with the same options changes nothing.
+        if from == change.commit.as_str() && allowed == change.allow_mass_prune {
+            continue;
+        }
+        upsert
+            .execute(params![
+                cluster,
+                change.commit.as_str(),
+                generation + 1,
+                now_ms,
+                change.allow_mass_prune,
+                rollout
+            ])
+            .map_err(db("pin"))?;
+        ledger
+            .execute(params![
+                now_ms,
+                change.actor,
+                cluster,
+                from,
+                change.commit.as_str(),
+                reason,
+                rollout
+            ])
+            .map_err(db("append to the ledger"))?;
+        entries.push(LedgerEntry {
+            id: conn.last_insert_rowid(),
+            at_ms: now_ms,
+            actor: change.actor.clone(),
+            cluster: cluster.clone(),
+            from: Commit::parse(&from).ok(),
+            to: change.commit.clone(),
+            reason: reason.clone(),
+            rollout: change.rollout.clone(),
+        });
+    }
+    Ok(entries)
+}
+
+fn write_members(
+    conn: &Connection,
+    rollout: i64,
+    members: &[ClusterProgress],
+    positions: impl Fn(usize) -> usize,
+) -> Result<()> {
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO rollout_clusters (rollout, position, cluster, wave, previous, phase, pinned_ms, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(rollout, cluster) DO UPDATE SET phase = ?6, pinned_ms = ?7, reason = ?8",
+        )
+        .map_err(db("write rollout membership"))?;
+    for (i, m) in members.iter().enumerate() {
+        upsert
+            .execute(params![
+                rollout,
+                positions(i) as i64,
+                m.name,
+                m.wave as i64,
+                m.previous.as_ref().map_or("", Commit::as_str),
+                m.phase.as_str(),
+                m.pinned_ms,
+                m.reason,
+            ])
+            .map_err(db("write rollout membership"))?;
+    }
+    Ok(())
+}
+
+const SELECT_ROLLOUT: &str = "SELECT id, spec, phase, wave, wave_started_ms, baked_since_ms, approved, message, actor, created_ms, updated_ms FROM rollouts";
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Reads rollouts (their rows, then each one's members).
+fn read_rollouts(conn: &Connection, filter: &str, args: &[i64]) -> Result<Vec<Rollout>> {
+    type Row = (
+        i64,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+    );
+    let rows: Vec<Row> = {
+        let mut st = conn
+            .prepare_cached(&format!("{SELECT_ROLLOUT} {filter}"))
+            .map_err(db("read rollouts"))?;
+        st.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+            ))
+        })
+        .and_then(Iterator::collect)
+        .map_err(db("read rollouts"))?
+    };
+    let mut members_q = conn
+        .prepare_cached(
+            "SELECT cluster, wave, previous, phase, pinned_ms, reason FROM rollout_clusters
+             WHERE rollout = ?1 ORDER BY position",
+        )
+        .map_err(db("read rollout membership"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (n, spec, phase, wave, started, baked, approved, message, actor, created, updated) in rows {
+        let id = format!("r{n}");
+        let spec: Spec =
+            serde_json::from_str(&spec).map_err(|e| corrupt(&format!("rollout {id} spec"), e))?;
+        let phase = RolloutPhase::parse(&phase)
+            .ok_or_else(|| corrupt(&format!("rollout {id} phase"), &phase))?;
+        let approved: BTreeSet<usize> = serde_json::from_str(&approved)
+            .map_err(|e| corrupt(&format!("rollout {id} approvals"), e))?;
+        let raw: Vec<(String, i64, String, String, i64, String)> = members_q
+            .query_map([n], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(Iterator::collect)
+            .map_err(db("read rollout membership"))?;
+        let clusters = raw
+            .into_iter()
+            .map(|(name, wave, previous, phase, pinned_ms, reason)| {
+                Ok(ClusterProgress {
+                    phase: ClusterPhase::parse(&phase)
+                        .ok_or_else(|| corrupt(&format!("rollout {id} cluster {name}"), &phase))?,
+                    previous: Commit::parse_optional(&previous)
+                        .map_err(|e| corrupt(&format!("rollout {id} cluster {name}"), e))?,
+                    name,
+                    wave: wave as usize,
+                    pinned_ms,
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(Rollout {
+            id,
+            spec,
+            state: State {
+                phase,
+                wave: wave as usize,
+                wave_started_ms: started,
+                baked_since_ms: baked,
+                approved,
+                clusters,
+                message,
+            },
+            actor,
+            created_ms: created,
+            updated_ms: updated,
+        });
+    }
+    Ok(out)
+}
+
+#[tonic::async_trait]
+impl Store for Sqlite {
+    async fn hello(
+        &self,
+        name: &str,
+        declared: Option<BTreeMap<String, String>>,
+        agent_version: &str,
+        status: Option<StatusReport>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (name, agent_version) = (name.to_string(), agent_version.to_string());
+        let status = status.map(|s| s.encode_to_vec());
+        self.call(move |conn| {
+            if let Some(labels) = declared {
+                conn.execute(
+                    "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+                     ON CONFLICT(name) DO UPDATE SET labels = ?2, agent_version = ?3, last_seen_ms = ?4,
+                         status = COALESCE(?5, status)",
+                    params![name, labels_json(&labels), agent_version, now_ms, status],
+                )
+                .map_err(db("record hello"))?;
+                return Ok(());
+            }
+            let revoked: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT revoked_ms FROM clusters WHERE name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("record hello"))?;
+            match revoked {
+                None => return Err(Error::UnknownCluster(name)),
+                Some(Some(_)) => return Err(Error::Revoked(name)),
+                Some(None) => {}
+            }
+            conn.execute(
+                "UPDATE clusters SET agent_version = ?2, last_seen_ms = ?3, status = COALESCE(?4, status) WHERE name = ?1",
+                params![name, agent_version, now_ms, status],
+            )
+            .map_err(db("record hello"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_cluster(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        token_hash: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (name, token_hash) = (name.to_string(), token_hash.to_string());
+        self.call(move |conn| {
+            let sp = conn.savepoint().map_err(db("add a cluster"))?;
+            sp.execute(
+                "INSERT INTO clusters (name, labels, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, 0)
+                 ON CONFLICT(name) DO UPDATE SET labels = ?2, revoked_ms = NULL",
+                params![name, labels_json(&labels), now_ms],
+            )
+            .map_err(db("add a cluster"))?;
+            sp.execute(
+                "INSERT INTO join_tokens (hash, cluster, expires_ms) VALUES (?1, ?2, ?3)",
+                params![token_hash, name, expires_ms],
+            )
+            .map_err(db("store a join token"))?;
+            sp.commit().map_err(db("add a cluster"))
+        })
+        .await
+    }
+
+    async fn redeem(&self, token_hash: &str, now_ms: i64) -> Result<String> {
+        let token_hash = token_hash.to_string();
+        self.call(move |conn| {
+            let sp = conn.savepoint().map_err(db("redeem a join token"))?;
+            let row: Option<(String, i64, Option<i64>, Option<i64>)> = sp
+                .query_row(
+                    "SELECT t.cluster, t.expires_ms, t.used_ms, c.revoked_ms FROM join_tokens t
+                     JOIN clusters c ON c.name = t.cluster WHERE t.hash = ?1",
+                    [&token_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()
+                .map_err(db("redeem a join token"))?;
+            let (cluster, expires, used, revoked) = row.ok_or(Error::JoinToken("unknown"))?;
+            if used.is_some() {
+                return Err(Error::JoinToken("already used"));
+            }
+            if expires < now_ms {
+                return Err(Error::JoinToken("expired"));
+            }
+            if revoked.is_some() {
+                return Err(Error::Revoked(cluster));
+            }
+            sp.execute(
+                "UPDATE join_tokens SET used_ms = ?2 WHERE hash = ?1",
+                params![token_hash, now_ms],
+            )
+            .map_err(db("redeem a join token"))?;
+            sp.commit().map_err(db("redeem a join token"))?;
+            Ok(cluster)
+        })
+        .await
+    }
+
+    async fn revoke(&self, name: &str, now_ms: i64) -> Result<()> {
+        let name = name.to_string();
+        self.call(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE clusters SET revoked_ms = ?2 WHERE name = ?1",
+                    params![name, now_ms],
+                )
+                .map_err(db("revoke a cluster"))?;
+            if n == 0 {
+                return Err(Error::UnknownCluster(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn is_revoked(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.call(move |conn| {
+            let r: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT revoked_ms FROM clusters WHERE name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("read a cluster"))?;
+            match r {
+                None => Err(Error::UnknownCluster(name)),
+                Some(v) => Ok(v.is_some()),
+            }
+        })
+        .await
+    }
+
+    async fn create_token(&self, hash: &str, name: &str, role: &str, now_ms: i64) -> Result<()> {
+        let (hash, name, role) = (hash.to_string(), name.to_string(), role.to_string());
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO api_tokens (hash, name, role, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![hash, name, role, now_ms],
+            )
+            .map_err(db("store a token"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<(String, String)>> {
+        let hash = hash.to_string();
+        self.call(move |conn| {
+            conn.prepare_cached("SELECT name, role FROM api_tokens WHERE hash = ?1")
+                .and_then(|mut st| {
+                    st.query_row([&hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(db("read a token"))
+        })
+        .await
+    }
+
+    async fn token_count(&self) -> Result<i64> {
+        self.call(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| r.get(0))
+                .map_err(db("count tokens"))
+        })
+        .await
+    }
+
+    async fn report(&self, name: &str, status: StatusReport, now_ms: i64) -> Result<()> {
+        let name = name.to_string();
+        let bytes = status.encode_to_vec();
+        self.call(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE clusters SET status = ?2, last_seen_ms = ?3 WHERE name = ?1",
+                )
+                .and_then(|mut st| st.execute(params![name, bytes, now_ms]))
+                .map_err(db("record status"))?;
+            if n == 0 {
+                return Err(Error::UnknownCluster(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn seen(&self, name: &str, now_ms: i64) -> Result<()> {
+        let name = name.to_string();
+        self.call(move |conn| {
+            conn.prepare_cached("UPDATE clusters SET last_seen_ms = ?2 WHERE name = ?1")
+                .and_then(|mut st| st.execute(params![name, now_ms]))
+                .map_err(db("record heartbeat"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_path_override(&self, name: &str, path: Option<String>) -> Result<()> {
+        let name = name.to_string();
+        self.call(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE clusters SET path_override = ?2 WHERE name = ?1",
+                    params![name, path],
+                )
+                .map_err(db("set path"))?;
+            if n == 0 {
+                return Err(Error::UnknownCluster(name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn clusters(&self) -> Result<Vec<ClusterRecord>> {
+        self.call(|conn| {
+            conn.prepare_cached(&format!("{SELECT_CLUSTER} ORDER BY c.name"))
+                .and_then(|mut st| st.query_map([], cluster_row)?.collect())
+                .map_err(db("list clusters"))
+        })
+        .await
+    }
+
+    async fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>> {
+        let name = name.to_string();
+        self.call(move |conn| {
+            conn.prepare_cached(&format!("{SELECT_CLUSTER} WHERE c.name = ?1"))
+                .and_then(|mut st| st.query_row([&name], cluster_row).optional())
+                .map_err(db("read cluster"))
+        })
+        .await
+    }
+
+    async fn pin(&self, change: PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {
+        self.call(move |conn| {
+            let sp = conn.savepoint().map_err(db("pin"))?;
+            let entries = pin_in(&sp, &change, now_ms)?;
+            sp.commit().map_err(db("pin"))?;
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn history(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<LedgerEntry>> {
+        let cluster = cluster.map(str::to_string);
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, at_ms, actor, cluster, from_commit, to_commit, reason, rollout FROM ledger
+                 WHERE ?1 IS NULL OR cluster = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .and_then(|mut st| st.query_map(params![cluster, limit], ledger_row)?.collect())
+            .map_err(db("read the ledger"))
+        })
+        .await
+    }
+
+    async fn create_rollout(
+        &self,
+        spec: Spec,
+        state: State,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Rollout> {
+        let actor = actor.to_string();
+        self.call(move |conn| {
+            let sp = conn.savepoint().map_err(db("create a rollout"))?;
+            // Clusters already in an active rollout, by that rollout.
+            let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for c in &state.clusters {
+                if let Some(r) = active_rollout_of(&sp, &c.name)? {
+                    shared.entry(r).or_default().push(c.name.clone());
+                }
+            }
+            if let Some((rollout, clusters)) = shared.into_iter().next() {
+                return Err(Error::Overlap { rollout, clusters });
+            }
+            sp.execute(
+                "INSERT INTO rollouts (spec, active, actor, created_ms, updated_ms, phase, wave,
+                     wave_started_ms, baked_since_ms, approved, message)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    serde_json::to_string(&spec).expect("specs serialize"),
+                    state.phase.is_active(),
+                    actor,
+                    now_ms,
+                    state.phase.as_str(),
+                    state.wave as i64,
+                    state.wave_started_ms,
+                    state.baked_since_ms,
+                    serde_json::to_string(&state.approved).expect("sets serialize"),
+                    state.message,
+                ],
+            )
+            .map_err(db("create a rollout"))?;
+            let n = sp.last_insert_rowid();
+            write_members(&sp, n, &state.clusters, |i| i)?;
+            sp.commit().map_err(db("create a rollout"))?;
+            Ok(Rollout {
+                id: format!("r{n}"),
+                spec,
+                state,
+                actor,
+                created_ms: now_ms,
+                updated_ms: now_ms,
+            })
+        })
+        .await
+    }
+
+    async fn rollouts(&self, active_only: bool) -> Result<Vec<Rollout>> {
+        self.call(move |conn| {
+            read_rollouts(
+                conn,
+                "WHERE active = 1 OR ?1 = 0 ORDER BY id DESC",
+                &[active_only as i64],
+            )
+        })
+        .await
+    }
+
+    async fn rollout(&self, id: &str) -> Result<Rollout> {
+        let id = id.to_string();
+        let n = rollout_number(&id)?;
+        self.call(move |conn| {
+            read_rollouts(conn, "WHERE id = ?1", &[n])?
+                .pop()
+                .ok_or(Error::UnknownRollout(id))
+        })
+        .await
+    }
+
+    async fn advance(&self, step: Advance, now_ms: i64) -> Result<(Vec<LedgerEntry>, Vec<Event>)> {
+        let n = rollout_number(&step.id)?;
+        self.call(move |conn| {
+            let sp = conn.savepoint().map_err(db("advance a rollout"))?;
+            let mut entries = vec![];
+            for (cluster, commit, reason) in &step.pins {
+                entries.extend(pin_in(
+                    &sp,
+                    &PinChange {
+                        clusters: vec![cluster.clone()],
+                        commit: commit.clone(),
+                        actor: step.actor.clone(),
+                        reason: reason.clone(),
+                        rollout: Some(step.id.clone()),
+                        force: false,
+                        allow_mass_prune: false,
+                    },
+                    now_ms,
+                )?);
+            }
+            let mut events = vec![];
+            {
+                let mut insert = sp
+                    .prepare_cached(
+                        "INSERT INTO events (at_ms, rollout, cluster, message, actor) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(db("record an event"))?;
+                for (cluster, message) in &step.events {
+                    insert
+                        .execute(params![now_ms, step.id, cluster, message, step.actor])
+                        .map_err(db("record an event"))?;
+                    events.push(Event {
+                        id: sp.last_insert_rowid(),
+                        at_ms: now_ms,
+                        rollout: step.id.clone(),
+                        cluster: cluster.clone(),
+                        message: message.clone(),
+                        actor: step.actor.clone(),
+                    });
+                }
+            }
+            let s = &step.state;
+            let updated = sp
+                .execute(
+                    "UPDATE rollouts SET phase = ?2, active = ?3, wave = ?4, wave_started_ms = ?5,
+                         baked_since_ms = ?6, approved = ?7, message = ?8, updated_ms = ?9
+                     WHERE id = ?1",
+                    params![
+                        n,
+                        s.phase.as_str(),
+                        s.phase.is_active(),
+                        s.wave as i64,
+                        s.wave_started_ms,
+                        s.baked_since_ms,
+                        serde_json::to_string(&s.approved).expect("sets serialize"),
+                        s.message,
+                        now_ms
+                    ],
+                )
+                .map_err(db("advance a rollout"))?;
+            if updated == 0 {
+                return Err(Error::UnknownRollout(step.id.clone()));
+            }
+            write_members(&sp, n, &step.changed, |_| 0)?;
+            sp.commit().map_err(db("advance a rollout"))?;
+            Ok((entries, events))
+        })
+        .await
+    }
+
+    async fn events(&self, rollout: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>> {
+        let rollout = rollout.map(str::to_string);
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, at_ms, rollout, cluster, message, actor FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR rollout = ?2) ORDER BY id LIMIT ?3",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![after_id, rollout, limit], |r| {
+                    Ok(Event {
+                        id: r.get(0)?,
+                        at_ms: r.get(1)?,
+                        rollout: r.get(2)?,
+                        cluster: r.get(3)?,
+                        message: r.get(4)?,
+                        actor: r.get(5)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(db("read events"))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use ferry_proto::rollout::{Policy, Selector, WaveSpec};
+
+    fn commit(c: char) -> Commit {
+        Commit::parse(&c.to_string().repeat(40)).unwrap()
+    }
+
+    fn change(names: &[&str], c: &Commit) -> PinChange {
+        PinChange {
+            clusters: names.iter().map(|s| s.to_string()).collect(),
+            commit: c.clone(),
+            actor: "me".into(),
+            reason: "why".into(),
+            rollout: None,
+            force: false,
+            allow_mass_prune: false,
+        }
+    }
+
+    async fn with_clusters(dir: &Path, names: &[&str]) -> Sqlite {
+        let s = Sqlite::open(dir).await.unwrap();
+        for n in names {
+            s.hello(n, Some(BTreeMap::new()), "v", None, 1)
+                .await
+                .unwrap();
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn pins_and_ledger_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = with_clusters(dir.path(), &["a"]).await;
+            assert_eq!(
+                s.pin(change(&["a"], &commit('a')), 2).await.unwrap().len(),
+                1
+            );
+            assert!(
+                s.pin(change(&["a"], &commit('a')), 3)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "same commit: no entry"
+            );
+            assert_eq!(
+                s.pin(change(&["a"], &commit('b')), 4).await.unwrap()[0].from,
+                Some(commit('a'))
+            );
+        }
+        let s = Sqlite::open(dir.path()).await.unwrap();
+        let c = s.cluster("a").await.unwrap().unwrap();
+        assert_eq!(c.pin, Some((commit('b'), 2)));
+        assert_eq!(s.history(Some("a"), 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn pin_is_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = with_clusters(dir.path(), &["a"]).await;
+        let err = s
+            .pin(change(&["a", "ghost"], &commit('a')), 2)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::UnknownCluster(ref c) if c == "ghost"));
+        assert_eq!(s.cluster("a").await.unwrap().unwrap().pin, None);
+        assert!(s.history(None, 10).await.unwrap().is_empty());
+    }
+
+    fn spec() -> Spec {
+        Spec {
+            reference: "main".into(),
+            commit: commit('c'),
+            waves: vec![WaveSpec {
+                name: "w".into(),
+                selector: Selector::Percent(100),
+                policy: Policy::default(),
+            }],
+            auto_rollback: false,
+        }
+    }
+
+    fn state(names: &[&str]) -> State {
+        State {
+            phase: RolloutPhase::Running,
+            wave: 0,
+            wave_started_ms: 0,
+            baked_since_ms: 0,
+            approved: BTreeSet::new(),
+            clusters: names
+                .iter()
+                .map(|n| ClusterProgress {
+                    name: n.to_string(),
+                    wave: 0,
+                    previous: None,
+                    phase: ClusterPhase::Waiting,
+                    pinned_ms: 0,
+                    reason: String::new(),
+                })
+                .collect(),
+            message: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn membership_refuses_overlaps_and_unforced_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = with_clusters(dir.path(), &["a", "b", "c"]).await;
+        let r = s
+            .create_rollout(spec(), state(&["a", "b"]), "me", 5)
+            .await
+            .unwrap();
+        let e = s
+            .create_rollout(spec(), state(&["b", "c"]), "me", 6)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Overlap { rollout, clusters } if *rollout == r.id && clusters == &["b"]),
+            "{e}"
+        );
+        let e = s
+            .pin(change(&["c", "a"], &commit('d')), 7)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::InRollout { cluster, .. } if cluster == "a"),
+            "{e}"
+        );
+        assert_eq!(
+            s.cluster("c").await.unwrap().unwrap().pin,
+            None,
+            "all or nothing"
+        );
+        let mut forced = change(&["a"], &commit('d'));
+        forced.force = true;
+        let entries = s.pin(forced, 8).await.unwrap();
+        assert_eq!(
+            entries[0].reason,
+            format!("why [forced during rollout {}]", r.id)
+        );
+        // A finished rollout holds nobody.
+        let mut done = r.state.clone();
+        done.phase = RolloutPhase::Succeeded;
+        s.advance(
+            Advance {
+                id: r.id.clone(),
+                state: done,
+                changed: vec![],
+                actor: "me".into(),
+                pins: vec![],
+                events: vec![],
+            },
+            9,
+        )
+        .await
+        .unwrap();
+        s.pin(change(&["a"], &commit('e')), 10).await.unwrap();
+        assert_eq!(s.rollouts(true).await.unwrap().len(), 0);
+        let back = s.rollout(&r.id).await.unwrap();
+        assert_eq!(back.state.phase, RolloutPhase::Succeeded);
+        assert_eq!(back.state.clusters.len(), 2);
+    }
+
+    /// A database written by 0.1.0 (schema 4, membership as JSON) opens
+    /// with its rollouts whole.
+    #[tokio::test]
+    async fn an_old_database_migrates_with_its_rollouts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut conn = Connection::open(dir.path().join("ferry.db")).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..4] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            tx.commit().unwrap();
+            let old_state = format!(
+                r#"{{"phase":"awaitingApproval","wave":1,"waveStartedMs":0,"bakedSinceMs":0,"approved":[0],"clusters":[{{"name":"a","wave":0,"previous":"{}","phase":"healthy","pinnedMs":12,"reason":""}},{{"name":"b","wave":1,"previous":"","phase":"waiting","pinnedMs":0,"reason":""}}],"message":"wave w waits for approval"}}"#,
+                "a".repeat(40)
+            );
+            conn.execute(
+                "INSERT INTO rollouts (spec, state, active, actor, created_ms, updated_ms) VALUES (?1, ?2, 1, 'op', 1, 2)",
+                params![serde_json::to_string(&spec()).unwrap(), old_state],
+            )
+            .unwrap();
+        }
+        let s = Sqlite::open(dir.path()).await.unwrap();
+        let r = s.rollout("r1").await.unwrap();
+        assert_eq!(r.state.phase, RolloutPhase::AwaitingApproval);
+        assert_eq!(r.state.wave, 1);
+        assert_eq!(r.state.approved, BTreeSet::from([0]));
+        assert_eq!(r.state.message, "wave w waits for approval");
+        let names: Vec<_> = r
+            .state
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.phase))
+            .collect();
+        assert_eq!(
+            names,
+            [("a", ClusterPhase::Healthy), ("b", ClusterPhase::Waiting)]
+        );
+        assert_eq!(r.state.clusters[0].previous, Some(commit('a')));
+        assert_eq!(r.state.clusters[0].pinned_ms, 12);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("ferry.db")).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let e = Sqlite::open(dir.path()).await.err().expect("refused");
+        assert!(matches!(e, Error::TooNew { found: 99, .. }), "{e}");
+    }
+}
