@@ -129,6 +129,8 @@ async fn session(
                 .map_err(|_| Error::Closed)
         }
     };
+    // What the coordinator last got from us: the drain sends what is newer.
+    let mut last_sent = hello.status.clone();
     send(agent_message::Msg::Hello(hello)).await?;
     let mut inbound = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
@@ -163,10 +165,12 @@ async fn session(
                 },
             },
             changed = status.changed() => {
+                // Closed: the loop has stopped and published its last word.
                 if changed.is_err() {
-                    return Ok(());
+                    break;
                 }
                 let report = status.borrow_and_update().clone();
+                last_sent = Some(report.clone());
                 send(agent_message::Msg::Status(report)).await?;
             }
             _ = heartbeat.tick() => {
@@ -176,8 +180,11 @@ async fn session(
     }
     // Stopping: the last status, then end our side of the stream and give
     // the coordinator a moment to take it and close its side.
-    if status.has_changed().unwrap_or(false) {
-        let report = status.borrow_and_update().clone();
+    // (The sync loop has dropped its sender by now, so `has_changed` would
+    // say "closed" rather than whether there is news.)
+    let report = status.borrow_and_update().clone();
+    if last_sent.as_ref() != Some(&report) {
+        tracing::debug!(message = %report.message, "sending the last status");
         send(agent_message::Msg::Status(report)).await?;
     }
     drop(tx);

@@ -58,11 +58,6 @@ impl Object {
     pub fn group(&self) -> &str {
         self.api_version().rsplit_once('/').map_or("", |(g, _)| g)
     }
-    pub fn version(&self) -> &str {
-        self.api_version()
-            .rsplit_once('/')
-            .map_or(self.api_version(), |(_, v)| v)
-    }
     pub fn reference(&self) -> ObjectRef {
         ObjectRef {
             group: self.group().to_string(),

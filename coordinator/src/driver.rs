@@ -122,6 +122,18 @@ impl DriverHandle {
     }
 }
 
+/// What an operator asked for, as a verb.
+fn control_verb(c: RolloutControl) -> &'static str {
+    match c {
+        RolloutControl::Unspecified => "do nothing",
+        RolloutControl::Pause => "pause",
+        RolloutControl::Resume => "resume",
+        RolloutControl::Abort => "abort",
+        RolloutControl::Rollback => "roll back",
+        RolloutControl::Approve => "approve",
+    }
+}
+
 /// The task that owns the active rollouts.
 pub struct Driver {
     hub: Arc<Hub>,
@@ -329,15 +341,7 @@ impl Driver {
                 state.phase = RolloutPhase::RolledBack;
                 "rolled back"
             }
-            other => {
-                return Err(refuse(
-                    other
-                        .as_str_name()
-                        .trim_start_matches("ROLLOUT_CONTROL_")
-                        .to_lowercase()
-                        .as_str(),
-                ));
-            }
+            other => return Err(refuse(control_verb(other))),
         };
         state.message = format!("{said} by {actor}");
         actions.push(Action::Event {

@@ -3,9 +3,10 @@
 //! It owns no durable state (the store does) and owns every session task,
 //! so stopping the coordinator ends and waits for all of them.
 
-use crate::store::{ClusterRecord, Store};
+use crate::store::{PinnedCluster, Store};
 use ferry_proto::Assignment;
 use ferry_proto::v1::{CoordinatorMessage, coordinator_message};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,17 +96,22 @@ impl Hub {
     }
 
     /// The resolved path of a cluster, or why it cannot be resolved.
-    pub fn path(&self, c: &ClusterRecord) -> Result<String, ferry_proto::Invalid> {
-        match &c.path_override {
-            Some(p) => Ok(p.clone()),
-            None => ferry_proto::render_path(&self.path_template, &c.name, &c.labels),
+    pub fn path(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        path_override: Option<&str>,
+    ) -> Result<String, ferry_proto::Invalid> {
+        match path_override {
+            Some(p) => Ok(p.to_string()),
+            None => ferry_proto::render_path(&self.path_template, name, labels),
         }
     }
 
     /// The full assignment of a cluster, if it is pinned and its path resolves.
-    pub fn assignment(&self, c: &ClusterRecord) -> Option<Assignment> {
+    pub fn assignment(&self, c: &PinnedCluster) -> Option<Assignment> {
         let (commit, generation) = c.pin.as_ref()?;
-        let path = match self.path(c) {
+        let path = match self.path(&c.name, &c.labels, c.path_override.as_deref()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(cluster = %c.name, error = %e, "no assignment: the path does not resolve");
@@ -124,43 +130,33 @@ impl Hub {
 
     /// Sends a cluster its current assignment, if it is connected.
     pub async fn push(&self, cluster: &str) {
-        if !self.connected(cluster) {
-            return;
-        }
-        match self.store.cluster(cluster).await {
-            Ok(Some(r)) => self.send(&r),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(cluster, error = %e, "reading the cluster to push its assignment");
-            }
-        }
+        self.push_many([cluster]).await;
     }
 
-    /// Sends many clusters their assignments. Past a few dozen it reads
-    /// every cluster in one query rather than one query each, so a pin or
-    /// wave of thousands fans out at once.
+    /// Sends the connected ones of these clusters their assignments, read
+    /// in one go (a pin or wave of thousands fans out at once).
     pub async fn push_many<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
-        let names: Vec<&str> = clusters.into_iter().collect();
-        if names.len() < 64 {
-            for n in names {
-                self.push(n).await;
-            }
+        let names: Vec<String> = clusters
+            .into_iter()
+            .filter(|c| self.connected(c))
+            .map(str::to_string)
+            .collect();
+        if names.is_empty() {
             return;
         }
-        let all = match self.store.clusters().await {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::error!(error = %e, "reading clusters to push their assignments");
-                return;
+        match self.store.pinned(names).await {
+            Ok(pinned) => {
+                for p in &pinned {
+                    self.send(p);
+                }
             }
-        };
-        let wanted: std::collections::HashSet<&str> = names.into_iter().collect();
-        for r in all.iter().filter(|r| wanted.contains(r.name.as_str())) {
-            self.send(r);
+            Err(e) => {
+                tracing::error!(error = %e, "reading pins to push assignments");
+            }
         }
     }
 
-    fn send(&self, record: &ClusterRecord) {
+    fn send(&self, record: &PinnedCluster) {
         let cluster = record.name.as_str();
         let Some(assignment) = self.assignment(record) else {
             return;

@@ -39,10 +39,6 @@ impl Repo {
         }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     fn open(&self) -> Result<gix::Repository> {
         let err = |e: &dyn std::fmt::Display| Error::Cache {
             path: self.cache.clone(),

@@ -579,6 +579,27 @@ mod tests {
     }
 
     #[test]
+    fn a_report_about_an_older_assignment_does_not_count() {
+        let mut obs = fleet(&[("a", "x")]);
+        let s = spec(vec![(Selector::Percent(100), Policy::default())], false);
+        let mut st = plan(&s, &obs).unwrap();
+        let a = step(&s, &mut st, &obs, 0);
+        assert_eq!(pins(&a), ["a"]);
+        // The pin moved the generation, but the agent still reports the old
+        // one, Failed: that failure was about its previous assignment.
+        let o = obs.get_mut("a").unwrap();
+        o.generation += 1;
+        o.target = Some(t());
+        o.phase = Phase::Failed;
+        step(&s, &mut st, &obs, 10);
+        assert_eq!(st.clusters[0].phase, ClusterPhase::Pinned);
+        // Once it reports on the new generation, it counts.
+        obs.get_mut("a").unwrap().observed_generation += 1;
+        step(&s, &mut st, &obs, 20);
+        assert_eq!(st.clusters[0].phase, ClusterPhase::Failed);
+    }
+
+    #[test]
     fn paused_does_nothing_and_percent_rounds_up() {
         let obs = fleet(&[("a", "x"), ("b", "x"), ("c", "x")]);
         let s = spec(

@@ -92,6 +92,20 @@ pub struct ClusterRecord {
     pub pin_rollout: Option<String>,
 }
 
+/// What a cluster's assignment is made of (a cluster record without its
+/// status, cheap to read for thousands at once).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PinnedCluster {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub path_override: Option<String>,
+    /// The pinned commit and the assignment generation.
+    pub pin: Option<(Commit, u64)>,
+    pub allow_mass_prune: bool,
+    /// The rollout that made the pin, if one did.
+    pub pin_rollout: Option<String>,
+}
+
 /// A requested pin change.
 #[derive(Clone, Debug)]
 pub struct PinChange {
@@ -174,6 +188,10 @@ pub trait Store: Send + Sync + 'static {
     async fn clusters(&self) -> Result<Vec<ClusterRecord>>;
 
     async fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>>;
+
+    /// What the assignments of these clusters are made of (unknown names
+    /// are left out).
+    async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>>;
 
     /// Pins clusters to a commit, all or none, appending one ledger entry
     /// per cluster whose pin changes. Re-pinning to the same commit changes

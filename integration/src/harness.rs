@@ -55,6 +55,37 @@ pub fn tool(name: &str) -> PathBuf {
     name.into()
 }
 
+/// A binary of this workspace (`package`'s `name`), built once per test
+/// process with the profile the tests were built with, so a test never runs
+/// a stale one. `./test.sh` builds them all first, making this a no-op.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--locked", "--quiet", "-p", package, "--bin", name]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {name} failed"
+        );
+        built.push(name.to_string());
+    }
+    dir.join(name)
+}
+
 /// The real `kubectl`.
 pub fn kubectl() -> PathBuf {
     tool("kubectl")

@@ -434,6 +434,17 @@ impl World {
 
     /// Adds an emulated cluster and starts its agent.
     pub async fn add_cluster(&mut self, name: &str, labels: &[(&str, &str)]) -> Result<usize> {
+        let i = self.add_cluster_without_agent(name, labels).await?;
+        self.start_agent(i);
+        Ok(i)
+    }
+
+    /// Adds an emulated cluster (and its join token); starts no agent.
+    pub async fn add_cluster_without_agent(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<usize> {
         let emulator = Emulator::start(EmulatorConfig {
             controllers: Controllers {
                 ready_delay: self.cfg.ready_delay,
@@ -468,9 +479,42 @@ impl World {
             kubeconfig,
             agent: None,
         });
-        let i = self.clusters.len() - 1;
-        self.start_agent(i);
-        Ok(i)
+        Ok(self.clusters.len() - 1)
+    }
+
+    /// The `ferry-agent` command line for cluster `i`, as an operator would
+    /// run it (the same settings [`World::agent_config`] gives in-process
+    /// agents).
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        let cfg = self.agent_config(i);
+        let mut args = vec![
+            "--coordinator".to_string(),
+            cfg.dial.addr.clone(),
+            "--cluster".into(),
+            cfg.cluster.clone(),
+            "--ca".into(),
+            self.ca_file.display().to_string(),
+            "--kubeconfig".into(),
+            self.clusters[i].kubeconfig.display().to_string(),
+            "--cache-dir".into(),
+            cfg.cache_dir.display().to_string(),
+            "--namespace".into(),
+            cfg.namespace.clone(),
+            "--resync-seconds".into(),
+            cfg.resync.as_secs().max(1).to_string(),
+            "--kustomize".into(),
+            cfg.kustomize.join(" "),
+        ];
+        if let Some(t) = &cfg.join_token {
+            args.extend(["--join-token".into(), t.clone()]);
+        }
+        if let Some(d) = &cfg.git_auth.secret_dir {
+            args.extend(["--git-secret-dir".into(), d.display().to_string()]);
+        }
+        for (k, v) in &cfg.labels {
+            args.extend(["--label".into(), format!("{k}={v}")]);
+        }
+        args
     }
 
     pub fn agent_config(&self, i: usize) -> ferry_agent::Config {

@@ -41,7 +41,10 @@ impl AdminService {
     }
 
     fn to_proto(&self, c: ClusterRecord) -> Cluster {
-        let (path, path_error) = match self.hub.path(&c) {
+        let (path, path_error) = match self
+            .hub
+            .path(&c.name, &c.labels, c.path_override.as_deref())
+        {
             Ok(p) => (p, String::new()),
             Err(e) => (String::new(), e.to_string()),
         };
@@ -102,12 +105,14 @@ impl Admin for AdminService {
         if r.r#ref.trim().is_empty() {
             return Err(Status::invalid_argument("a ref to pin to is required"));
         }
+        let t = std::time::Instant::now();
         let repo = self.repo.clone();
         let reference = r.r#ref.clone();
         let commit = tokio::task::spawn_blocking(move || repo.resolve(&reference))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(repo_status)?;
+        let resolved = t.elapsed();
         // Whether a cluster inside an active rollout may be pinned is
         // decided in the pin's own transaction.
         let entries = self
@@ -127,12 +132,20 @@ impl Admin for AdminService {
             )
             .await
             .map_err(store_status)?;
+        let stored = t.elapsed();
         for e in &entries {
             tracing::info!(cluster = %e.cluster, from = ?e.from.as_ref().map(|c| c.short()), to = %e.to, actor = %actor, "pinned");
         }
         self.hub
             .push_many(entries.iter().map(|e| e.cluster.as_str()))
             .await;
+        tracing::debug!(
+            clusters = entries.len(),
+            resolve_ms = resolved.as_millis() as u64,
+            store_ms = (stored - resolved).as_millis() as u64,
+            push_ms = (t.elapsed() - stored).as_millis() as u64,
+            "pin"
+        );
         Ok(Response::new(PinResponse {
             commit: commit.to_string(),
             entries: entries.iter().map(Into::into).collect(),

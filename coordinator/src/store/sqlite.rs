@@ -9,7 +9,8 @@
 //! job that fails leaves nothing behind in its batch.
 
 use super::{
-    Advance, BackendError, ClusterRecord, Error, PinChange, Result, Store, rollout_number,
+    Advance, BackendError, ClusterRecord, Error, PinChange, PinnedCluster, Result, Store,
+    rollout_number,
 };
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
@@ -301,6 +302,26 @@ fn cluster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterRecord> {
     })
 }
 
+const SELECT_PINNED: &str =
+    "SELECT c.name, c.labels, c.path_override, p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
+     FROM clusters c LEFT JOIN pins p ON p.cluster = c.name";
+
+fn pinned_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PinnedCluster> {
+    let labels: String = r.get(1)?;
+    let commit: Option<String> = r.get(3)?;
+    let generation: Option<i64> = r.get(4)?;
+    Ok(PinnedCluster {
+        name: r.get(0)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        path_override: r.get(2)?,
+        pin: commit
+            .and_then(|c| Commit::parse(&c).ok())
+            .zip(generation.map(|g| g as u64)),
+        allow_mass_prune: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
+        pin_rollout: r.get::<_, Option<String>>(6)?.filter(|s| !s.is_empty()),
+    })
+}
+
 fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
     let from: String = r.get(4)?;
     let to: String = r.get(5)?;
@@ -330,6 +351,40 @@ fn active_rollout_of(conn: &Connection, cluster: &str) -> Result<Option<String>>
     .map_err(db("read rollout membership"))
 }
 
+/// The active rollout (if any) of each of `clusters`. A few are looked up
+/// one by one (indexed); many at once read the active membership once.
+fn active_rollouts_of<'a>(
+    conn: &Connection,
+    clusters: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<BTreeMap<String, String>> {
+    let mut found = BTreeMap::new();
+    if clusters.len() < 64 {
+        for c in clusters {
+            if let Some(r) = active_rollout_of(conn, c)? {
+                found.insert(c.to_string(), r);
+            }
+        }
+        return Ok(found);
+    }
+    let wanted: std::collections::HashSet<&str> = clusters.collect();
+    let mut st = conn
+        .prepare_cached(
+            "SELECT rc.cluster, r.id FROM rollout_clusters rc JOIN rollouts r ON r.id = rc.rollout
+             WHERE r.active = 1",
+        )
+        .map_err(db("read rollout membership"))?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(db("read rollout membership"))?;
+    for row in rows {
+        let (cluster, id) = row.map_err(db("read rollout membership"))?;
+        if wanted.contains(cluster.as_str()) {
+            found.entry(cluster).or_insert_with(|| format!("r{id}"));
+        }
+    }
+    Ok(found)
+}
+
 /// The pin logic, inside a caller's savepoint.
 fn pin_in(conn: &Connection, change: &PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {
     // A manual pin must not move a cluster an active rollout is moving,
@@ -337,18 +392,19 @@ fn pin_in(conn: &Connection, change: &PinChange, now_ms: i64) -> Result<Vec<Ledg
     // between the check and the write.
     let mut reason = change.reason.trim().to_string();
     if change.rollout.is_none() {
-        let mut forced = BTreeSet::new();
-        for cluster in &change.clusters {
-            if let Some(rollout) = active_rollout_of(conn, cluster)? {
-                if !change.force {
-                    return Err(Error::InRollout {
-                        cluster: cluster.clone(),
-                        rollout,
-                    });
-                }
-                forced.insert(rollout);
-            }
+        let inside = active_rollouts_of(conn, change.clusters.iter().map(String::as_str))?;
+        if !change.force
+            && let Some((cluster, rollout)) = change
+                .clusters
+                .iter()
+                .find_map(|c| inside.get(c).map(|r| (c, r)))
+        {
+            return Err(Error::InRollout {
+                cluster: cluster.clone(),
+                rollout: rollout.clone(),
+            });
         }
+        let forced: BTreeSet<&String> = inside.values().collect();
         for r in forced {
             reason = format!("{reason} [forced during rollout {r}]")
                 .trim()
@@ -816,6 +872,42 @@ impl Store for Sqlite {
         .await
     }
 
+    async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>> {
+        self.call(move |conn| {
+            if clusters.len() < 64 {
+                let mut st = conn
+                    .prepare_cached(&format!("{SELECT_PINNED} WHERE c.name = ?1"))
+                    .map_err(db("read pins"))?;
+                let mut out = vec![];
+                for c in &clusters {
+                    if let Some(p) = st
+                        .query_row([c], pinned_row)
+                        .optional()
+                        .map_err(db("read pins"))?
+                    {
+                        out.push(p);
+                    }
+                }
+                return Ok(out);
+            }
+            let wanted: std::collections::HashSet<&str> =
+                clusters.iter().map(String::as_str).collect();
+            let mut st = conn
+                .prepare_cached(SELECT_PINNED)
+                .map_err(db("read pins"))?;
+            let rows = st.query_map([], pinned_row).map_err(db("read pins"))?;
+            let mut out = vec![];
+            for row in rows {
+                let p = row.map_err(db("read pins"))?;
+                if wanted.contains(p.name.as_str()) {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn pin(&self, change: PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {
         self.call(move |conn| {
             let sp = conn.savepoint().map_err(db("pin"))?;
@@ -850,10 +942,11 @@ impl Store for Sqlite {
         self.call(move |conn| {
             let sp = conn.savepoint().map_err(db("create a rollout"))?;
             // Clusters already in an active rollout, by that rollout.
+            let inside = active_rollouts_of(&sp, state.clusters.iter().map(|c| c.name.as_str()))?;
             let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for c in &state.clusters {
-                if let Some(r) = active_rollout_of(&sp, &c.name)? {
-                    shared.entry(r).or_default().push(c.name.clone());
+                if let Some(r) = inside.get(&c.name) {
+                    shared.entry(r.clone()).or_default().push(c.name.clone());
                 }
             }
             if let Some((rollout, clusters)) = shared.into_iter().next() {

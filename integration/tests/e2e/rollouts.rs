@@ -520,3 +520,115 @@ async fn plan_files_promote_and_the_event_stream() {
     let list = world.ferry(&["rollout", "list"]).await.unwrap();
     assert_eq!(list.lines().count(), 3, "{list}");
 }
+
+/// A manual pin racing a rollout that takes the same cluster: either the
+/// pin lands first (and the rollout records it as the cluster's previous
+/// commit) or it is refused. It never lands inside the rollout unforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_never_slips_into_a_rollout_starting_at_the_same_time() {
+    use ferry_proto::v1::{
+        ClusterNames, ControlRolloutRequest, PinRequest, RolloutControl, RolloutPlan,
+        StartRolloutRequest, WavePlan, WavePolicy, wave_plan,
+    };
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    world
+        .git
+        .commit("v0", &[("clusters/a/app.yaml", Some(&deployment("app:0")))])
+        .unwrap();
+    world.add_cluster("a", &[]).await.unwrap();
+    world.wait_connected(&["a"]).await;
+    let (mut refused, mut first) = (0, 0);
+    for round in 0..12 {
+        let commit = world
+            .git
+            .commit(
+                &format!("v{round}"),
+                &[(
+                    "clusters/a/app.yaml",
+                    Some(&deployment(&format!("app:{round}"))),
+                )],
+            )
+            .unwrap();
+        // Both resolve `main` (a fetch each) before acting: the window.
+        let plan = RolloutPlan {
+            r#ref: "main".into(),
+            waves: vec![WavePlan {
+                name: "only".into(),
+                select: Some(wave_plan::Select::Names(ClusterNames {
+                    names: vec!["a".into()],
+                })),
+                // Waits for approval: the rollout itself pins nothing.
+                policy: Some(WavePolicy {
+                    approval: Some(true),
+                    ..Default::default()
+                }),
+            }],
+            defaults: None,
+            auto_rollback: false,
+        };
+        let (mut pinner, mut starter) =
+            (world.admin().await.unwrap(), world.admin().await.unwrap());
+        let pin = async move {
+            pinner
+                .pin(PinRequest {
+                    clusters: vec!["a".into()],
+                    r#ref: "main".into(),
+                    reason: "race".into(),
+                    force: false,
+                    allow_mass_prune: false,
+                })
+                .await
+        };
+        let start = async move {
+            starter
+                .start_rollout(StartRolloutRequest { plan: Some(plan) })
+                .await
+        };
+        let (pinned, started) = tokio::join!(pin, start);
+        let r = started.expect("the rollout starts").into_inner();
+        let previous = r.waves[0].clusters[0].previous_commit.clone();
+        match pinned {
+            Ok(_) => {
+                first += 1;
+                assert_eq!(
+                    previous, commit,
+                    "round {round}: the pin succeeded unforced, so it must have come before the rollout froze the cluster's previous commit"
+                );
+            }
+            Err(s) => {
+                refused += 1;
+                assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+                assert!(s.message().contains(&r.id), "{s:?}");
+            }
+        }
+        world
+            .admin()
+            .await
+            .unwrap()
+            .control_rollout(ControlRolloutRequest {
+                id: r.id.clone(),
+                control: RolloutControl::Abort as i32,
+            })
+            .await
+            .unwrap();
+    }
+    tracing::info!(refused, first, "race outcomes");
+    // The ledger agrees: no manual pin of a is dated inside a rollout.
+    let history = world
+        .admin()
+        .await
+        .unwrap()
+        .history(HistoryRequest {
+            cluster: "a".into(),
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(history.len(), first, "one ledger entry per pin that won");
+}
