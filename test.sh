@@ -47,6 +47,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "binaries (the process tests run them)"
+cargo build --workspace --bins --locked
+
 step "tests"
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked

@@ -86,6 +86,7 @@ async fn a_fatal_start_up_error_exits_non_zero_at_once() {
     let mut args = world.agent_args(i);
     let at = args.iter().position(|a| a == "--join-token").unwrap();
     args.drain(at..at + 2);
+    args.extend(["--log-format".to_string(), "json".to_string()]);
     let mut child = Command::new(agent_bin())
         .args(&args)
         .stderr(Stdio::piped())
@@ -96,6 +97,14 @@ async fn a_fatal_start_up_error_exits_non_zero_at_once() {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("has no identity yet"), "{err}");
+    let logged: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        logged.iter().any(|l| l["level"] == "ERROR"),
+        "--log-format json logs JSON lines: {err}"
+    );
 
     // A kubeconfig that is not there.
     let missing = dir.path().join("nope.kubeconfig");
@@ -182,6 +191,10 @@ async fn sigterm_drains_a_sync_in_progress_and_says_goodbye() {
         world.cluster("p1").await.ok().filter(|c| !c.connected)
     })
     .await;
+    assert!(
+        !agent_log().contains('\x1b'),
+        "no colour codes in logs that do not go to a terminal"
+    );
     let s = c.status.expect("a last status");
     assert!(
         s.message.contains("the agent stopped"),
