@@ -196,6 +196,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         tracing::info!(commit = %a.commit, path = %a.path, "resuming the last assignment kept in the cluster");
     }
     let (assign_tx, assign_rx) = watch::channel(state.assignment.clone());
+    let (refused_tx, refused_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(sync::Syncer::initial_report(&state));
     // The link outlives the loop by a moment, to carry its last status.
     let link_stop = CancellationToken::new();
@@ -209,7 +210,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
             max_backoff: cfg.max_backoff,
         },
         identity_rx,
-        assign_tx,
+        link::Inbox {
+            assignments: assign_tx,
+            refused: refused_tx,
+        },
         status_rx,
         link_stop.clone(),
     ));
@@ -228,7 +232,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
 
     let syncer = sync::Syncer::new(cfg, client, states, state, status_tx);
     syncer
-        .run(assign_rx, wake, kinds_tx, shutdown.clone())
+        .run(assign_rx, refused_rx, wake, kinds_tx, shutdown.clone())
         .await;
 
     link_stop.cancel();

@@ -63,10 +63,17 @@ fn backoff(cfg: &LinkConfig) -> impl Iterator<Item = Duration> {
 
 /// Runs the link until `stop`. Assignments go to `assignments`; every
 /// change of `status` is reported.
+/// Where the link hands what the coordinator says: well-formed
+/// assignments, and why the last one was refused, if it was.
+pub struct Inbox {
+    pub assignments: watch::Sender<Option<Assignment>>,
+    pub refused: watch::Sender<Option<String>>,
+}
+
 pub async fn run(
     cfg: LinkConfig,
     identity: watch::Receiver<Option<crate::identity::Identity>>,
-    assignments: watch::Sender<Option<Assignment>>,
+    inbox: Inbox,
     mut status: watch::Receiver<StatusReport>,
     stop: CancellationToken,
 ) {
@@ -77,7 +84,7 @@ pub async fn run(
         }
         let started = Instant::now();
         let id = identity.borrow().clone();
-        let result = session(&cfg, id, &assignments, &mut status, &stop).await;
+        let result = session(&cfg, id, &inbox, &mut status, &stop).await;
         if stop.is_cancelled() {
             return;
         }
@@ -100,7 +107,7 @@ pub async fn run(
 async fn session(
     cfg: &LinkConfig,
     identity: Option<crate::identity::Identity>,
-    assignments: &watch::Sender<Option<Assignment>>,
+    inbox: &Inbox,
     status: &mut watch::Receiver<StatusReport>,
     stop: &CancellationToken,
 ) -> Result<(), Error> {
@@ -149,12 +156,14 @@ async fn session(
                         let a = match Assignment::try_from(wire) {
                             Ok(a) => a,
                             Err(e) => {
-                                tracing::error!(error = %e, "refusing a malformed assignment; keeping the current one");
+                                tracing::error!(error = %e, "refusing an assignment; keeping the current one");
+                                inbox.refused.send_replace(Some(format!("refused {e}")));
                                 continue;
                             }
                         };
                         tracing::info!(commit = %a.commit, path = %a.path, generation = a.generation, "assignment received");
-                        assignments.send_if_modified(|cur| {
+                        inbox.refused.send_if_modified(|r| r.take().is_some());
+                        inbox.assignments.send_if_modified(|cur| {
                             if cur.as_ref() == Some(&a) { false } else { *cur = Some(a); true }
                         });
                     }

@@ -139,6 +139,9 @@ impl Syncer {
             reported_unix_ms: now_unix_ms(),
             last_correction_unix_ms: self.last_correction_ms,
         };
+        let mut report = report;
+        // The coordinator keeps only so much of one report; say what is cut.
+        ferry_proto::status::bound(&mut report);
         self.status.send_if_modified(|cur| {
             if same_report(cur, &report) {
                 false
@@ -154,6 +157,7 @@ impl Syncer {
     pub async fn run(
         mut self,
         mut assignments: watch::Receiver<Option<Assignment>>,
+        mut refused: watch::Receiver<Option<String>>,
         drift: Arc<Notify>,
         kinds: watch::Sender<Vec<ApiResource>>,
         stop: CancellationToken,
@@ -164,6 +168,7 @@ impl Syncer {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 r = assignments.changed() => if r.is_err() { break },
+                r = refused.changed() => if r.is_err() { break },
                 _ = drift.notified() => {}
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
@@ -188,9 +193,17 @@ impl Syncer {
                 generation = a.generation,
                 rollout = a.rollout.as_deref().unwrap_or("-"),
             );
-            let Some(pass) = self.pass(&a, &stop).instrument(span.clone()).await else {
+            let Some(mut pass) = self.pass(&a, &stop).instrument(span.clone()).await else {
                 break;
             };
+            // A newer assignment was refused: this one is still enforced,
+            // and the coordinator hears why the newer one is not.
+            if let Some(why) = refused.borrow_and_update().clone() {
+                pass = Pass::failed(
+                    format!("{why}; still enforcing {}", a.commit.short()),
+                    pass.problems,
+                );
+            }
             let delay = match (pass.phase, pass.health) {
                 (Phase::Failed, _) => {
                     failures += 1;

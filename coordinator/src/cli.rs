@@ -10,7 +10,7 @@ pub mod rollout;
 mod serve;
 mod token;
 
-pub use dial::{Admin, admin, status};
+pub use dial::{Admin, admin, all_clusters, status};
 pub use serve::ServeArgs;
 
 use anyhow::Result;
@@ -88,7 +88,11 @@ pub enum Command {
     /// Run the coordinator.
     Serve(ServeArgs),
     /// List clusters: labels, connection, pinned and applied commits, health.
-    Clusters,
+    Clusters {
+        /// Clusters asked for per request (the list is always whole).
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+    },
     /// One cluster: show, set its path, add (enroll) or revoke it.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -155,7 +159,7 @@ pub async fn execute(args: Args) -> Result<String> {
         Command::Serve(_) | Command::Completion { .. } => {
             anyhow::bail!("not a client command")
         }
-        Command::Clusters => cluster::list(&mut client, json).await,
+        Command::Clusters { page_size } => cluster::list(&mut client, page_size, json).await,
         Command::Cluster(cmd) => cluster::execute(&mut client, cmd, json).await,
         Command::Pin(a) => ledger::pin(&mut client, a, json).await,
         Command::Rollout(cmd) => rollout::execute(&mut client, cmd, json).await,

@@ -153,20 +153,29 @@ impl Pki {
         Ok((c, k))
     }
 
-    /// Signs a CSR for `cluster`: whatever it asks for, the certificate's only
-    /// SAN is the cluster name and it is good for client auth only.
-    pub fn sign(&self, cluster: &str, csr_pem: &str) -> Result<Issued> {
+    /// Signs a CSR for `cluster`: whatever it asks for, the certificate's
+    /// only DNS SAN is the cluster name, a URI SAN carries the cluster's
+    /// identity generation, and it is good for client auth only.
+    pub fn sign(&self, cluster: &str, generation: i64, csr_pem: &str) -> Result<Issued> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(cert("reading the certificate signing request"))?;
         let now = SystemTime::now();
         let not_before = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
         let not_after = now + self.lifetime;
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::DnsName(
-            cluster
-                .try_into()
-                .map_err(cert("the cluster name as a DNS name"))?,
-        )];
+        params.subject_alt_names = vec![
+            SanType::DnsName(
+                cluster
+                    .try_into()
+                    .map_err(cert("the cluster name as a DNS name"))?,
+            ),
+            SanType::URI(
+                format!("{GENERATION_URN}{generation}")
+                    .as_str()
+                    .try_into()
+                    .map_err(cert("the identity generation as a URI"))?,
+            ),
+        ];
         params.distinguished_name.push(DnType::CommonName, cluster);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -191,8 +200,22 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     b
 }
 
-/// The cluster a verified client certificate names: its single DNS SAN.
-pub fn cluster_of(cert_der: &[u8]) -> Result<String> {
+/// The URI SAN prefix of the identity generation a client certificate
+/// was issued for.
+pub const GENERATION_URN: &str = "urn:ferry:identity-generation:";
+
+/// Who a verified client certificate speaks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CertIdentity {
+    /// Its single DNS SAN.
+    pub cluster: String,
+    /// The identity generation it was issued for (0: issued before Ferry
+    /// recorded generations).
+    pub generation: i64,
+}
+
+/// The cluster (and identity generation) a verified client certificate names.
+pub fn cluster_of(cert_der: &[u8]) -> Result<CertIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(Error::Parse)?;
     let san = cert
         .subject_alternative_name()
@@ -207,8 +230,33 @@ pub fn cluster_of(cert_der: &[u8]) -> Result<String> {
             _ => None,
         })
         .collect();
+    let generations: Vec<i64> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(GENERATION_URN),
+            _ => None,
+        })
+        .map(|g| {
+            g.parse()
+                .map_err(|_| Error::Identity(format!("a bad identity generation {g:?}")))
+        })
+        .collect::<Result<_>>()?;
+    let generation = match generations.as_slice() {
+        [] => 0,
+        [g] => *g,
+        _ => {
+            return Err(Error::Identity(
+                "the client certificate names several identity generations".into(),
+            ));
+        }
+    };
     match names.as_slice() {
-        [one] => Ok(one.clone()),
+        [one] => Ok(CertIdentity {
+            cluster: one.clone(),
+            generation,
+        }),
         _ => Err(Error::Identity(format!(
             "the client certificate must name exactly one cluster, it names {names:?}"
         ))),

@@ -55,6 +55,12 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A repository URL that carries a password: agents would be handed it
+    /// and keep it; credentials belong in a Secret.
+    #[error(
+        "{flag} {url} carries a password: agents are told this URL and would keep it. Give the coordinator its credentials with --git-secret-dir (or FERRY_GIT_USERNAME/FERRY_GIT_PASSWORD), and each agent its Git Secret"
+    )]
+    PasswordInUrl { flag: &'static str, url: String },
     /// The address could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -103,6 +109,8 @@ pub struct Config {
     /// Live events a watcher may fall behind by before it catches up from
     /// the store (tests make it small).
     pub event_buffer: usize,
+    /// The coordinator's own Git credentials, for resolving refs.
+    pub git_auth: ferry_proto::git::GitAuth,
 }
 
 impl Config {
@@ -118,6 +126,7 @@ impl Config {
             cert_lifetime: Duration::from_secs(30 * 86_400),
             insecure: false,
             event_buffer: 1024,
+            git_auth: Default::default(),
         }
     }
 }
@@ -136,6 +145,19 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the store, binds, and starts serving in the background.
     pub async fn start(cfg: Config) -> Result<Coordinator> {
+        for (flag, url) in [
+            ("--repo", Some(&cfg.repo_url)),
+            ("--resolve-url", cfg.resolve_url.as_ref()),
+        ] {
+            if let Some(url) = url
+                && ferry_proto::git::redact(url) != *url
+            {
+                return Err(Error::PasswordInUrl {
+                    flag,
+                    url: ferry_proto::git::redact(url),
+                });
+            }
+        }
         let dir_err = |source| Error::DataDir {
             path: cfg.data_dir.clone(),
             source,
@@ -197,7 +219,8 @@ impl Coordinator {
             cfg.resolve_url
                 .clone()
                 .unwrap_or_else(|| cfg.repo_url.clone()),
-            cfg.data_dir.join("repo.git"),
+            cfg.data_dir.join("git-cache"),
+            cfg.git_auth.clone(),
         ));
         let hub = Arc::new(Hub::new(
             store,
@@ -248,7 +271,7 @@ impl Coordinator {
                     hub: hub.clone(),
                     insecure: cfg.insecure,
                 })
-                .max_decoding_message_size(4 << 20),
+                .max_decoding_message_size(crate::service::MAX_AGENT_MESSAGE),
             )
             .add_service(
                 EnrollmentServer::new(EnrollmentService {
@@ -272,7 +295,7 @@ impl Coordinator {
                 shutdown.cancelled().await
             }),
         );
-        tracing::info!(%addr, repo = %cfg.repo_url, "coordinator serving");
+        tracing::info!(%addr, repo = %ferry_proto::git::redact(&cfg.repo_url), "coordinator serving");
         Ok(Coordinator {
             addr,
             hub,

@@ -8,7 +8,7 @@ mod agent_link;
 mod enrollment;
 
 pub use admin::AdminService;
-pub use agent_link::AgentLinkService;
+pub use agent_link::{AgentLinkService, MAX_MESSAGE as MAX_AGENT_MESSAGE};
 pub use enrollment::EnrollmentService;
 
 use crate::{driver, repo, store};
@@ -23,9 +23,9 @@ pub(crate) fn store_status(e: store::Error) -> Status {
         store::Error::Overlap { .. } | store::Error::InRollout { .. } => {
             Status::failed_precondition(e.to_string())
         }
-        store::Error::Revoked(_) | store::Error::JoinToken(_) => {
-            Status::unauthenticated(e.to_string())
-        }
+        store::Error::Revoked(_)
+        | store::Error::JoinToken(_)
+        | store::Error::StaleCertificate { .. } => Status::unauthenticated(e.to_string()),
         e if e.is_transient() => Status::unavailable(e.to_string()),
         e => Status::internal(e.to_string()),
     }
@@ -50,9 +50,9 @@ pub(crate) fn driver_status(e: driver::Error) -> Status {
     }
 }
 
-/// The cluster a request's client certificate names (already verified
-/// against the coordinator's CA by TLS).
-pub(crate) fn peer_cluster<T>(req: &Request<T>) -> Result<String, Status> {
+/// The cluster (and identity generation) a request's client certificate
+/// names, already verified against the coordinator's CA by TLS.
+pub(crate) fn peer_cluster<T>(req: &Request<T>) -> Result<crate::pki::CertIdentity, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
         Status::unauthenticated("a client certificate is required: enroll with a join token first")
     })?;

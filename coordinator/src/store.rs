@@ -54,6 +54,11 @@ pub enum Error {
     /// A revoked cluster.
     #[error("cluster {0:?} is revoked")]
     Revoked(String),
+    /// A certificate from before the cluster was last revoked or re-added.
+    #[error(
+        "this certificate of cluster {cluster} was issued before the cluster was revoked or added again: enroll with a new join token (`ferry cluster add {cluster}`)"
+    )]
+    StaleCertificate { cluster: String },
     /// A rollout id that does not exist.
     #[error("unknown rollout {0:?}")]
     UnknownRollout(String),
@@ -141,11 +146,15 @@ pub struct Advance {
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records a Hello from an enrolled cluster: agent version and state.
+    /// The certificate's identity generation must be the cluster's current
+    /// one (a revoked or re-added cluster's older certificates are refused).
     /// Labels are the operator's (set by `cluster add`), never the agent's,
-    /// except in insecure dev mode where `declared` labels create the cluster.
+    /// except in insecure dev mode (no certificate) where `declared` labels
+    /// create the cluster.
     async fn hello(
         &self,
         name: &str,
+        certificate_generation: Option<i64>,
         declared: Option<BTreeMap<String, String>>,
         agent_version: &str,
         status: Option<StatusReport>,
@@ -162,12 +171,16 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<()>;
 
-    /// Uses a join token once; returns its cluster.
-    async fn redeem(&self, token_hash: &str, now_ms: i64) -> Result<String>;
+    /// Uses a join token once; returns its cluster and the identity
+    /// generation its certificate must carry.
+    async fn redeem(&self, token_hash: &str, now_ms: i64) -> Result<(String, i64)>;
 
+    /// Refuses the cluster from now on, and every certificate it holds.
     async fn revoke(&self, name: &str, now_ms: i64) -> Result<()>;
 
-    async fn is_revoked(&self, name: &str) -> Result<bool>;
+    /// Whether a certificate of `generation` still speaks for the cluster;
+    /// returns the current generation.
+    async fn check_certificate(&self, name: &str, generation: Option<i64>) -> Result<i64>;
 
     async fn create_token(&self, hash: &str, name: &str, role: &str, now_ms: i64) -> Result<()>;
 
@@ -186,6 +199,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every cluster, by name.
     async fn clusters(&self) -> Result<Vec<ClusterRecord>>;
+
+    /// Up to `limit` clusters named after `after` (by name).
+    async fn clusters_page(&self, after: &str, limit: u32) -> Result<Vec<ClusterRecord>>;
 
     async fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>>;
 

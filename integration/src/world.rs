@@ -222,6 +222,10 @@ pub struct WorldConfig {
     pub crd_establish_delay: Duration,
     /// The coordinator's live event buffer per watcher.
     pub event_buffer: usize,
+    /// The coordinator reads the repository where agents do, with the
+    /// agents' Git secret as its own credentials (`--git-secret-dir`),
+    /// instead of over git:// from the same server.
+    pub coordinator_uses_git_secret: bool,
 }
 
 impl Default for WorldConfig {
@@ -234,6 +238,7 @@ impl Default for WorldConfig {
             cert_lifetime: Duration::from_secs(30 * 86_400),
             crd_establish_delay: Duration::ZERO,
             event_buffer: 1024,
+            coordinator_uses_git_secret: false,
         }
     }
 }
@@ -349,8 +354,10 @@ impl World {
             self.repo_url.clone(),
         );
         cfg.path_template = self.cfg.path_template.clone();
-        // The coordinator resolves refs over git:// whatever agents use.
-        if self.repo_url != self.git.url {
+        if self.cfg.coordinator_uses_git_secret {
+            cfg.git_auth.secret_dir = self.git_secret.clone();
+        } else if self.repo_url != self.git.url {
+            // The coordinator resolves refs over git:// whatever agents use.
             cfg.resolve_url = Some(self.git.url.clone());
         }
         cfg.cert_lifetime = self.cfg.cert_lifetime;

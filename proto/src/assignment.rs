@@ -36,6 +36,12 @@ pub enum BadAssignment {
     /// The path leaves the repository.
     #[error("assignment generation {generation}: unsafe path {path:?}")]
     Path { generation: u64, path: String },
+    /// The repository URL carries a password: credentials belong in the
+    /// agent's Git Secret, not in what the coordinator hands out.
+    #[error(
+        "assignment generation {generation}: the repository URL {url} carries a password; credentials belong in the agent's Git Secret"
+    )]
+    PasswordInUrl { generation: u64, url: String },
 }
 
 /// Whether a repository-relative path stays inside the repository.
@@ -50,6 +56,13 @@ impl TryFrom<v1::Assignment> for Assignment {
     type Error = BadAssignment;
 
     fn try_from(a: v1::Assignment) -> Result<Self, Self::Error> {
+        let shown = crate::redact(&a.repo_url);
+        if shown != a.repo_url {
+            return Err(BadAssignment::PasswordInUrl {
+                generation: a.generation,
+                url: shown,
+            });
+        }
         let commit = Commit::parse(&a.commit).map_err(|source| BadAssignment::Commit {
             generation: a.generation,
             source,
@@ -120,6 +133,11 @@ mod tests {
             Assignment::try_from(wire(&c, "clusters/../../etc")),
             Err(BadAssignment::Path { .. })
         ));
+        let mut with_password = wire(&c, "x");
+        with_password.repo_url = "https://bot:s3cret@git.example.com/fleet.git".into();
+        let e = Assignment::try_from(with_password).unwrap_err();
+        assert!(matches!(e, BadAssignment::PasswordInUrl { .. }));
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,13 @@ pub enum Invalid {
     /// A `key=value` label that does not parse.
     #[error("{0:?} is not a label (key=value)")]
     Label(String),
+    /// A label key or value Kubernetes would refuse.
+    #[error("label {key:?}={value:?}: {why}")]
+    LabelSyntax {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
     /// A path template naming a label the cluster does not have.
     #[error(
         "the path template {template:?} needs label {label:?}, which cluster {cluster} does not have"
@@ -112,12 +119,67 @@ pub fn validate_cluster_name(name: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Parses `key=value`.
+/// Parses `key=value` and checks both as Kubernetes does.
 pub fn parse_label(s: &str) -> Result<(String, String), Invalid> {
     match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        Some((k, v)) if !k.trim().is_empty() => {
+            let (k, v) = (k.trim().to_string(), v.trim().to_string());
+            validate_label(&k, &v)?;
+            Ok((k, v))
+        }
         _ => Err(Invalid::Label(s.to_string())),
     }
+}
+
+/// A name segment of a label: at most 63 of `[A-Za-z0-9_.-]`, starting and
+/// ending with a letter or digit.
+fn label_segment(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Checks a label as Kubernetes does: the key is an optional DNS-subdomain
+/// prefix and `/` then a name; the value is empty or a name.
+pub fn validate_label(key: &str, value: &str) -> Result<(), Invalid> {
+    let bad = |why| Invalid::LabelSyntax {
+        key: key.to_string(),
+        value: value.to_string(),
+        why,
+    };
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        let ok = !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !ok {
+            return Err(bad("the key's prefix must be a DNS subdomain"));
+        }
+    }
+    if !label_segment(name) {
+        return Err(bad(
+            "the key must be at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        ));
+    }
+    if !value.is_empty() && !label_segment(value) {
+        return Err(bad(
+            "the value must be empty or at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        ));
+    }
+    Ok(())
 }
 
 /// The default path template.
@@ -221,6 +283,21 @@ impl fmt::Display for crate::v1::OfflinePolicy {
     }
 }
 
+/// `url` with the password of its user part, if it has one, shown as `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..host_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()
@@ -250,6 +327,26 @@ mod tests {
         ));
         assert!(render_path("x/{nope}", "c1", &labels).is_err());
         assert!(render_path("../{cluster}", "c1", &labels).is_err());
+    }
+
+    #[test]
+    fn labels_follow_kubernetes_syntax() {
+        assert!(parse_label("region=eu-west").is_ok());
+        assert!(parse_label("ferry.dev/ring=canary").is_ok());
+        assert!(parse_label("empty=").is_ok());
+        for bad in [
+            "region=../../secrets",
+            "region=eu/west",
+            "region=-eu",
+            "Bad/Prefix=x",
+            "a b=c",
+            &format!("k={}", "v".repeat(64)),
+        ] {
+            assert!(
+                matches!(parse_label(bad), Err(Invalid::LabelSyntax { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Ferry's wire contract (`proto/ferry/v1`) and the small domain types that
 //! agent and coordinator share (commits, cluster names, path templates,
 //! assignments, rollout specs and states), with the conversions between
-//! wire and domain types next to the generated code. Owns no I/O.
+//! wire and domain types next to the generated code. Owns no I/O but for
+//! dialling (`DialConfig`) and, with the `git` feature, Git fetches (`git`),
+//! which agent and coordinator share.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
@@ -14,9 +16,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferr
 pub mod assignment;
 mod client;
 mod domain;
+#[cfg(feature = "git")]
+pub mod git;
 pub mod ledger;
 pub mod rollout;
 mod selector;
+pub mod status;
 pub use assignment::Assignment;
 pub use client::{Bearer, DialConfig, DialError};
 pub use domain::*;

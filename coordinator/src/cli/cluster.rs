@@ -5,8 +5,7 @@ use super::{Admin, status};
 use anyhow::Result;
 use clap::Subcommand;
 use ferry_proto::v1::{
-    AddClusterRequest, GetClusterRequest, ListClustersRequest, RevokeClusterRequest,
-    SetClusterPathRequest,
+    AddClusterRequest, GetClusterRequest, RevokeClusterRequest, SetClusterPathRequest,
 };
 use serde_json::json;
 use std::fmt::Write as _;
@@ -33,14 +32,9 @@ pub enum ClusterCommand {
     Revoke { name: String },
 }
 
-/// `ferry clusters`.
-pub async fn list(client: &mut Admin, json: bool) -> Result<String> {
-    let list = client
-        .list_clusters(ListClustersRequest {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .clusters;
+/// `ferry clusters`, every page of it.
+pub async fn list(client: &mut Admin, page_size: u32, json: bool) -> Result<String> {
+    let list = super::dial::all_clusters(client, page_size).await?;
     listing(json, &list, cluster_json, clusters_table)
 }
 

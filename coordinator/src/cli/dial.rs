@@ -34,6 +34,30 @@ pub async fn admin(args: &Args) -> Result<Admin> {
     Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?))
 }
 
+/// Every cluster, following `ListClusters` pages of `page_size`.
+pub async fn all_clusters(
+    client: &mut Admin,
+    page_size: u32,
+) -> Result<Vec<ferry_proto::v1::Cluster>> {
+    let mut out = vec![];
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_clusters(ferry_proto::v1::ListClustersRequest {
+                page_size,
+                page_token,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        out.extend(page.clusters);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// A gRPC error as the message the coordinator gave, for humans.
 pub fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())

@@ -3,6 +3,29 @@
 
 use ferry_proto::v1::{Cluster, Health, LedgerEntry, Phase};
 use serde_json::{Value, json};
+use std::borrow::Cow;
+
+/// Text as it may reach a terminal: control characters (escape sequences
+/// that would retitle, recolour or clear the operator's terminal, and line
+/// breaks that would forge table rows) shown as visible escapes. Agents
+/// and API tokens can put text in front of operators; none of it is
+/// printed raw. JSON output is escaped by the encoder.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| match c {
+                '\n' => "\\n".to_string(),
+                '\t' => "\\t".to_string(),
+                '\r' => "\\r".to_string(),
+                c if c.is_control() => c.escape_unicode().to_string(),
+                c => c.to_string(),
+            })
+            .collect(),
+    )
+}
 
 /// A listing as a table, or as a JSON array with `-o json`.
 pub fn listing<T>(
@@ -18,12 +41,13 @@ pub fn listing<T>(
     }
 }
 
+/// The first 8 characters of a commit id, for people ("-" for none).
 pub fn short(c: &str) -> &str {
     if c.is_empty() {
-        "-"
-    } else {
-        &c[..c.len().min(8)]
+        return "-";
     }
+    let end = c.char_indices().nth(8).map_or(c.len(), |(i, _)| i);
+    &c[..end]
 }
 
 pub fn ago(ms: i64) -> String {
@@ -60,10 +84,14 @@ fn phase_health(c: &Cluster) -> (String, String) {
 
 /// Left-aligned columns, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, cell) in r.iter().enumerate() {
-            widths[i] = widths[i].max(cell.len());
+            widths[i] = widths[i].max(cell.chars().count());
         }
     }
     let mut out = String::new();
@@ -76,7 +104,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(header.to_vec(), &mut out);
-    for r in rows {
+    for r in &rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
     out
@@ -125,20 +153,21 @@ pub fn clusters_table(list: &[Cluster]) -> String {
 
 pub fn cluster_details(c: &Cluster) -> String {
     let (phase, health) = phase_health(c);
+    let agent_version = clean(&c.agent_version);
     let mut s = format!(
         "Name:       {}\nLabels:     {}\nConnected:  {}\nAgent:      {}\nPath:       {}\nPinned:     {} (generation {})\nPhase:      {phase}\nHealth:     {health}\nLast seen:  {}\n",
         c.name,
         labels(c),
         c.connected,
-        if c.agent_version.is_empty() {
+        if agent_version.is_empty() {
             "-"
         } else {
-            &c.agent_version
+            &agent_version
         },
         if c.path_error.is_empty() {
-            c.path.clone()
+            clean(&c.path).into_owned()
         } else {
-            format!("unresolved: {}", c.path_error)
+            format!("unresolved: {}", clean(&c.path_error))
         },
         if c.pinned_commit.is_empty() {
             "-"
@@ -152,17 +181,17 @@ pub fn cluster_details(c: &Cluster) -> String {
         s.push_str(&format!(
             "Applied:    {}\nTarget:     {}\nObjects:    {}\nMessage:    {}\n",
             if st.applied_commit.is_empty() {
-                "-"
+                "-".into()
             } else {
-                &st.applied_commit
+                clean(&st.applied_commit)
             },
             if st.target_commit.is_empty() {
-                "-"
+                "-".into()
             } else {
-                &st.target_commit
+                clean(&st.target_commit)
             },
             st.objects,
-            st.message,
+            clean(&st.message),
         ));
         if !st.problems.is_empty() {
             s.push_str("Problems:\n");
@@ -170,9 +199,13 @@ pub fn cluster_details(c: &Cluster) -> String {
                 let src = if p.source.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", p.source)
+                    format!(" ({})", clean(&p.source))
                 };
-                s.push_str(&format!("  {}{src}: {}\n", p.object, p.message));
+                s.push_str(&format!(
+                    "  {}{src}: {}\n",
+                    clean(&p.object),
+                    clean(&p.message)
+                ));
             }
         }
     }
@@ -242,4 +275,21 @@ pub fn ledger_json(e: &LedgerEntry) -> Value {
         "id": e.id, "atUnixMs": e.at_unix_ms, "actor": e.actor, "cluster": e.cluster,
         "from": e.from_commit, "to": e.to_commit, "reason": e.reason, "rollout": e.rollout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_reaches_the_terminal_raw() {
+        let hostile = "ok\u{1b}]0;owned\u{7}\u{1b}[2J\nFAKE ROW\u{9b}31m";
+        let shown = clean(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}]0;owned"), "{shown}");
+        assert!(shown.contains("\\nFAKE ROW"), "{shown}");
+        let t = table(&["A"], &[vec![hostile.to_string()]]);
+        assert!(!t.contains('\u{1b}') && t.lines().count() == 2, "{t:?}");
+        assert_eq!(short("é".repeat(20).as_str()), "é".repeat(8));
+    }
 }

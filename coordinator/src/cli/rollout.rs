@@ -30,9 +30,9 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use ferry_proto::rollout::Offline;
 use ferry_proto::v1::{
-    ClusterNames, ControlRolloutRequest, GetRolloutRequest, Health, ListClustersRequest,
-    ListRolloutsRequest, OfflinePolicy, Rollout, RolloutClusterPhase, RolloutControl, RolloutPhase,
-    RolloutPlan, StartRolloutRequest, WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
+    ClusterNames, ControlRolloutRequest, GetRolloutRequest, Health, ListRolloutsRequest,
+    OfflinePolicy, Rollout, RolloutClusterPhase, RolloutControl, RolloutPhase, RolloutPlan,
+    StartRolloutRequest, WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -455,17 +455,17 @@ pub async fn execute(client: &mut Admin, cmd: RolloutCommand, json: bool) -> Res
     if json {
         return Ok(serde_json::to_string_pretty(&rollout_json(&r))? + "\n");
     }
-    Ok(format!("rollout {}: {} ({})\n", r.id, phase(&r), r.message))
+    Ok(format!(
+        "rollout {}: {} ({})\n",
+        r.id,
+        phase(&r),
+        super::output::clean(&r.message)
+    ))
 }
 
 /// (applied commit, health) of every cluster.
 async fn cluster_states(client: &mut Admin) -> Result<BTreeMap<String, (String, String, String)>> {
-    let list = client
-        .list_clusters(ListClustersRequest {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .clusters;
+    let list = super::dial::all_clusters(client, 0).await?;
     Ok(list
         .into_iter()
         .map(|c| {
@@ -525,7 +525,7 @@ pub fn render(
         } else {
             ""
         },
-        r.message
+        super::output::clean(&r.message)
     );
     let mut rows = vec![];
     for (i, w) in r.waves.iter().enumerate() {
@@ -580,7 +580,7 @@ pub fn render(
     if !events.is_empty() {
         out.push_str("\nEvents:\n");
         for e in events.iter().rev().take(10).rev() {
-            let _ = writeln!(out, "  {e}");
+            let _ = writeln!(out, "  {}", super::output::clean(e));
         }
     }
     out

@@ -42,6 +42,17 @@ pub struct ServeArgs {
         default_value = "localhost,127.0.0.1"
     )]
     pub tls_sans: Vec<String>,
+    /// A directory (a mounted Secret) with the coordinator's own Git
+    /// credentials, as an agent's: `username` and `password` (or `token`),
+    /// `bearerToken`, `ca.crt`; `identity` and `known_hosts` for SSH.
+    #[arg(long, env = "FERRY_GIT_SECRET_DIR")]
+    pub git_secret_dir: Option<PathBuf>,
+    /// Git username for HTTPS (overrides the directory's `username`).
+    #[arg(long, env = "FERRY_GIT_USERNAME")]
+    pub git_username: Option<String>,
+    /// Git password or token for HTTPS (overrides the directory's `password`).
+    #[arg(long, env = "FERRY_GIT_PASSWORD", hide_env_values = true)]
+    pub git_password: Option<String>,
     /// How long agent certificates live (renewed automatically at two thirds).
     #[arg(long, env = "FERRY_CERT_LIFETIME", default_value = "30d")]
     pub cert_lifetime: String,
@@ -65,6 +76,12 @@ impl ServeArgs {
             anyhow::bail!("--insecure serves plaintext: it cannot be combined with --tls-cert");
         }
         cfg.insecure = insecure;
+        cfg.git_auth = ferry_proto::git::GitAuth {
+            secret_dir: self.git_secret_dir.clone(),
+            username: self.git_username.clone(),
+            password: self.git_password.clone(),
+            ssh_insecure_ignore_host_key: false,
+        };
         Ok(cfg)
     }
 }

@@ -24,6 +24,12 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+/// Clusters in a `ListClusters` page unless asked otherwise, and at most.
+const DEFAULT_PAGE: u32 = 500;
+const MAX_PAGE: u32 = 1000;
+/// A page ends early past this many bytes (clients accept 4 MiB).
+const PAGE_BYTES: usize = 2 << 20;
+
 pub struct AdminService {
     pub hub: Arc<Hub>,
     pub repo: Arc<Repo>,
@@ -81,9 +87,38 @@ impl Admin for AdminService {
         req: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
         self.require(&req, Role::Viewer, "listing clusters").await?;
-        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        // One more than asked, to know whether there is a next page.
+        let records = self
+            .hub
+            .store
+            .clusters_page(&r.page_token, size + 1)
+            .await
+            .map_err(store_status)?;
+        let more = records.len() > size as usize;
+        let mut clusters = vec![];
+        let mut bytes = 0;
+        for c in records.into_iter().take(size as usize) {
+            let c = self.to_proto(c);
+            bytes += prost::Message::encoded_len(&c);
+            clusters.push(c);
+            if bytes > PAGE_BYTES {
+                break;
+            }
+        }
+        let cut = more || clusters.len() < size as usize && bytes > PAGE_BYTES;
+        let next_page_token = if cut {
+            clusters.last().map(|c| c.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(ListClustersResponse {
-            clusters: clusters.into_iter().map(|c| self.to_proto(c)).collect(),
+            clusters,
+            next_page_token,
         }))
     }
 
@@ -316,6 +351,16 @@ impl Admin for AdminService {
         let caller = self.require(&req, Role::Admin, "adding a cluster").await?;
         let r = req.into_inner();
         validate_cluster_name(&r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for (k, v) in &r.labels {
+            ferry_proto::validate_label(k, v)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        // Refuse now what would only fail at the first pin: labels the path
+        // template needs but lacks, or values that make it unsafe.
+        let labels: BTreeMap<String, String> = r.labels.clone().into_iter().collect();
+        if let Err(e) = self.hub.path(&r.name, &labels, None) {
+            return Err(Status::invalid_argument(format!("cluster {}: {e}", r.name)));
+        }
         let ttl = if r.token_ttl_seconds <= 0 {
             3600
         } else {
@@ -323,12 +368,13 @@ impl Admin for AdminService {
         };
         let token = auth::new_secret("ferry-join-");
         let expires = now_unix_ms() + ttl * 1000;
-        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
         self.hub
             .store
             .add_cluster(&r.name, labels, &auth::hash(&token), expires, now_unix_ms())
             .await
             .map_err(store_status)?;
+        // Added again: any session on an earlier certificate ends now.
+        self.hub.close(&r.name);
         tracing::info!(cluster = %r.name, by = %caller.name, "cluster added; join token issued");
         Ok(Response::new(AddClusterResponse {
             cluster: Some(self.cluster(&r.name).await?),

@@ -6,7 +6,7 @@ use super::{peer_cluster, store_status};
 use crate::hub::Hub;
 use ferry_proto::v1::agent_link_server::AgentLink;
 use ferry_proto::v1::{AgentMessage, CoordinatorMessage, agent_message};
-use ferry_proto::{now_unix_ms, validate_cluster_name};
+use ferry_proto::{now_unix_ms, status, validate_cluster_name};
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use tracing::Instrument;
 
 /// Status reports (and heartbeats) accepted per second from one agent.
 const STATUS_RATE: f64 = 20.0;
+
+/// The largest message an agent may send.
+pub const MAX_MESSAGE: usize = 4 << 20;
 
 /// How long an agent has to say Hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,33 +62,47 @@ impl AgentLink for AgentLinkService {
         validate_cluster_name(&hello.cluster)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(id) = &identity
-            && *id != hello.cluster
+            && id.cluster != hello.cluster
         {
-            tracing::warn!(certificate = %id, claimed = %hello.cluster, "refused: a cluster claimed another's name");
+            tracing::warn!(certificate = %id.cluster, claimed = %hello.cluster, "refused: a cluster claimed another's name");
             return Err(Status::permission_denied(format!(
-                "this certificate belongs to cluster {id}, not {}",
-                hello.cluster
+                "this certificate belongs to cluster {}, not {}",
+                id.cluster, hello.cluster
             )));
         }
         let cluster = hello.cluster.clone();
+        let status = match hello.status.map(status::checked).transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(cluster = %cluster, error = %e, "refused a Hello with a malformed status");
+                return Err(Status::invalid_argument(format!("the Hello's status: {e}")));
+            }
+        };
         let labels: BTreeMap<String, String> = hello.labels.into_iter().collect();
+        let agent_version = status::agent_version(&hello.agent_version);
         self.hub
             .store
             .hello(
                 &cluster,
+                identity.as_ref().map(|i| i.generation),
                 identity.is_none().then_some(labels),
-                &hello.agent_version,
-                hello.status,
+                &agent_version,
+                status,
                 now_unix_ms(),
             )
             .await
             .map_err(|e| match e {
                 crate::store::Error::UnknownCluster(_) => Status::unauthenticated(e.to_string()),
+                crate::store::Error::StaleCertificate { .. } | crate::store::Error::Revoked(_) => {
+                    tracing::warn!(cluster = %cluster, error = %e, "refused a certificate");
+                    store_status(e)
+                }
                 other => store_status(other),
             })?;
-        tracing::info!(cluster = %cluster, agent_version = %hello.agent_version, "agent connected");
+        tracing::info!(cluster = %cluster, agent_version = %agent_version, "agent connected");
 
         let (tx, rx) = mpsc::channel(16);
+        let errors = tx.clone();
         let id = self.hub.join(&cluster, tx);
         self.hub.push(&cluster).await;
 
@@ -121,6 +138,13 @@ impl AgentLink for AgentLinkService {
                         Ok(Some(AgentMessage {
                             msg: Some(agent_message::Msg::Status(report)),
                         })) => {
+                            let report = match status::checked(report) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "dropped a malformed status report");
+                                    continue;
+                                }
+                            };
                             if let Err(e) = hub.store.report(&cluster, report, now_unix_ms()).await {
                                 tracing::error!(error = %e, "storing a status report");
                             }
@@ -132,6 +156,19 @@ impl AgentLink for AgentLinkService {
                             }
                         }
                         Ok(None) => break,
+                        // Over the message size cap: say so, to the agent
+                        // and in the log, and end the session.
+                        Err(e) if matches!(e.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) => {
+                            tracing::warn!(error = %e.message(), "refused an oversized message; ending the session");
+                            let _ = errors
+                                .send(Err(Status::resource_exhausted(format!(
+                                    "a message over the {} MiB limit: {}",
+                                    MAX_MESSAGE >> 20,
+                                    e.message()
+                                ))))
+                                .await;
+                            break;
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "session stream error");
                             break;

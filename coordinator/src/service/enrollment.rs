@@ -19,14 +19,19 @@ pub struct EnrollmentService {
 }
 
 impl EnrollmentService {
-    fn issue(&self, cluster: &str, csr_pem: &str) -> Result<EnrollResponse, Status> {
+    fn issue(
+        &self,
+        cluster: &str,
+        generation: i64,
+        csr_pem: &str,
+    ) -> Result<EnrollResponse, Status> {
         let pki = self.pki.as_ref().ok_or_else(|| {
             Status::failed_precondition(
                 "this coordinator runs without TLS (--insecure) and cannot enroll",
             )
         })?;
         let issued = pki
-            .sign(cluster, csr_pem)
+            .sign(cluster, generation, csr_pem)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ms = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)
@@ -55,33 +60,31 @@ impl Enrollment for EnrollmentService {
         req: Request<EnrollRequest>,
     ) -> Result<Response<EnrollResponse>, Status> {
         let r = req.into_inner();
-        let cluster = self
+        let (cluster, generation) = self
             .hub
             .store
             .redeem(&auth::hash(&r.join_token), now_unix_ms())
             .await
             .map_err(store_status)?;
-        Ok(Response::new(self.issue(&cluster, &r.csr_pem)?))
+        Ok(Response::new(self.issue(&cluster, generation, &r.csr_pem)?))
     }
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<EnrollResponse>, Status> {
-        let cluster = peer_cluster(&req)?;
-        let revoked = self
+        // Only a certificate of the cluster's current identity renews.
+        let id = peer_cluster(&req)?;
+        let generation = self
             .hub
             .store
-            .is_revoked(&cluster)
+            .check_certificate(&id.cluster, Some(id.generation))
             .await
             .map_err(|e| match e {
                 crate::store::Error::UnknownCluster(_) => Status::unauthenticated(e.to_string()),
                 other => store_status(other),
             })?;
-        if revoked {
-            return Err(Status::unauthenticated(format!(
-                "cluster {cluster} is revoked"
-            )));
-        }
-        Ok(Response::new(
-            self.issue(&cluster, &req.into_inner().csr_pem)?,
-        ))
+        Ok(Response::new(self.issue(
+            &id.cluster,
+            generation,
+            &req.into_inner().csr_pem,
+        )?))
     }
 }

@@ -141,6 +141,10 @@ CREATE INDEX rollouts_active ON rollouts(active);
 "#,
     // Which rollout moved each pin (agents log it).
     "ALTER TABLE pins ADD COLUMN rollout TEXT NOT NULL DEFAULT '';",
+    // Certificates carry the generation of their cluster's identity; revoking
+    // or re-adding a cluster moves it, so no earlier certificate comes back.
+    // Certificates issued before this carry none (0), as do existing clusters.
+    "ALTER TABLE clusters ADD COLUMN identity_generation INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// What the store thread runs: a job, then (after the commit) its answer.
@@ -338,6 +342,28 @@ fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
         reason: r.get(6)?,
         rollout: (!rollout.is_empty()).then_some(rollout),
     })
+}
+
+/// Whether a cluster may be served to a certificate of `generation`
+/// (`None`: no check, dev mode); returns the cluster's current generation.
+fn check_identity(conn: &Connection, name: &str, generation: Option<i64>) -> Result<i64> {
+    let row: Option<(Option<i64>, i64)> = conn
+        .prepare_cached("SELECT revoked_ms, identity_generation FROM clusters WHERE name = ?1")
+        .and_then(|mut st| {
+            st.query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(db("read a cluster's identity"))?;
+    match row {
+        None => Err(Error::UnknownCluster(name.to_string())),
+        Some((Some(_), _)) => Err(Error::Revoked(name.to_string())),
+        Some((None, current)) => match generation {
+            Some(g) if g != current => Err(Error::StaleCertificate {
+                cluster: name.to_string(),
+            }),
+            _ => Ok(current),
+        },
+    }
 }
 
 /// The active rollout a cluster is a member of, if any.
@@ -634,6 +660,7 @@ impl Store for Sqlite {
     async fn hello(
         &self,
         name: &str,
+        certificate_generation: Option<i64>,
         declared: Option<BTreeMap<String, String>>,
         agent_version: &str,
         status: Option<StatusReport>,
@@ -653,19 +680,7 @@ impl Store for Sqlite {
                 .map_err(db("record hello"))?;
                 return Ok(());
             }
-            let revoked: Option<Option<i64>> = conn
-                .query_row(
-                    "SELECT revoked_ms FROM clusters WHERE name = ?1",
-                    [&name],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db("record hello"))?;
-            match revoked {
-                None => return Err(Error::UnknownCluster(name)),
-                Some(Some(_)) => return Err(Error::Revoked(name)),
-                Some(None) => {}
-            }
+            check_identity(conn, &name, certificate_generation)?;
             conn.execute(
                 "UPDATE clusters SET agent_version = ?2, last_seen_ms = ?3, status = COALESCE(?4, status) WHERE name = ?1",
                 params![name, agent_version, now_ms, status],
@@ -687,9 +702,13 @@ impl Store for Sqlite {
         let (name, token_hash) = (name.to_string(), token_hash.to_string());
         self.call(move |conn| {
             let sp = conn.savepoint().map_err(db("add a cluster"))?;
+            // A new cluster starts at generation 1; adding one again moves
+            // it on, so every certificate issued before is refused.
             sp.execute(
-                "INSERT INTO clusters (name, labels, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, 0)
-                 ON CONFLICT(name) DO UPDATE SET labels = ?2, revoked_ms = NULL",
+                "INSERT INTO clusters (name, labels, first_seen_ms, last_seen_ms, identity_generation)
+                 VALUES (?1, ?2, ?3, 0, 1)
+                 ON CONFLICT(name) DO UPDATE SET labels = ?2, revoked_ms = NULL,
+                     identity_generation = identity_generation + 1",
                 params![name, labels_json(&labels), now_ms],
             )
             .map_err(db("add a cluster"))?;
@@ -703,20 +722,21 @@ impl Store for Sqlite {
         .await
     }
 
-    async fn redeem(&self, token_hash: &str, now_ms: i64) -> Result<String> {
+    async fn redeem(&self, token_hash: &str, now_ms: i64) -> Result<(String, i64)> {
         let token_hash = token_hash.to_string();
         self.call(move |conn| {
             let sp = conn.savepoint().map_err(db("redeem a join token"))?;
-            let row: Option<(String, i64, Option<i64>, Option<i64>)> = sp
+            let row: Option<(String, i64, Option<i64>, Option<i64>, i64)> = sp
                 .query_row(
-                    "SELECT t.cluster, t.expires_ms, t.used_ms, c.revoked_ms FROM join_tokens t
-                     JOIN clusters c ON c.name = t.cluster WHERE t.hash = ?1",
+                    "SELECT t.cluster, t.expires_ms, t.used_ms, c.revoked_ms, c.identity_generation
+                     FROM join_tokens t JOIN clusters c ON c.name = t.cluster WHERE t.hash = ?1",
                     [&token_hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()
                 .map_err(db("redeem a join token"))?;
-            let (cluster, expires, used, revoked) = row.ok_or(Error::JoinToken("unknown"))?;
+            let (cluster, expires, used, revoked, generation) =
+                row.ok_or(Error::JoinToken("unknown"))?;
             if used.is_some() {
                 return Err(Error::JoinToken("already used"));
             }
@@ -732,7 +752,7 @@ impl Store for Sqlite {
             )
             .map_err(db("redeem a join token"))?;
             sp.commit().map_err(db("redeem a join token"))?;
-            Ok(cluster)
+            Ok((cluster, generation))
         })
         .await
     }
@@ -742,7 +762,8 @@ impl Store for Sqlite {
         self.call(move |conn| {
             let n = conn
                 .execute(
-                    "UPDATE clusters SET revoked_ms = ?2 WHERE name = ?1",
+                    "UPDATE clusters SET revoked_ms = ?2, identity_generation = identity_generation + 1
+                     WHERE name = ?1",
                     params![name, now_ms],
                 )
                 .map_err(db("revoke a cluster"))?;
@@ -754,23 +775,10 @@ impl Store for Sqlite {
         .await
     }
 
-    async fn is_revoked(&self, name: &str) -> Result<bool> {
+    async fn check_certificate(&self, name: &str, generation: Option<i64>) -> Result<i64> {
         let name = name.to_string();
-        self.call(move |conn| {
-            let r: Option<Option<i64>> = conn
-                .query_row(
-                    "SELECT revoked_ms FROM clusters WHERE name = ?1",
-                    [&name],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db("read a cluster"))?;
-            match r {
-                None => Err(Error::UnknownCluster(name)),
-                Some(v) => Ok(v.is_some()),
-            }
-        })
-        .await
+        self.call(move |conn| check_identity(conn, &name, generation))
+            .await
     }
 
     async fn create_token(&self, hash: &str, name: &str, role: &str, now_ms: i64) -> Result<()> {
@@ -858,6 +866,18 @@ impl Store for Sqlite {
             conn.prepare_cached(&format!("{SELECT_CLUSTER} ORDER BY c.name"))
                 .and_then(|mut st| st.query_map([], cluster_row)?.collect())
                 .map_err(db("list clusters"))
+        })
+        .await
+    }
+
+    async fn clusters_page(&self, after: &str, limit: u32) -> Result<Vec<ClusterRecord>> {
+        let after = after.to_string();
+        self.call(move |conn| {
+            conn.prepare_cached(&format!(
+                "{SELECT_CLUSTER} WHERE c.name > ?1 ORDER BY c.name LIMIT ?2"
+            ))
+            .and_then(|mut st| st.query_map(params![after, limit], cluster_row)?.collect())
+            .map_err(db("list clusters"))
         })
         .await
     }
@@ -1128,7 +1148,7 @@ mod tests {
     async fn with_clusters(dir: &Path, names: &[&str]) -> Sqlite {
         let s = Sqlite::open(dir).await.unwrap();
         for n in names {
-            s.hello(n, Some(BTreeMap::new()), "v", None, 1)
+            s.hello(n, None, Some(BTreeMap::new()), "v", None, 1)
                 .await
                 .unwrap();
         }

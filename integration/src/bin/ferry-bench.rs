@@ -18,6 +18,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use ferry_coordinator::cli::all_clusters;
 use ferry_integration::bench::{
     Proc, binary, percentile, print_table, raise_nofile, rss_mib, sockets, wait_for,
 };
@@ -25,8 +26,8 @@ use ferry_integration::fleetsim::{Fleet, SimConfig};
 use ferry_integration::world::GitServer;
 use ferry_proto::v1::admin_client::AdminClient;
 use ferry_proto::v1::{
-    GetRolloutRequest, ListClustersRequest, PinRequest, RolloutPlan, StartRolloutRequest,
-    WatchEventsRequest, WavePlan, WavePolicy, wave_plan,
+    GetRolloutRequest, PinRequest, RolloutPlan, StartRolloutRequest, WatchEventsRequest, WavePlan,
+    WavePolicy, wave_plan,
 };
 use ferry_proto::{Bearer, DialConfig};
 use futures::StreamExt;
@@ -189,12 +190,8 @@ async fn grow(c: &Coord, fleet: &mut Fleet, from: usize, to: usize, args: &Args)
 }
 
 async fn connected_per_coordinator(admin: &Admin) -> Result<usize> {
-    Ok(admin
-        .clone()
-        .list_clusters(ListClustersRequest {})
+    Ok(all_clusters(&mut admin.clone(), 1000)
         .await?
-        .into_inner()
-        .clusters
         .iter()
         .filter(|c| c.connected)
         .count())
@@ -239,14 +236,8 @@ async fn fan_out(c: &Coord, fleet: &Fleet, n: usize, commit: &str) -> Result<(Ve
 async fn all_synced(admin: &Admin, n: usize, commit: &str) -> Result<()> {
     wait_for("every cluster Synced", Duration::from_secs(300), || async {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let list = admin
-            .clone()
-            .list_clusters(ListClustersRequest {})
-            .await
-            .ok()?
-            .into_inner();
+        let list = all_clusters(&mut admin.clone(), 1000).await.ok()?;
         let done = list
-            .clusters
             .iter()
             .filter(|c| {
                 c.status
@@ -340,15 +331,8 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         .map(|i| fleet.tally.sent_seq[i].load(Ordering::Relaxed))
         .collect();
     wait_for("every report stored", Duration::from_secs(300), || async {
-        let list = c
-            .admin
-            .clone()
-            .list_clusters(ListClustersRequest {})
-            .await
-            .ok()?
-            .into_inner();
+        let list = all_clusters(&mut c.admin.clone(), 1000).await.ok()?;
         let stored = list
-            .clusters
             .iter()
             .filter(|cl| {
                 let (Some(i), Some(s)) = (index(&cl.name), cl.status.as_ref()) else {

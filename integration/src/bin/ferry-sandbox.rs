@@ -140,7 +140,7 @@ impl View {
         let clusters = world
             .admin()
             .await?
-            .list_clusters(ListClustersRequest {})
+            .list_clusters(ListClustersRequest::default())
             .await?
             .into_inner()
             .clusters;

@@ -348,8 +348,14 @@ async fn cli_lists_clusters_and_path_templates_use_labels() {
         .commit("A", &[("clusters/eu/p1/app.yaml", Some(&app("p1", "1.0")))])
         .unwrap();
     world.add_cluster("p1", &[("region", "eu")]).await.unwrap();
-    world.add_cluster("p2", &[]).await.unwrap();
-    world.wait_connected(&["p1", "p2"]).await;
+    // A cluster the template cannot place is refused when it is added.
+    let refused = world.add_cluster("p2", &[]).await.unwrap_err();
+    let refused = format!("{refused:#}");
+    assert!(
+        refused.contains("needs label") && refused.contains("region"),
+        "{refused}"
+    );
+    world.wait_connected(&["p1"]).await;
     world
         .ferry(&["pin", "p1", "--commit", "main", "--reason", "first"])
         .await
@@ -381,11 +387,6 @@ async fn cli_lists_clusters_and_path_templates_use_labels() {
         "{table}"
     );
 
-    let shown = world.ferry(&["cluster", "show", "p2"]).await.unwrap();
-    assert!(
-        shown.contains("unresolved") && shown.contains("region"),
-        "p2 has no region label: {shown}"
-    );
     let json: Value = serde_json::from_str(
         &world
             .ferry(&["cluster", "show", "p1", "-o", "json"])
@@ -401,6 +402,16 @@ async fn cli_lists_clusters_and_path_templates_use_labels() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("ghost"), "{err}");
+
+    // A template changed under existing clusters: shown as unresolved.
+    world.stop_coordinator().await.unwrap();
+    world.cfg.path_template = "clusters/{label.zone}/{cluster}".into();
+    world.start_coordinator().await.unwrap();
+    let shown = world.ferry(&["cluster", "show", "p1"]).await.unwrap();
+    assert!(
+        shown.contains("unresolved") && shown.contains("zone"),
+        "p1 has no zone label: {shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

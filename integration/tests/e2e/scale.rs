@@ -19,7 +19,7 @@ const N: usize = 60;
 async fn clusters(admin: &ferry_coordinator::cli::Admin) -> Option<Vec<ferry_proto::v1::Cluster>> {
     let list = admin
         .clone()
-        .list_clusters(ListClustersRequest {})
+        .list_clusters(ListClustersRequest::default())
         .await
         .ok()?;
     Some(list.into_inner().clusters)
