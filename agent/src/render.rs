@@ -12,6 +12,13 @@
 //! tree at the commit is exported, so overlays can reach their bases).
 
 use crate::source::File;
+use std::io::Read;
+
+/// The largest document applied: what kube-apiserver accepts in one request.
+pub const MAX_DOCUMENT_BYTES: usize = 3 << 20;
+
+/// The most kustomize output read.
+pub const MAX_BUILD_BYTES: u64 = crate::source::MAX_TOTAL_BYTES;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
@@ -109,10 +116,13 @@ pub fn kustomize(command: &[String], dir: &std::path::Path, label: &str) -> Resu
     let (program, args) = command
         .split_first()
         .ok_or_else(|| problem("no kustomize command is configured".into()))?;
-    let out = std::process::Command::new(program)
+    let mut child = std::process::Command::new(program)
         .args(args)
         .arg(dir)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 problem(format!(
@@ -122,19 +132,54 @@ pub fn kustomize(command: &[String], dir: &std::path::Path, label: &str) -> Resu
                 problem(format!("running {program}: {e}"))
             }
         })?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
+    // Read both pipes at once (a full stderr pipe would stall the build),
+    // and no more output than a directory may hold.
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        let _ = (&mut stderr).take(64 << 10).read_to_end(&mut e);
+        e
+    });
+    let mut data = Vec::new();
+    let read = child
+        .stdout
+        .take()
+        .expect("piped")
+        .take(MAX_BUILD_BYTES + 1)
+        .read_to_end(&mut data);
+    if data.len() as u64 > MAX_BUILD_BYTES {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(problem(format!(
+            "its output is over {MAX_BUILD_BYTES} bytes; nothing was applied"
+        )));
+    }
+    let status = child
+        .wait()
+        .map_err(|e| problem(format!("running {program}: {e}")))?;
+    let err = errors.join().unwrap_or_default();
+    if let Err(e) = read {
+        return Err(problem(format!("reading its output: {e}")));
+    }
+    if !status.success() {
+        let err = String::from_utf8_lossy(&err);
         return Err(problem(format!("failed: {}", err.trim())));
     }
     Ok(File {
         path: format!("kustomize build {label}.yaml"),
-        data: out.stdout,
+        data,
     })
 }
 
 fn counts(path: &str) -> bool {
     let hidden = path.split('/').any(|seg| seg.starts_with('.'));
     !hidden && (path.ends_with(".yaml") || path.ends_with(".yml") || path.ends_with(".json"))
+}
+
+/// The files of a cluster's directory worth reading: manifests and a
+/// kustomization. Nothing else is read from Git.
+pub fn wanted(path: &str) -> bool {
+    counts(path) || path == "Kustomization"
 }
 
 /// Splits YAML text at document separators, keeping each document's text.
@@ -243,6 +288,17 @@ pub fn render(files: &[File]) -> Result<Vec<Object>, Vec<Problem>> {
         };
         for (i, doc) in docs.iter().enumerate() {
             let source = format!("{}#{}", file.path, i + 1);
+            if doc.len() > MAX_DOCUMENT_BYTES {
+                problems.push(Problem {
+                    source,
+                    object: String::new(),
+                    message: format!(
+                        "the document is {} bytes, over the {MAX_DOCUMENT_BYTES} bytes the API server accepts for one object",
+                        doc.len()
+                    ),
+                });
+                continue;
+            }
             let parsed: Result<Value, String> = if file.path.ends_with(".json") {
                 serde_json::from_str(doc).map_err(|e| e.to_string())
             } else if doc
@@ -340,6 +396,19 @@ mod tests {
             names,
             [("a.yaml#2", "a"), ("a.yaml#4", "b"), ("sub/c.json#1", "c")]
         );
+    }
+
+    #[test]
+    fn an_oversized_document_is_named_and_not_parsed() {
+        let big = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata:\n  x: \"{}\"\n",
+            "y".repeat(MAX_DOCUMENT_BYTES)
+        );
+        let ok = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n";
+        let err = render(&[file("a.yaml", &format!("{ok}---\n{big}"))]).unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].source, "a.yaml#2");
+        assert!(err[0].message.contains("over the"), "{err:?}");
     }
 
     #[test]

@@ -263,8 +263,10 @@ impl Syncer {
             prev.path.clone(),
             prev.commit.clone(),
         );
-        let cached =
-            tokio::task::spawn_blocking(move || source.cached_files(&url, &c, &path)).await;
+        let cached = tokio::task::spawn_blocking(move || {
+            source.cached_files(&url, &c, &path, &render::wanted)
+        })
+        .await;
         // Kustomizations are not held: building one needs the whole tree.
         let objects = match cached {
             Ok(Ok(Some(files))) if !render::is_kustomization(&files) => {
@@ -342,7 +344,8 @@ impl Syncer {
         let (url, path, c) = (a.repo_url.clone(), a.path.clone(), a.commit.clone());
         // A Git server that hangs must not hang the agent: the pass fails
         // (and is retried) after GIT_TIMEOUT.
-        let read = tokio::task::spawn_blocking(move || source.files(&url, &c, &path));
+        let read =
+            tokio::task::spawn_blocking(move || source.files(&url, &c, &path, &render::wanted));
         let files = tokio::select! {
             _ = stop.cancelled() => return Err(None),
             r = tokio::time::timeout(GIT_TIMEOUT, read) => r,
@@ -474,7 +477,7 @@ impl Syncer {
         let built = tokio::task::spawn_blocking(move || {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             source
-                .export(&url, &c, dir.path())
+                .export(&url, &c, &path, dir.path())
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(render::kustomize(&command, &dir.path().join(&path), &path))
         })

@@ -108,6 +108,28 @@ pub enum Error {
     /// The pinned commit has no such directory.
     #[error("path {path:?} does not exist at commit {commit}")]
     PathMissing { path: String, commit: String },
+    /// A file over the size one file may have.
+    #[error(
+        "{path} at commit {commit} is {size} bytes, over the limit of {limit} bytes for one file"
+    )]
+    TooLarge {
+        path: String,
+        commit: String,
+        size: u64,
+        limit: u64,
+    },
+    /// More bytes of files than one read may hold.
+    #[error("the files below {path:?} at commit {commit} are over {limit} bytes in all")]
+    TooMuch {
+        path: String,
+        commit: String,
+        limit: u64,
+    },
+    /// A symbolic link where Ferry reads files: never followed.
+    #[error(
+        "{path} at commit {commit} is a symbolic link: Ferry does not follow symbolic links in a cluster's directory"
+    )]
+    Symlink { path: String, commit: String },
     /// Reading objects from the cache failed.
     #[error("reading {what} at commit {commit}: {source}")]
     Read {
@@ -230,6 +252,13 @@ pub struct Source {
     auth: GitAuth,
     max_bytes: u64,
 }
+
+/// The largest file read from a repository (a manifest file; a multi-document
+/// bundle of CRDs may run to a few MiB).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The most bytes of files one read may hold (a cluster's directory, or the
+/// whole tree exported for kustomize).
+pub const MAX_TOTAL_BYTES: u64 = 128 << 20;
 
 /// The cache's default bound.
 pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
@@ -703,62 +732,64 @@ impl Source {
         url: &str,
         commit: &Commit,
         path: &str,
+        wanted: &dyn Fn(&str) -> bool,
     ) -> Result<Option<Vec<File>>> {
         let id = object_id(commit)?;
         if !self.open(url, vec![])?.has_object(id) {
             return Ok(None);
         }
-        self.files(url, commit, path).map(|(f, _)| Some(f))
+        self.files(url, commit, path, wanted).map(|(f, _)| Some(f))
     }
 
-    /// Every file below `path` at `commit`, fetching only if the commit is
-    /// not cached yet. Also says whether it fetched.
-    pub fn files(&self, url: &str, commit: &Commit, path: &str) -> Result<(Vec<File>, bool)> {
+    /// The files below `path` at `commit` that `wanted` names (by their
+    /// path below `path`), fetching only if the commit is not cached yet;
+    /// also says whether it fetched. Other files are never read. Each file
+    /// is sized before it is read (at most [`MAX_FILE_BYTES`], and
+    /// [`MAX_TOTAL_BYTES`] in all); a symbolic link below `path` is an error.
+    pub fn files(
+        &self,
+        url: &str,
+        commit: &Commit,
+        path: &str,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<(Vec<File>, bool)> {
         let (repo, fetched) = self.ensure(url, commit)?;
-        let read = |what: &str, e: BoxError| Error::Read {
-            what: what.to_string(),
-            commit: commit.to_string(),
-            source: e,
-        };
-        let id = object_id(commit)?;
-        let root = repo
-            .find_commit(id)
-            .map_err(|e| read("the commit", e.into()))?
-            .tree()
-            .map_err(|e| read("the root tree", e.into()))?;
-        let path = path.trim_matches('/');
-        let missing = || Error::PathMissing {
-            path: path.to_string(),
-            commit: commit.to_string(),
-        };
-        let tree = if path.is_empty() {
-            root
-        } else {
-            let entry = root
-                .lookup_entry_by_path(Path::new(path))
-                .map_err(|e| read(path, e.into()))?
-                .ok_or_else(missing)?;
-            if !entry.mode().is_tree() {
-                return Err(missing());
-            }
-            entry
-                .object()
-                .map_err(|e| read(path, e.into()))?
-                .into_tree()
-        };
-        let mut files = vec![];
-        walk(&repo, tree, "", &mut files).map_err(|(what, e)| read(&what, e))?;
+        let tree = subtree(&repo, commit, path)?;
+        let mut walk = Walk::new(&repo, commit, path, wanted);
+        walk.tree(tree, "")?;
+        if let Some(link) = walk.symlinks.first() {
+            return Err(Error::Symlink {
+                path: join(path, link),
+                commit: commit.to_string(),
+            });
+        }
+        let mut files = walk.files;
         files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok((files, fetched))
     }
-}
 
-impl Source {
     /// Writes the whole tree at `commit` below `dest` (for kustomize, whose
-    /// overlays reach outside the cluster's directory).
-    pub fn export(&self, url: &str, commit: &Commit, dest: &Path) -> Result<()> {
-        let (files, _) = self.files(url, commit, "")?;
-        for f in files {
+    /// overlays reach outside the cluster's directory). Symbolic links are
+    /// never written (so nothing can point kustomize outside the tree); one
+    /// inside `dir`, the cluster's own directory, is an error naming it.
+    pub fn export(&self, url: &str, commit: &Commit, dir: &str, dest: &Path) -> Result<()> {
+        let (repo, _) = self.ensure(url, commit)?;
+        let tree = subtree(&repo, commit, "")?;
+        let all = |_: &str| true;
+        let mut walk = Walk::new(&repo, commit, "", &all);
+        walk.tree(tree, "")?;
+        let dir = dir.trim_matches('/');
+        if let Some(link) = walk
+            .symlinks
+            .iter()
+            .find(|l| dir.is_empty() || l.starts_with(&format!("{dir}/")))
+        {
+            return Err(Error::Symlink {
+                path: link.clone(),
+                commit: commit.to_string(),
+            });
+        }
+        for f in walk.files {
             let p = dest.join(&f.path);
             let io = |e: std::io::Error| Error::Read {
                 what: f.path.clone(),
@@ -774,37 +805,140 @@ impl Source {
     }
 }
 
-fn walk(
-    repo: &gix::Repository,
-    tree: gix::Tree<'_>,
-    prefix: &str,
-    out: &mut Vec<File>,
-) -> Result<(), (String, BoxError)> {
-    let decoded = tree
-        .decode()
-        .map_err(|e| (prefix.to_string(), BoxError::from(e)))?;
-    for entry in decoded.entries.iter() {
-        let name = entry.filename.to_string();
-        let path = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let object = || {
-            repo.find_object(entry.oid)
-                .map_err(|e| (path.clone(), BoxError::from(e)))
-        };
-        if entry.mode.is_tree() {
-            walk(repo, object()?.into_tree(), &path, out)?;
-        } else if entry.mode.is_blob() {
-            out.push(File {
-                data: object()?.detach().data,
-                path,
-            });
-        }
-        // Submodules and symlinks are not followed.
+/// `a/b` of a directory and a path below it.
+fn join(dir: &str, below: &str) -> String {
+    let dir = dir.trim_matches('/');
+    if dir.is_empty() {
+        below.to_string()
+    } else {
+        format!("{dir}/{below}")
     }
-    Ok(())
+}
+
+/// The tree at `path` of `commit`.
+fn subtree<'r>(repo: &'r gix::Repository, commit: &Commit, path: &str) -> Result<gix::Tree<'r>> {
+    let read = |what: &str, e: BoxError| Error::Read {
+        what: what.to_string(),
+        commit: commit.to_string(),
+        source: e,
+    };
+    let root = repo
+        .find_commit(object_id(commit)?)
+        .map_err(|e| read("the commit", e.into()))?
+        .tree()
+        .map_err(|e| read("the root tree", e.into()))?;
+    let path = path.trim_matches('/');
+    if path.is_empty() {
+        return Ok(root);
+    }
+    let missing = || Error::PathMissing {
+        path: path.to_string(),
+        commit: commit.to_string(),
+    };
+    let entry = root
+        .lookup_entry_by_path(Path::new(path))
+        .map_err(|e| read(path, e.into()))?
+        .ok_or_else(missing)?;
+    if !entry.mode().is_tree() {
+        return Err(missing());
+    }
+    Ok(entry
+        .object()
+        .map_err(|e| read(path, e.into()))?
+        .into_tree())
+}
+
+/// A walk of a tree: the wanted files (sized before they are read) and the
+/// symbolic links met, never followed.
+struct Walk<'a> {
+    repo: &'a gix::Repository,
+    commit: &'a Commit,
+    /// Where the walk started, for naming files.
+    base: &'a str,
+    wanted: &'a dyn Fn(&str) -> bool,
+    files: Vec<File>,
+    symlinks: Vec<String>,
+    total: u64,
+}
+
+impl<'a> Walk<'a> {
+    fn new(
+        repo: &'a gix::Repository,
+        commit: &'a Commit,
+        base: &'a str,
+        wanted: &'a dyn Fn(&str) -> bool,
+    ) -> Self {
+        Walk {
+            repo,
+            commit,
+            base,
+            wanted,
+            files: vec![],
+            symlinks: vec![],
+            total: 0,
+        }
+    }
+
+    fn read_err(&self, path: &str, e: BoxError) -> Error {
+        Error::Read {
+            what: join(self.base, path),
+            commit: self.commit.to_string(),
+            source: e,
+        }
+    }
+
+    fn tree(&mut self, tree: gix::Tree<'_>, prefix: &str) -> Result<()> {
+        let decoded = tree.decode().map_err(|e| self.read_err(prefix, e.into()))?;
+        for entry in decoded.entries.iter() {
+            let name = entry.filename.to_string();
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if entry.mode.is_tree() {
+                let sub = self
+                    .repo
+                    .find_object(entry.oid)
+                    .map_err(|e| self.read_err(&path, e.into()))?
+                    .into_tree();
+                self.tree(sub, &path)?;
+            } else if entry.mode.is_link() {
+                self.symlinks.push(path);
+            } else if entry.mode.is_blob() && (self.wanted)(&path) {
+                let size = self
+                    .repo
+                    .find_header(entry.oid)
+                    .map_err(|e| self.read_err(&path, e.into()))?
+                    .size();
+                if size > MAX_FILE_BYTES {
+                    return Err(Error::TooLarge {
+                        path: join(self.base, &path),
+                        commit: self.commit.to_string(),
+                        size,
+                        limit: MAX_FILE_BYTES,
+                    });
+                }
+                self.total += size;
+                if self.total > MAX_TOTAL_BYTES {
+                    return Err(Error::TooMuch {
+                        path: self.base.to_string(),
+                        commit: self.commit.to_string(),
+                        limit: MAX_TOTAL_BYTES,
+                    });
+                }
+                let data = self
+                    .repo
+                    .find_object(entry.oid)
+                    .map_err(|e| self.read_err(&path, e.into()))?
+                    .detach()
+                    .data;
+                self.files.push(File { path, data });
+            }
+            // Submodules are not followed.
+        }
+        Ok(())
+    }
 }
 
 /// Writes `data` to `p` readable by its owner only.
@@ -866,7 +1000,7 @@ mod tests {
         let (_up, url, commits) = upstream();
         let cache = tempfile::tempdir().unwrap();
         let source = Source::new(cache.path());
-        let (files, fetched) = source.files(&url, &commits[1], "c").unwrap();
+        let (files, fetched) = source.files(&url, &commits[1], "c", &|_| true).unwrap();
         assert!(fetched);
         assert_eq!(
             files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
@@ -880,7 +1014,7 @@ mod tests {
             "a later commit was fetched"
         );
         // Cached: no second fetch.
-        assert!(!source.files(&url, &commits[1], "c").unwrap().1);
+        assert!(!source.files(&url, &commits[1], "c", &|_| true).unwrap().1);
     }
 
     #[test]
@@ -889,10 +1023,12 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let source = Source::new(cache.path());
         let absent = Commit::parse("0123456789abcdef0123456789abcdef01234567").unwrap();
-        let e = source.files(&url, &absent, "c").unwrap_err();
+        let e = source.files(&url, &absent, "c", &|_| true).unwrap_err();
         assert!(matches!(e, Error::UnknownCommit { .. }), "{e}");
         assert!(e.to_string().contains("0123456789abcdef"), "{e}");
-        let e = source.files(&url, &commits[0], "nope").unwrap_err();
+        let e = source
+            .files(&url, &commits[0], "nope", &|_| true)
+            .unwrap_err();
         assert!(matches!(e, Error::PathMissing { .. }), "{e}");
         assert!(e.to_string().contains("\"nope\""), "{e}");
     }
@@ -904,14 +1040,16 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         // Room for about one commit's objects (64 KiB of noise each).
         let source = Source::new(cache.path()).with_max_bytes(150 << 10);
-        source.files(&other_url, &other_commits[0], "c").unwrap();
-        source.files(&url, &commits[0], "c").unwrap();
+        source
+            .files(&other_url, &other_commits[0], "c", &|_| true)
+            .unwrap();
+        source.files(&url, &commits[0], "c", &|_| true).unwrap();
         assert!(
             !cache.path().join(cache_name(&other_url)).exists(),
             "another repository was kept past the bound"
         );
         for c in &commits[1..] {
-            let (files, _) = source.files(&url, c, "c").unwrap();
+            let (files, _) = source.files(&url, c, "c", &|_| true).unwrap();
             assert!(!files.is_empty());
             let size = dir_size(cache.path());
             assert!(size <= 400 << 10, "cache holds {size} bytes");

@@ -3,6 +3,7 @@
 mod emulator;
 mod fleet;
 mod git_access;
+mod inputs;
 mod process;
 mod rollouts;
 mod scale;
