@@ -58,6 +58,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The Kubernetes client's error behind this one, if any.
+    pub fn kube(&self) -> Option<&kube::Error> {
+        match self {
+            Error::Api { source, .. } | Error::Write { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
     /// Whether the API server may accept the same sync later without any
     /// change in Git (overload, unavailability, a dropped connection).
     pub fn is_transient(&self) -> bool {
@@ -139,6 +147,18 @@ impl Applier {
 
     pub fn client(&self) -> &kube::Client {
         &self.client
+    }
+
+    /// Uses another client from now on (the cluster's was rebuilt).
+    pub fn set_client(&mut self, client: kube::Client) {
+        self.client = client;
+        self.forget_kinds();
+    }
+
+    /// Forgets what discovery said: after a failure the cluster may serve
+    /// other kinds (a rebuilt cluster lost its CRDs).
+    pub fn forget_kinds(&mut self) {
+        self.kinds.clear();
     }
 
     async fn kind(&mut self, api_version: &str, kind: &str) -> Result<Option<Kind>> {

@@ -293,7 +293,7 @@ async fn obtain_once(src: &Source, client: &kube::Client) -> Result<Identity> {
 /// cluster and hands it to the link; the live session is not interrupted.
 pub async fn renew_forever(
     src: Source,
-    client: kube::Client,
+    cluster: std::sync::Arc<crate::cluster::Cluster>,
     mut current: Identity,
     tx: watch::Sender<Option<Identity>>,
     stop: CancellationToken,
@@ -306,7 +306,7 @@ pub async fn renew_forever(
         }
         match renew(&src.dial, &src.cluster, &current).await {
             Ok(next) => {
-                if let Err(e) = save(&client, &src.namespace, &next).await {
+                if let Err(e) = save(&cluster.client(), &src.namespace, &next).await {
                     tracing::warn!(error = %e, "renewed, but keeping the new certificate failed; using it anyway");
                 }
                 tracing::info!(not_after = next.not_after_ms, "certificate renewed");

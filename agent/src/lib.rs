@@ -10,9 +10,11 @@
 //! unreachable. See docs/architecture.md.
 
 pub mod apply;
+pub mod cluster;
 pub mod drift;
 pub mod health;
 pub mod identity;
+pub mod keeper;
 pub mod link;
 pub mod plan;
 pub mod render;
@@ -33,19 +35,9 @@ use tokio_util::sync::CancellationToken;
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The kubeconfig could not be read or used.
-    #[error("kubeconfig {}: {source}", .path.display())]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// No in-cluster or default Kubernetes credentials.
-    #[error("finding in-cluster or default Kubernetes credentials: {0}")]
-    NoCredentials(#[source] kube::config::InferConfigError),
-    /// The Kubernetes client could not be built.
-    #[error("building the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    /// No client for the cluster's API could be built.
+    #[error(transparent)]
+    Cluster(#[from] cluster::Error),
     /// The agent has no identity and cannot get one.
     #[error(transparent)]
     Identity(#[from] identity::Error),
@@ -123,39 +115,25 @@ pub fn default_kustomize() -> Vec<String> {
     }
 }
 
-async fn kube_client(cfg: &Config) -> Result<kube::Client, Error> {
-    let mut kc = match &cfg.kubeconfig {
-        Some(p) => {
-            let bad = |source: Box<dyn std::error::Error + Send + Sync>| Error::Kubeconfig {
-                path: p.clone(),
-                source,
-            };
-            let file = kube::config::Kubeconfig::read_from(p).map_err(|e| bad(Box::new(e)))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| bad(Box::new(e)))?
-        }
-        None => kube::Config::infer().await.map_err(Error::NoCredentials)?,
-    };
-    // The sync loop retries with its own backoff; kube's default retries of
-    // 429/503 (up to 15, minutes apart) would stall a sync instead.
-    kc.default_retry = false;
-    kube::Client::try_from(kc).map_err(Error::Client)
-}
-
 /// Runs the agent until `shutdown`; returns at once with an error it
 /// cannot get past by waiting (unusable kubeconfig, no identity and no join
 /// token, a refused join token). Stopping, it finishes the step in hand,
 /// hands the coordinator its last status and ends every task it started.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let client = kube_client(&cfg).await?;
+    let cluster = Arc::new(cluster::Cluster::connect(cfg.kubeconfig.clone()).await?);
+    let client = cluster.client();
     let mut states = StateStore::new(client.clone(), cfg.namespace.clone());
     // The cluster's API may not be up yet: wait for it, but not for the coordinator.
     let state = loop {
         match states.load().await {
             Ok(s) => break s,
             Err(e) => {
-                tracing::warn!(error = %e, "reading the agent's state from the cluster; retrying");
+                let state::Error::Api { source, .. } = &e;
+                let shown = cluster::certificate_problem(&e).unwrap_or_else(|| e.to_string());
+                tracing::warn!(error = %shown, "reading the agent's state from the cluster; retrying");
+                if cluster::is_connection_error(source) && cluster.refresh().await {
+                    states.set_client(cluster.client());
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(cfg.min_backoff.max(Duration::from_secs(1))) => {}
@@ -183,10 +161,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     // Every task below is owned here: they end when `tasks` is dropped.
     let mut tasks = JoinSet::new();
     let (identity_tx, identity_rx) = watch::channel(identity.clone());
+    let held_identity = identity_rx.clone();
     if let Some(id) = identity.filter(|i| i.not_after_ms > 0) {
         tasks.spawn(identity::renew_forever(
             id_source,
-            client.clone(),
+            cluster.clone(),
             id,
             identity_tx,
             shutdown.child_token(),
@@ -223,14 +202,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let wake = Arc::new(Notify::new());
     let (kinds_tx, kinds_rx) = watch::channel(Vec::new());
     tasks.spawn(drift::run(
-        client.clone(),
+        cluster.subscribe(),
         cfg.cluster.clone(),
         kinds_rx,
         wake.clone(),
         shutdown.child_token(),
     ));
+    // The agent's own Secret and ConfigMap come back if they go.
+    tasks.spawn(keeper::run(
+        cluster.subscribe(),
+        cfg.namespace.clone(),
+        held_identity,
+        states.lost_flag(),
+        wake.clone(),
+        shutdown.child_token(),
+    ));
 
-    let syncer = sync::Syncer::new(cfg, client, states, state, status_tx);
+    let syncer = sync::Syncer::new(cfg, cluster, states, state, status_tx);
     syncer
         .run(assign_rx, refused_rx, wake, kinds_tx, shutdown.clone())
         .await;

@@ -1,19 +1,19 @@
 //! The agent's only connection: it dials the coordinator, says Hello with its
 //! full state, then receives assignments and sends every status change.
-//! Reconnects forever with capped, jittered exponential backoff, and re-sends
-//! its full state each time. Told to stop, it sends the last status and
+//! Reconnects forever with capped exponential backoff with full jitter
+//! (reset once a session is established), and re-sends its full state each
+//! time. Told to stop, it sends the last status and
 //! closes its stream cleanly. Never listens. An assignment that is not
 //! well-formed (a commit that is not a full id, a path leaving the
 //! repository) is refused, never acted on.
 
-use backon::BackoffBuilder;
 use ferry_proto::v1::agent_link_client::AgentLinkClient;
 use ferry_proto::v1::{
     AgentMessage, Heartbeat, Hello, StatusReport, agent_message, coordinator_message,
 };
 use ferry_proto::{Assignment, DialConfig};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -52,13 +52,40 @@ pub struct LinkConfig {
     pub max_backoff: Duration,
 }
 
-fn backoff(cfg: &LinkConfig) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(cfg.min_backoff)
-        .with_max_delay(cfg.max_backoff)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// Waits between reconnects: capped exponential backoff with full jitter.
+/// The n-th wait is drawn uniformly from `[0, min(cap, base * 2^n)]`, so a
+/// fleet that lost its coordinator at once comes back spread out rather
+/// than in waves, and no wait is ever longer than the cap.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap: cap.max(base),
+            attempt: 0,
+        }
+    }
+
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(2u32.saturating_pow(self.attempt.min(30)))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(fastrand::f64())
+    }
+
+    /// Starts over (a session was established).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
 }
 
 /// Runs the link until `stop`. Assignments go to `assignments`; every
@@ -77,14 +104,14 @@ pub async fn run(
     mut status: watch::Receiver<StatusReport>,
     stop: CancellationToken,
 ) {
-    let mut delays = backoff(&cfg);
+    let mut backoff = Backoff::new(cfg.min_backoff, cfg.max_backoff);
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let started = Instant::now();
         let id = identity.borrow().clone();
-        let result = session(&cfg, id, &inbox, &mut status, &stop).await;
+        let mut established = false;
+        let result = session(&cfg, id, &inbox, &mut status, &stop, &mut established).await;
         if stop.is_cancelled() {
             return;
         }
@@ -92,11 +119,12 @@ pub async fn run(
             Ok(()) => tracing::info!("the coordinator closed the session; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "coordinator link down"),
         }
-        // A session that lasted a while resets the backoff.
-        if started.elapsed() > Duration::from_secs(30) {
-            delays = backoff(&cfg);
+        // The coordinator took us: whatever ended the session, start the
+        // backoff over (a restarted coordinator is back at once).
+        if established {
+            backoff.reset();
         }
-        let delay = delays.next().unwrap_or(cfg.max_backoff);
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -110,6 +138,7 @@ async fn session(
     inbox: &Inbox,
     status: &mut watch::Receiver<StatusReport>,
     stop: &CancellationToken,
+    established: &mut bool,
 ) -> Result<(), Error> {
     let mut dial = cfg.dial.clone();
     if let Some(id) = identity {
@@ -143,6 +172,7 @@ async fn session(
         _ = stop.cancelled() => return Ok(()),
         s = client.session(ReceiverStream::new(rx)) => s?.into_inner(),
     };
+    *established = true;
     tracing::info!(addr = %cfg.dial.addr, "connected to the coordinator");
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;
@@ -203,4 +233,30 @@ async fn session(
     .await;
     tracing::info!("closed the session with the coordinator");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_a_cap_and_waits_spread_below_it() {
+        let (base, cap) = (Duration::from_millis(200), Duration::from_secs(30));
+        let mut b = Backoff::new(base, cap);
+        let waits: Vec<Duration> = (0..200).map(|_| b.next_delay()).collect();
+        assert!(waits.iter().all(|w| *w <= cap), "{waits:?}");
+        // Full jitter: past the ramp, waits fill the range below the cap.
+        let late = &waits[20..];
+        assert!(late.iter().any(|w| *w < cap / 4), "{late:?}");
+        assert!(late.iter().any(|w| *w > cap * 3 / 4), "{late:?}");
+        // The ramp: the first waits are short.
+        let mut b = Backoff::new(base, cap);
+        assert!(b.next_delay() <= base);
+        assert!(b.next_delay() <= base * 2);
+        for _ in 0..50 {
+            b.next_delay();
+        }
+        b.reset();
+        assert!(b.next_delay() <= base, "reset starts over");
+    }
 }

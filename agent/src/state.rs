@@ -1,9 +1,11 @@
 //! The agent's durable state, kept in its own cluster (the
-//! `ferry-agent-state` ConfigMap in its namespace): the last assignment and
+//! `ferry-agent-state` ConfigMap in its namespace): the assignment it works
+//! on (kept as soon as it arrives), the one it last applied completely, and
 //! the inventory of what it applied. A restarted agent reads it and keeps
-//! converging without the coordinator; pruning is driven by the inventory,
-//! so the agent only ever deletes what it created. Writes only when the
-//! state changed: a steady state costs no write.
+//! converging without the coordinator, even one killed during its first
+//! sync; pruning is driven by the inventory, so the agent only ever deletes
+//! what it created. Writes only when the state changed (or was lost): a
+//! steady state costs no write.
 
 use crate::render::ObjectRef;
 use ferry_proto::{Assignment, Commit, commit_or_empty};
@@ -62,12 +64,30 @@ impl From<&InventoryEntry> for ObjectRef {
 /// The agent's durable state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    /// The assignment the agent is working on.
+    /// The assignment the agent is working on, kept when it arrives.
     pub assignment: Option<Assignment>,
     /// The last commit applied completely.
     #[serde(default, with = "commit_or_empty")]
     pub applied_commit: Option<Commit>,
+    /// The assignment last applied completely (what the agent enforces
+    /// while a newer one cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Assignment>,
     pub inventory: Vec<InventoryEntry>,
+}
+
+impl State {
+    /// Fills in what older agents did not keep: they wrote the assignment
+    /// only once it was applied.
+    fn upgraded(mut self) -> Self {
+        if self.applied.is_none()
+            && let Some(a) = &self.assignment
+            && self.applied_commit.as_ref() == Some(&a.commit)
+        {
+            self.applied = Some(a.clone());
+        }
+        self
+    }
 }
 
 /// Reads and writes [`State`] in the cluster, remembering what it last
@@ -76,6 +96,8 @@ pub struct StateStore {
     client: kube::Client,
     namespace: String,
     saved: Option<State>,
+    /// Set when the ConfigMap is gone: the next save writes whatever it has.
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StateStore {
@@ -84,7 +106,18 @@ impl StateStore {
             client,
             namespace,
             saved: None,
+            lost: Default::default(),
         }
+    }
+
+    /// Uses another client from now on (the cluster's was rebuilt).
+    pub fn set_client(&mut self, client: kube::Client) {
+        self.client = client;
+    }
+
+    /// The flag that says the ConfigMap was lost (the keeper sets it).
+    pub fn lost_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.lost.clone()
     }
 
     fn api(&self) -> Api<ConfigMap> {
@@ -111,7 +144,7 @@ impl StateStore {
             .and_then(|cm| cm.data)
             .and_then(|d| d.get("state.json").cloned());
         let state = match text.map(|t| serde_json::from_str::<State>(&t)) {
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => s.upgraded(),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "the kept state does not parse; starting from none");
                 State::default()
@@ -124,7 +157,8 @@ impl StateStore {
 
     /// Writes the state, only when it changed. Returns whether it wrote.
     pub async fn save(&mut self, state: &State) -> Result<bool> {
-        if self.saved.as_ref() == Some(state) {
+        let lost = self.lost.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if self.saved.as_ref() == Some(state) && !lost {
             return Ok(false);
         }
         ensure_namespace(&self.client, &self.namespace)
@@ -143,7 +177,12 @@ impl StateStore {
                 &Patch::Apply(&cm),
             )
             .await
-            .map_err(self.err("writing"))?;
+            .map_err(|e| {
+                if lost {
+                    self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                self.err("writing")(e)
+            })?;
         self.saved = Some(state.clone());
         Ok(true)
     }

@@ -8,6 +8,7 @@
 //! end at once), publishes a last status and returns.
 
 use crate::apply::{self, Applier};
+use crate::cluster::{self, Cluster};
 use crate::render::{self, Object};
 use crate::source::{self, Source};
 use crate::state::{State, StateStore};
@@ -68,6 +69,9 @@ impl Pass {
 /// The loop's own state. The sync loop is its only owner.
 pub struct Syncer {
     cfg: Config,
+    cluster: Arc<Cluster>,
+    /// Tells when the cluster's client was rebuilt.
+    clients: watch::Receiver<kube::Client>,
     applier: Applier,
     states: StateStore,
     source: Source,
@@ -83,13 +87,17 @@ pub struct Syncer {
 impl Syncer {
     pub fn new(
         cfg: Config,
-        client: kube::Client,
+        cluster: Arc<Cluster>,
         states: StateStore,
         state: State,
         status: watch::Sender<StatusReport>,
     ) -> Self {
+        let mut clients = cluster.subscribe();
+        let client = clients.borrow_and_update().clone();
         Syncer {
             applier: Applier::new(client, cfg.cluster.clone()),
+            cluster,
+            clients,
             source: Source::new(cfg.cache_dir.clone())
                 .with_auth(cfg.git_auth.clone())
                 .with_max_bytes(cfg.git_cache_bytes),
@@ -193,6 +201,23 @@ impl Syncer {
                 generation = a.generation,
                 rollout = a.rollout.as_deref().unwrap_or("-"),
             );
+            if self.clients.has_changed().unwrap_or(false) {
+                let c = self.clients.borrow_and_update().clone();
+                self.applier.set_client(c.clone());
+                self.states.set_client(c);
+            }
+            // Kept as soon as it arrives: an agent stopped during its first
+            // sync resumes it without the coordinator.
+            if self.state.assignment.as_ref() != Some(&a) {
+                let mut next = self.state.clone();
+                next.assignment = Some(a.clone());
+                match self.states.save(&next).await {
+                    Ok(_) => self.state = next,
+                    Err(e) => {
+                        span.in_scope(|| tracing::warn!(error = %e, "keeping the new assignment"))
+                    }
+                }
+            }
             let Some(mut pass) = self.pass(&a, &stop).instrument(span.clone()).await else {
                 break;
             };
@@ -252,9 +277,7 @@ impl Syncer {
         why: String,
         stop: &CancellationToken,
     ) -> Option<Pass> {
-        let Some(prev) = self.state.assignment.clone().filter(|p| {
-            self.state.applied_commit.as_ref() == Some(&p.commit) && p.commit != a.commit
-        }) else {
+        let Some(prev) = self.state.applied.clone().filter(|p| p.commit != a.commit) else {
             return Some(Pass::failed(why, vec![]));
         };
         let source = self.source.clone();
@@ -311,7 +334,11 @@ impl Syncer {
                 p.len(),
                 prev.commit.short()
             ),
-            Err(e) => format!("enforcing {} failed too: {e}", prev.commit.short()),
+            Err(e) => format!(
+                "enforcing {} failed too: {}",
+                prev.commit.short(),
+                self.failure(&e).await
+            ),
         };
         Some(Pass::failed(format!("{why}; {held}"), vec![]))
     }
@@ -429,9 +456,14 @@ impl Syncer {
                 let next = State {
                     assignment: Some(a.clone()),
                     applied_commit: Some(a.commit.clone()),
+                    applied: Some(a.clone()),
                     inventory: applied.inventory,
                 };
                 if let Err(e) = self.states.save(&next).await {
+                    let crate::state::Error::Api { source, .. } = &e;
+                    if cluster::is_connection_error(source) {
+                        self.cluster.refresh().await;
+                    }
                     return Some(Pass::failed(
                         format!("applied, but saving the inventory failed: {e}"),
                         vec![],
@@ -453,6 +485,7 @@ impl Syncer {
                 problems: wire(problems),
             },
             Err(apply::Error::Rejected(problems)) => {
+                self.applier.forget_kinds();
                 let message = format!(
                     "{} object(s) rejected at {}: nothing was applied",
                     problems.len(),
@@ -460,8 +493,23 @@ impl Syncer {
                 );
                 Pass::failed(message, wire(problems))
             }
-            Err(e) => Pass::failed(e.to_string(), vec![]),
+            Err(e) => Pass::failed(self.failure(&e).await, vec![]),
         })
+    }
+
+    /// What to say of a failed sync, after doing what may fix it: the
+    /// kinds the cluster serves are read again, and a failed connection
+    /// rebuilds the client from the kubeconfig (a replaced API server may
+    /// have a new CA).
+    async fn failure(&mut self, e: &apply::Error) -> String {
+        self.applier.forget_kinds();
+        match e.kube() {
+            Some(k) if cluster::is_connection_error(k) => {
+                self.cluster.refresh().await;
+                cluster::certificate_problem(e).unwrap_or_else(|| e.to_string())
+            }
+            _ => e.to_string(),
+        }
     }
 
     /// Builds the assignment's kustomization from an export of the tree.

@@ -26,13 +26,23 @@ pub struct SimConfig {
     pub apply_time: Duration,
     /// Between heartbeats (a real agent: 15 s).
     pub heartbeat: Duration,
+    /// Reconnect backoff bounds (the real agent's defaults).
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
+        let agent = ferry_agent::Config::new(
+            "sim",
+            ferry_proto::DialConfig::default(),
+            std::path::PathBuf::new(),
+        );
         SimConfig {
             apply_time: Duration::from_millis(200),
             heartbeat: Duration::from_secs(15),
+            min_backoff: agent.min_backoff,
+            max_backoff: agent.max_backoff,
         }
     }
 }
@@ -175,7 +185,10 @@ impl Fleet {
                 assignment: None,
                 applied: String::new(),
                 seq: 0,
+                established: false,
             };
+            let mut backoff =
+                ferry_agent::link::Backoff::new(sim.cfg.min_backoff, sim.cfg.max_backoff);
             while !stop.is_cancelled() {
                 let r = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -185,8 +198,12 @@ impl Fleet {
                 if let Err(e) = r {
                     tracing::debug!(cluster = %sim.name, error = %e, "simulated session ended");
                 }
-                let jitter = Duration::from_millis(fastrand::u64(200..1200));
-                tokio::time::sleep(jitter).await;
+                // The real agent's policy: reset once a session was had.
+                if sim.established {
+                    backoff.reset();
+                    sim.established = false;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         });
     }
@@ -220,6 +237,8 @@ struct Sim {
     applied: String,
     /// Sent as `drift_corrections`, so a bench can see the last one arrive.
     seq: u64,
+    /// The coordinator accepted the last session.
+    established: bool,
 }
 
 impl Sim {
@@ -248,6 +267,7 @@ impl Sim {
             .session(ReceiverStream::new(rx))
             .await?
             .into_inner();
+        self.established = true;
         self.tally.connected[self.idx].store(true, Ordering::Relaxed);
         self.tally.changed.notify_waiters();
         let mut heartbeat = tokio::time::interval_at(

@@ -489,6 +489,37 @@ impl World {
         Ok(self.clusters.len() - 1)
     }
 
+    /// Replaces cluster `name`'s API server with an empty one on the same
+    /// address (a cluster rebuilt from scratch). With `new_ca` the new server
+    /// has a certificate from a new CA; `rewrite_kubeconfig` then decides
+    /// whether the agent's kubeconfig file learns it.
+    pub async fn rebuild_cluster(
+        &mut self,
+        name: &str,
+        new_ca: bool,
+        rewrite_kubeconfig: bool,
+    ) -> Result<()> {
+        let i = self.index(name);
+        let old = &self.clusters[i].emulator;
+        let (addr, ca) = (old.addr(), old.ca());
+        old.stop();
+        let emulator = Emulator::start(EmulatorConfig {
+            listen: addr,
+            ca: if new_ca { None } else { ca },
+            controllers: Controllers {
+                ready_delay: self.cfg.ready_delay,
+                crd_establish_delay: self.cfg.crd_establish_delay,
+            },
+            ..EmulatorConfig::default()
+        })
+        .await?;
+        if rewrite_kubeconfig {
+            emulator.write_kubeconfig(&self.clusters[i].kubeconfig)?;
+        }
+        self.clusters[i].emulator = emulator;
+        Ok(())
+    }
+
     /// The `ferry-agent` command line for cluster `i`, as an operator would
     /// run it (the same settings [`World::agent_config`] gives in-process
     /// agents).

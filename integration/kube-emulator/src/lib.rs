@@ -44,6 +44,9 @@ pub struct Config {
     pub controllers: Controllers,
     /// How many past events a watch can resume from; older ones answer 410 Gone.
     pub event_history: usize,
+    /// Serve with a certificate from this CA instead of a new one (a
+    /// rebuilt API server that keeps its cluster's CA).
+    pub ca: Option<Arc<tls::Ca>>,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             token: None,
             controllers: Controllers::default(),
             event_history: 50_000,
+            ca: None,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct Counters {
     /// Mutating requests that were not dry runs (create, update, patch,
     /// delete, deletecollection), whether or not they changed anything.
     pub writes: u64,
+    /// The same, by namespace ("" for cluster-scoped objects).
+    pub writes_by_namespace: BTreeMap<String, u64>,
 }
 
 /// A running emulator. Dropping it stops the server.
@@ -85,6 +91,7 @@ pub struct Emulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: Option<String>,
+    ca: Option<Arc<tls::Ca>>,
     partition: watch::Sender<bool>,
     cancel: CancellationToken,
 }
@@ -92,20 +99,33 @@ pub struct Emulator {
 impl Emulator {
     /// Starts serving; returns once the port is bound.
     pub async fn start(cfg: Config) -> Result<Emulator> {
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("binding {}", cfg.listen))?;
+        // A port just given up (a rebuilt server on the same address) may
+        // take a moment to be free again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(cfg.listen).await {
+                Ok(l) => break l,
+                Err(_) if cfg.listen.port() != 0 && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("binding {}", cfg.listen)),
+            }
+        };
         let addr = listener.local_addr()?;
-        let (acceptor, ca_pem) = if cfg.tls {
-            let ca = tls::Ca::new("kube-emulator-ca")?;
+        let (acceptor, ca) = if cfg.tls {
+            let ca = match &cfg.ca {
+                Some(ca) => ca.clone(),
+                None => Arc::new(tls::Ca::new("kube-emulator-ca")?),
+            };
             let leaf = ca.issue("kube-emulator", &["localhost", "127.0.0.1"], false)?;
             (
                 Some(tokio_rustls::TlsAcceptor::from(tls::server_config(&leaf)?)),
-                Some(ca.cert_pem()),
+                Some(ca),
             )
         } else {
             (None, None)
         };
+        let ca_pem = ca.as_ref().map(|c| c.cert_pem());
         let mut store = store::Store::new();
         store.controllers = cfg.controllers.clone();
         store.event_history = cfg.event_history;
@@ -132,6 +152,7 @@ impl Emulator {
             shared,
             addr,
             ca_pem,
+            ca,
             partition,
             cancel,
         })
@@ -149,6 +170,12 @@ impl Emulator {
             "http"
         };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA that signed the serving certificate (to rebuild a server that
+    /// keeps it).
+    pub fn ca(&self) -> Option<Arc<tls::Ca>> {
+        self.ca.clone()
     }
 
     /// The PEM of the CA that signed the serving certificate.
@@ -213,6 +240,12 @@ impl Emulator {
     }
 
     /// Requests of one verb on one resource plural so far.
+    /// Writes to anything but objects in `namespace` (the agent's own).
+    pub fn writes_except(&self, namespace: &str) -> u64 {
+        let c = self.shared.counters.lock().expect("counters lock");
+        c.writes - c.writes_by_namespace.get(namespace).copied().unwrap_or(0)
+    }
+
     pub fn requests(&self, verb: &str, plural: &str) -> u64 {
         self.shared
             .counters

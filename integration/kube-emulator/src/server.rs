@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -259,12 +259,21 @@ impl Shared {
     }
 
     fn count(&self, verb: &str, resource: &str, write: bool) {
+        self.count_in(verb, resource, write, None);
+    }
+
+    /// Counts a request; a write also by the namespace it was in ("" for
+    /// cluster-scoped objects).
+    fn count_in(&self, verb: &str, resource: &str, write: bool, ns: Option<&str>) {
         let mut c = self.counters.lock().expect("counters lock");
         *c.requests
             .entry((verb.to_string(), resource.to_string()))
             .or_default() += 1;
         if write {
             c.writes += 1;
+            *c.writes_by_namespace
+                .entry(ns.unwrap_or("").to_string())
+                .or_default() += 1;
         }
     }
 
@@ -403,6 +412,38 @@ impl Shared {
                 };
                 if q.get("watch").is_some_and(|v| v == "true" || v == "1") {
                     self.count("watch", &rt.plural, false);
+                    // A version this server has not reached (a client of a
+                    // server it replaced): kube-apiserver waits up to three
+                    // seconds for its cache to get there, then refuses.
+                    let asked: u64 = q
+                        .get("resourceVersion")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+                    if asked > 0 && !initial {
+                        let deadline = Instant::now() + Duration::from_secs(3);
+                        loop {
+                            let current = store().resource_version();
+                            if asked <= current {
+                                break;
+                            }
+                            if Instant::now() >= deadline {
+                                let mut e = ApiError::new(
+                                    504,
+                                    "Timeout",
+                                    format!(
+                                        "Too large resource version: {asked}, current: {current}"
+                                    ),
+                                );
+                                e.details = Some(json!({
+                                    "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                                    "retryAfterSeconds": 1,
+                                }));
+                                return error(&e);
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
                     return self.watch(&rt, &t.version, ns, &q, labels, fields);
                 }
                 self.count("list", &rt.plural, false);
@@ -453,21 +494,21 @@ impl Shared {
                 )
             }
             (&Method::POST, None) => {
-                self.count("create", &rt.plural, is_write);
+                self.count_in("create", &rt.plural, is_write, ns);
                 let r =
                     parse_body(false).and_then(|b| store().create(&rt, &t.version, ns, b, &opts));
                 self.wake.notify_one();
                 present_ok(r, true)
             }
             (&Method::PUT, Some(name)) => {
-                self.count("update", &rt.plural, is_write);
+                self.count_in("update", &rt.plural, is_write, ns);
                 let r = parse_body(false)
                     .and_then(|b| store().update(&rt, &t.version, ns, name, b, sub, &opts));
                 self.wake.notify_one();
                 present_ok(r, false)
             }
             (&Method::PATCH, Some(name)) => {
-                self.count("patch", &rt.plural, is_write);
+                self.count_in("patch", &rt.plural, is_write, ns);
                 let ct = parts
                     .headers
                     .get(header::CONTENT_TYPE)
@@ -525,7 +566,7 @@ impl Shared {
                 present_ok(r, false)
             }
             (&Method::DELETE, Some(name)) => {
-                self.count("delete", &rt.plural, is_write);
+                self.count_in("delete", &rt.plural, is_write, ns);
                 let body_opts: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let propagation = q.get("propagationPolicy").cloned().or_else(|| {
                     body_opts
@@ -544,7 +585,7 @@ impl Shared {
                 )
             }
             (&Method::DELETE, None) => {
-                self.count("deletecollection", &rt.plural, is_write);
+                self.count_in("deletecollection", &rt.plural, is_write, ns);
                 let labels = match LabelSelector::parse(q.get("labelSelector").map_or("", |s| s)) {
                     Ok(s) => s,
                     Err(e) => return error(&ApiError::bad_request(selector_reason(e))),

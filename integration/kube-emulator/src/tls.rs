@@ -15,6 +15,12 @@ pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
 /// A certificate and its private key, PEM encoded.
 #[derive(Clone, Debug)]
 pub struct Leaf {

@@ -182,6 +182,7 @@ async fn grow(c: &Coord, fleet: &mut Fleet, from: usize, to: usize, args: &Args)
     let sim = SimConfig {
         apply_time: Duration::from_millis(args.apply_ms),
         heartbeat: Duration::from_secs(args.heartbeat_seconds),
+        ..SimConfig::default()
     };
     for (i, dial) in dials {
         fleet.spawn(name(i), dial, sim.clone());

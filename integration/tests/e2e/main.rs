@@ -1,6 +1,7 @@
 //! Ferry's end-to-end suite: one test binary, built once per run.
 
 mod emulator;
+mod faults;
 mod fleet;
 mod git_access;
 mod inputs;

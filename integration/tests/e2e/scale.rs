@@ -71,6 +71,7 @@ async fn simulated_fleet_rolls_out_and_slow_watchers_miss_nothing() {
             SimConfig {
                 apply_time: Duration::from_millis(50),
                 heartbeat: Duration::from_secs(15),
+                ..SimConfig::default()
             },
         );
     }
