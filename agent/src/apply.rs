@@ -353,7 +353,13 @@ impl Applier {
             })
             .map(|p| p.object.name())
             .collect();
-        let dry = PatchParams::apply(MANAGER).force().dry_run();
+        // Strict: a field the type does not have is a named rejection, as with
+        // `kubectl apply`, not a field the server drops (and the agent would
+        // re-apply every pass).
+        let dry = PatchParams::apply(MANAGER)
+            .force()
+            .dry_run()
+            .validation_strict();
         let mut rejected = vec![];
         for &i in &diff.writes {
             let p = &planned[i];
@@ -398,7 +404,7 @@ impl Applier {
         stop: &CancellationToken,
     ) -> Result<usize> {
         let mut writes = 0;
-        let pp = PatchParams::apply(MANAGER).force();
+        let pp = PatchParams::apply(MANAGER).force().validation_strict();
         let mut current_wave = None;
         for &i in &diff.writes {
             let p = &planned[i];

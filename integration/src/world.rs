@@ -501,11 +501,13 @@ impl World {
     ) -> Result<()> {
         let i = self.index(name);
         let old = &self.clusters[i].emulator;
-        let (addr, ca) = (old.addr(), old.ca());
+        let (addr, ca, token) = (old.addr(), old.ca(), old.token().to_string());
         old.stop();
         let emulator = Emulator::start(EmulatorConfig {
             listen: addr,
             ca: if new_ca { None } else { ca },
+            // The kubeconfig's credentials stay valid across the rebuild.
+            token: Some(token),
             controllers: Controllers {
                 ready_delay: self.cfg.ready_delay,
                 crd_establish_delay: self.cfg.crd_establish_delay,

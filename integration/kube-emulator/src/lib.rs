@@ -7,7 +7,9 @@
 //! its own `127.0.0.1:0` port. It keeps everything in memory and never
 //! touches the disk except for the kubeconfig a caller asks it to write.
 
+mod builtin;
 mod patch;
+mod protobuf;
 mod registry;
 mod selector;
 mod server;
@@ -39,7 +41,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Serve HTTPS with a generated CA (the default) or plain HTTP.
     pub tls: bool,
-    /// Require this bearer token on every request.
+    /// The bearer token every request must carry; a random one when none
+    /// is given (the kubeconfig always carries it, so clients never prompt
+    /// for credentials).
     pub token: Option<String>,
     pub controllers: Controllers,
     /// How many past events a watch can resume from; older ones answer 410 Gone.
@@ -133,7 +137,11 @@ impl Emulator {
             store: Mutex::new(store),
             faults: Mutex::new(Faults::default()),
             counters: Mutex::new(Counters::default()),
-            token: cfg.token.clone(),
+            token: Some(
+                cfg.token
+                    .clone()
+                    .unwrap_or_else(|| (0..32).map(|_| fastrand::alphanumeric()).collect()),
+            ),
             wake: tokio::sync::Notify::new(),
         });
         let cancel = CancellationToken::new();
@@ -178,6 +186,11 @@ impl Emulator {
         self.ca.clone()
     }
 
+    /// The bearer token requests must carry.
+    pub fn token(&self) -> &str {
+        self.shared.token.as_deref().unwrap_or_default()
+    }
+
     /// The PEM of the CA that signed the serving certificate.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()
@@ -191,17 +204,8 @@ impl Emulator {
             .as_ref()
             .map(|p| format!("    certificate-authority-data: {}\n", b64.encode(p)))
             .unwrap_or_default();
-        let token = self
-            .shared
-            .token
-            .as_ref()
-            .map(|t| format!("    token: {t}\n"))
-            .unwrap_or_else(|| "    {}\n".to_string());
-        let user = if token.trim() == "{}" {
-            "  user: {}\n".to_string()
-        } else {
-            format!("  user:\n{token}")
-        };
+        let token = self.shared.token.as_deref().unwrap_or_default();
+        let user = format!("  user:\n    token: {token}\n");
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {}\n{ca}contexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\nusers:\n- name: emulator\n{user}",
             self.url()

@@ -20,6 +20,10 @@ pub struct ResourceType {
     pub status: bool,
     /// Set for types that a CustomResourceDefinition added.
     pub crd: Option<String>,
+    /// Discovery categories (`all`: what `kubectl get all` lists).
+    pub categories: Vec<String>,
+    /// The verbs the type serves.
+    pub verbs: Vec<String>,
 }
 
 impl ResourceType {
@@ -41,187 +45,32 @@ impl ResourceType {
     }
 }
 
-const VERBS: [&str; 8] = [
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
-
 /// All served types, by `group/plural`.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     types: BTreeMap<String, ResourceType>,
 }
 
-fn builtin(
-    group: &str,
-    version: &str,
-    kind: &str,
-    plural: &str,
-    namespaced: bool,
-    short: &[&str],
-    status: bool,
-) -> ResourceType {
-    ResourceType {
-        group: group.into(),
-        versions: vec![version.into()],
-        kind: kind.into(),
-        plural: plural.into(),
-        singular: kind.to_lowercase(),
-        namespaced,
-        short_names: short.iter().map(|s| s.to_string()).collect(),
-        status,
-        crd: None,
-    }
-}
-
 impl Registry {
-    /// The built-in types of a current Kubernetes API server that a GitOps agent touches.
+    /// Every generally available built-in type of the Kubernetes version
+    /// the emulator claims, from k8s-openapi's types.
     pub fn builtin() -> Self {
-        let list = [
-            builtin("", "v1", "Namespace", "namespaces", false, &["ns"], true),
-            builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"], false),
-            builtin("", "v1", "Secret", "secrets", true, &[], false),
-            builtin("", "v1", "Service", "services", true, &["svc"], true),
-            builtin(
-                "",
-                "v1",
-                "ServiceAccount",
-                "serviceaccounts",
-                true,
-                &["sa"],
-                false,
-            ),
-            builtin(
-                "",
-                "v1",
-                "PersistentVolumeClaim",
-                "persistentvolumeclaims",
-                true,
-                &["pvc"],
-                true,
-            ),
-            builtin("", "v1", "Event", "events", true, &["ev"], false),
-            builtin("", "v1", "Pod", "pods", true, &["po"], true),
-            builtin(
-                "apps",
-                "v1",
-                "Deployment",
-                "deployments",
-                true,
-                &["deploy"],
-                true,
-            ),
-            builtin(
-                "apps",
-                "v1",
-                "StatefulSet",
-                "statefulsets",
-                true,
-                &["sts"],
-                true,
-            ),
-            builtin("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], true),
-            builtin(
-                "apps",
-                "v1",
-                "ReplicaSet",
-                "replicasets",
-                true,
-                &["rs"],
-                true,
-            ),
-            builtin("batch", "v1", "Job", "jobs", true, &[], true),
-            builtin("batch", "v1", "CronJob", "cronjobs", true, &["cj"], true),
-            builtin(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "Role",
-                "roles",
-                true,
-                &[],
-                false,
-            ),
-            builtin(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "RoleBinding",
-                "rolebindings",
-                true,
-                &[],
-                false,
-            ),
-            builtin(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "ClusterRole",
-                "clusterroles",
-                false,
-                &[],
-                false,
-            ),
-            builtin(
-                "rbac.authorization.k8s.io",
-                "v1",
-                "ClusterRoleBinding",
-                "clusterrolebindings",
-                false,
-                &[],
-                false,
-            ),
-            builtin(
-                "networking.k8s.io",
-                "v1",
-                "Ingress",
-                "ingresses",
-                true,
-                &["ing"],
-                true,
-            ),
-            builtin(
-                "networking.k8s.io",
-                "v1",
-                "NetworkPolicy",
-                "networkpolicies",
-                true,
-                &["netpol"],
-                false,
-            ),
-            builtin(
-                "policy",
-                "v1",
-                "PodDisruptionBudget",
-                "poddisruptionbudgets",
-                true,
-                &["pdb"],
-                true,
-            ),
-            builtin(
-                "apiextensions.k8s.io",
-                "v1",
-                "CustomResourceDefinition",
-                "customresourcedefinitions",
-                false,
-                &["crd", "crds"],
-                true,
-            ),
-            builtin(
-                "coordination.k8s.io",
-                "v1",
-                "Lease",
-                "leases",
-                true,
-                &[],
-                false,
-            ),
-        ];
         let mut r = Registry::default();
-        for t in list {
+        for b in crate::builtin::all() {
+            let extras = crate::builtin::extras(b.plural);
+            let t = ResourceType {
+                group: b.group.into(),
+                versions: vec![b.version.into()],
+                kind: b.kind.into(),
+                plural: b.plural.into(),
+                singular: b.kind.to_lowercase(),
+                namespaced: b.namespaced,
+                short_names: extras.short_names.iter().map(|s| s.to_string()).collect(),
+                status: extras.status,
+                crd: None,
+                categories: extras.categories.iter().map(|s| s.to_string()).collect(),
+                verbs: extras.verbs.iter().map(|s| s.to_string()).collect(),
+            };
             r.types.insert(t.key(), t);
         }
         r
@@ -305,8 +154,9 @@ impl Registry {
                 "singularName": t.singular,
                 "namespaced": t.namespaced,
                 "kind": t.kind,
-                "verbs": VERBS,
+                "verbs": t.verbs,
                 "shortNames": t.short_names,
+                "categories": t.categories,
                 "storageVersionHash": "",
             }));
             if t.group == "apps"
@@ -409,6 +259,15 @@ impl Registry {
                 "metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group ({expected})"
             ));
         }
+        let categories = names
+            .get("categories")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(ResourceType {
             group,
             versions,
@@ -419,6 +278,11 @@ impl Registry {
             short_names,
             status,
             crd: Some(expected),
+            categories,
+            verbs: crate::builtin::ALL_VERBS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         })
     }
 }

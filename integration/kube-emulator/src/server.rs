@@ -1,10 +1,11 @@
 //! The HTTP(S) front: routing Kubernetes REST paths to the store, auth,
 //! watches as streamed JSON lines, faults and request counters.
 
+use crate::builtin::{self, FieldValidation};
 use crate::registry::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector, labels_match};
 use crate::store::{ApiError, Event, Store, WriteOpts};
-use crate::{Counters, Faults, patch};
+use crate::{Counters, Faults, patch, protobuf};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -364,22 +365,83 @@ impl Shared {
                 .unwrap_or("unknown")
                 .to_string()
         });
-        let opts = WriteOpts { dry_run, manager };
+        let mut opts = WriteOpts::new(dry_run, manager);
+        opts.validation = match FieldValidation::parse(q.get("fieldValidation").map(String::as_str))
+        {
+            Ok(v) => v,
+            Err(e) => return error(&e),
+        };
+        // The verbs this type serves (reviews are create-only).
+        let watching = q.get("watch").is_some_and(|v| v == "true" || v == "1");
+        let verb = match (&parts.method, t.name.is_some(), watching) {
+            (&Method::POST, _, _) => "create",
+            (&Method::GET, _, true) => "watch",
+            (&Method::GET, true, _) => "get",
+            (&Method::GET, false, _) => "list",
+            (&Method::PUT, _, _) => "update",
+            (&Method::PATCH, _, _) => "patch",
+            (&Method::DELETE, true, _) => "delete",
+            (&Method::DELETE, false, _) => "deletecollection",
+            _ => "",
+        };
+        if t.sub.is_none() && !rt.verbs.iter().any(|v| v == verb) {
+            self.count(verb, &rt.plural, false);
+            return error(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
+        // Reviews and bindings answer a create; nothing is stored.
+        if rt.verbs.iter().all(|v| v == "create") {
+            opts.dry_run = true;
+        }
+        if body.len() > builtin::MAX_REQUEST_BYTES {
+            return error(&ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!(
+                    "Request entity too large: limit is {}",
+                    builtin::MAX_REQUEST_BYTES
+                ),
+            ));
+        }
         let ns = t.namespace.as_deref();
         let name = t.name.as_deref();
         let sub = t.sub.as_deref();
-        let present_ok = |r: Result<Value, ApiError>, created: bool| match r {
-            Ok(v) => full(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                &present(v, &rt, &t.version),
-            ),
-            Err(e) => error(&e),
+        let present_ok = |r: Result<Value, ApiError>, created: bool| {
+            let mut resp = match r {
+                Ok(v) => full(
+                    if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    },
+                    &present(v, &rt, &t.version),
+                ),
+                Err(e) => error(&e),
+            };
+            for w in opts
+                .warnings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                if let Ok(v) = format!("299 - {w:?}").parse() {
+                    resp.headers_mut().append("Warning", v);
+                }
+            }
+            resp
         };
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let parse_body = |yaml_ok: bool| -> Result<Value, ApiError> {
+            if protobuf::is_protobuf(content_type.as_deref()) {
+                return protobuf::to_json(&body);
+            }
             match serde_json::from_slice::<Value>(&body) {
                 Ok(v) => Ok(v),
                 Err(je) if yaml_ok => {

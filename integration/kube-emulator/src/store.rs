@@ -3,11 +3,12 @@
 //! (validation, ownership, generation, no-op detection, cascades).
 //! Owns no sockets; the server calls it under one lock.
 
+use crate::builtin::Verb;
 use crate::registry::{Registry, ResourceType};
 use crate::ssa;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
@@ -40,13 +41,33 @@ impl ApiError {
         e
     }
     pub fn invalid(rt: &ResourceType, name: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
+        Self::invalid_fields(&rt.group, &rt.kind, name, &[message.into()])
+    }
+
+    /// A 422 with one cause per `field: message` error, as kubectl shows them.
+    pub fn invalid_fields(group: &str, kind: &str, name: &str, errors: &[String]) -> Self {
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = Self::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {message}", rt.kind),
+            format!("{qualified} {name:?} is invalid: {}", errors.join(", ")),
         );
-        e.details = Some(json!({"name": name, "group": rt.group, "kind": rt.kind}));
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|m| match m.split_once(": ") {
+                Some((field, rest)) if !field.contains(' ') => json!({
+                    "reason": if rest.starts_with("Required") { "FieldValueRequired" } else { "FieldValueInvalid" },
+                    "message": rest,
+                    "field": field,
+                }),
+                _ => json!({"reason": "FieldValueInvalid", "message": m}),
+            })
+            .collect();
+        e.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
         e
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -130,10 +151,25 @@ pub struct Store {
 }
 
 /// Write options common to every verb.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct WriteOpts {
     pub dry_run: bool,
     pub manager: String,
+    /// What to do with fields the type's schema does not know.
+    pub validation: crate::builtin::FieldValidation,
+    /// What the response's `Warning` headers say.
+    pub warnings: Mutex<Vec<String>>,
+}
+
+impl WriteOpts {
+    pub fn new(dry_run: bool, manager: String) -> Self {
+        WriteOpts {
+            dry_run,
+            manager,
+            validation: Default::default(),
+            warnings: Mutex::new(vec![]),
+        }
+    }
 }
 
 pub fn now_rfc3339() -> String {
@@ -241,10 +277,7 @@ impl Store {
                 .cloned()
                 .expect("builtin");
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            let opts = WriteOpts {
-                dry_run: false,
-                manager: "kube-apiserver".into(),
-            };
+            let opts = WriteOpts::new(false, "kube-apiserver".into());
             s.create(&rt, "v1", None, body, &opts).expect("fresh store");
         }
         s
@@ -470,22 +503,63 @@ impl Store {
         }
         let now = now_rfc3339();
         ssa::record_update(None, &mut body, &opts.manager, None, &now);
-        self.insert_new(rt, key, body, &now, opts.dry_run)
+        self.insert_new(rt, version, key, body, &now, opts, Verb::Other)
     }
 
+    /// What kube-apiserver checks before it stores an object.
+    fn check(
+        rt: &ResourceType,
+        version: &str,
+        obj: &mut Value,
+        old: Option<&Value>,
+        opts: &WriteOpts,
+        verb: Verb,
+    ) -> Result<()> {
+        let mut warnings = vec![];
+        let r = crate::builtin::check(
+            &rt.group,
+            version,
+            &rt.kind,
+            rt.crd.is_none(),
+            obj,
+            old,
+            verb,
+            opts.validation,
+            &mut warnings,
+        );
+        opts.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(warnings);
+        r
+    }
+
+    fn tracks_generation(rt: &ResourceType) -> bool {
+        rt.crd.is_some() || crate::builtin::tracks_generation(&rt.group, &rt.kind)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn insert_new(
         &mut self,
         rt: &ResourceType,
+        version: &str,
         key: Key,
         mut body: Value,
         now: &str,
-        dry_run: bool,
+        opts: &WriteOpts,
+        verb: Verb,
     ) -> Result<Value> {
+        let dry_run = opts.dry_run;
         fold_string_data(rt, &mut body);
+        Self::check(rt, version, &mut body, None, opts, verb)?;
         let m = meta_mut(&mut body);
         m.insert("uid".into(), uid().into());
         m.insert("creationTimestamp".into(), now.into());
-        m.insert("generation".into(), 1.into());
+        if Self::tracks_generation(rt) {
+            m.insert("generation".into(), 1.into());
+        } else {
+            m.remove("generation");
+        }
         for f in ["resourceVersion", "deletionTimestamp", "selfLink"] {
             m.remove(f);
         }
@@ -595,7 +669,16 @@ impl Store {
             }
             body
         };
-        self.write(rt, ns, old, new, Some((&opts.manager, sub)), opts.dry_run)
+        self.write(
+            rt,
+            version,
+            ns,
+            old,
+            new,
+            Some((&opts.manager, sub)),
+            opts,
+            Verb::Other,
+        )
     }
 
     fn conflict(rt: &ResourceType, name: &str) -> ApiError {
@@ -652,7 +735,16 @@ impl Store {
                 }
             }
         }
-        self.write(rt, ns, old, new, Some((&opts.manager, sub)), opts.dry_run)
+        self.write(
+            rt,
+            version,
+            ns,
+            old,
+            new,
+            Some((&opts.manager, sub)),
+            opts,
+            Verb::Other,
+        )
     }
 
     /// Server-side apply.
@@ -699,23 +791,28 @@ impl Store {
                     m.remove("status");
                 }
                 let key = Self::key(rt, ns, name);
-                self.insert_new(rt, key, merged, &now, opts.dry_run)
+                self.insert_new(rt, version, key, merged, &now, opts, Verb::Apply)
             }
-            Some(old) => self.write(rt, ns, old, merged, None, opts.dry_run),
+            Some(old) => self.write(rt, version, ns, old, merged, None, opts, Verb::Apply),
         }
     }
 
     /// The shared tail of every change to an existing object.
+    #[allow(clippy::too_many_arguments)]
     fn write(
         &mut self,
         rt: &ResourceType,
+        version: &str,
         ns: Option<&str>,
         old: Value,
         mut new: Value,
         update_by: Option<(&str, Option<&str>)>,
-        dry_run: bool,
+        opts: &WriteOpts,
+        verb: Verb,
     ) -> Result<Value> {
+        let dry_run = opts.dry_run;
         fold_string_data(rt, &mut new);
+        Self::check(rt, version, &mut new, Some(&old), opts, verb)?;
         let now = now_rfc3339();
         // Server-owned metadata survives whatever the client sent.
         {
@@ -737,7 +834,7 @@ impl Store {
         if let Some((manager, sub)) = update_by {
             ssa::record_update(Some(&old), &mut new, manager, sub, &now);
         }
-        if spec_of(&new) != spec_of(&old) {
+        if spec_of(&new) != spec_of(&old) && Self::tracks_generation(rt) {
             let g = old
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
@@ -932,7 +1029,12 @@ impl Store {
             let Some(mut obj) = self.objects.get(&p.key).cloned() else {
                 continue;
             };
-            if obj.pointer("/metadata/generation").and_then(Value::as_i64) != Some(p.generation) {
+            // (Kinds without a generation count as generation 1.)
+            let generation = obj
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            if generation != p.generation {
                 continue;
             }
             if rt.kind == "CustomResourceDefinition" && rt.crd.is_none() {

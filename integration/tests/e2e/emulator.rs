@@ -964,3 +964,223 @@ async fn objects_leaving_a_watched_selector_are_deleted_for_it() {
     let name = Some("mover".to_string());
     assert_eq!(seen, vec![("DELETED", name.clone()), ("ADDED", name)]);
 }
+
+/// What kube-apiserver refuses, unmodified kubectl sees refused: field
+/// types, bad base64, names and labels, unknown fields (kubectl asks for
+/// strict validation), immutable fields, and sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_is_refused_what_a_real_api_server_refuses() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    emu.write_kubeconfig(&kc).unwrap();
+    let apply = |name: &str, yaml: String| {
+        let p = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&p, yaml).unwrap();
+        let kc = kc.clone();
+        async move { kubectl_at(&kc, &["apply", "--server-side", "-f", p.to_str().unwrap()]).await }
+    };
+    let deployment = |replicas: &str, app: &str, extra: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: default}}\nspec:\n  replicas: {replicas}\n{extra}  selector: {{matchLabels: {{app: {app}}}}}\n  template:\n    metadata: {{labels: {{app: {app}}}}}\n    spec: {{containers: [{{name: w, image: nginx}}]}}\n"
+        )
+    };
+    let refused = |(ok, _, err): (bool, String, String), needle: &str| {
+        assert!(!ok, "accepted; expected a refusal naming {needle}");
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    };
+    refused(
+        apply("types", deployment("\"one\"", "web", "")).await,
+        "spec.replicas",
+    );
+    refused(
+        apply("unknown", deployment("1", "web", "  replicaz: 3\n")).await,
+        ".spec.replicaz: field not declared in schema",
+    );
+    refused(
+        apply("b64", "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: default}\ndata: {k: \"not base64!\"}\n".into()).await,
+        "data.k",
+    );
+    refused(
+        apply(
+            "name",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name, namespace: default}\n"
+                .into(),
+        )
+        .await,
+        "metadata.name: Invalid value",
+    );
+    refused(
+        apply("label", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: l, namespace: default, labels: {region: \"../../secrets\"}}\n".into()).await,
+        "metadata.labels",
+    );
+    refused(
+        apply(
+            "nsname",
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n".into(),
+        )
+        .await,
+        "RFC 1123 label",
+    );
+    let (ok, _, err) = apply("web", deployment("1", "web", "")).await;
+    assert!(ok, "{err}");
+    refused(
+        apply("moved", deployment("1", "other", "")).await,
+        "field is immutable",
+    );
+    // An object over what etcd holds, and a request over what the server reads.
+    let big = |n: usize| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big, namespace: default}}\ndata: {{x: \"{}\"}}\n",
+            "z".repeat(n)
+        )
+    };
+    refused(apply("big", big(2 << 20)).await, "request is too large");
+    refused(apply("huge", big(4 << 20)).await, "limit is 3145728");
+
+    // ConfigMaps and Secrets have no generation; workloads do.
+    let (ok, _, err) = apply("cm", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain, namespace: default}\ndata: {a: b}\n".into()).await;
+    assert!(ok, "{err}");
+    let (_, gen_cm, _) = kubectl_at(
+        &kc,
+        &[
+            "get",
+            "cm",
+            "plain",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ],
+    )
+    .await;
+    assert_eq!(gen_cm, "");
+    let (_, gen_d, _) = kubectl_at(
+        &kc,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ],
+    )
+    .await;
+    assert_eq!(gen_d, "1");
+}
+
+/// Unmodified kubectl's imperative commands (they send protobuf), `get
+/// all` (discovery categories), every built-in type of the claimed
+/// version, and a kubeconfig written without --token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_get_all_and_every_builtin_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    // The real binary, without --token: its kubeconfig still works in a
+    // script (kubectl would otherwise prompt for a username).
+    let mut emu = std::process::Command::new(ferry_integration::harness::workspace_binary(
+        "kube-emulator",
+        "kube-emulator",
+    ))
+    .args([
+        "--listen",
+        "127.0.0.1:0",
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    ferry_integration::harness::eventually("the kubeconfig", || async {
+        kc.exists().then_some(())
+    })
+    .await;
+    let run = |args: &'static [&'static str]| {
+        let kc = kc.clone();
+        async move {
+            let out = Command::new(kubectl())
+                .env("KUBECONFIG", &kc)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            let (o, e) = (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+            assert!(out.status.success(), "kubectl {args:?}: {e}");
+            o
+        }
+    };
+    run(&["create", "namespace", "shop"]).await;
+    run(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        "shop",
+        "--from-literal=mode=blue",
+    ])
+    .await;
+    run(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "-n",
+        "shop",
+        "--from-literal=password=s3cret",
+    ])
+    .await;
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "--image=nginx:1.27",
+        "--replicas=2",
+    ])
+    .await;
+    let got = run(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}",
+    ])
+    .await;
+    assert_eq!(got, "2 nginx:1.27");
+    let secret = run(&[
+        "get",
+        "secret",
+        "creds",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.data.password}",
+    ])
+    .await;
+    assert_eq!(secret, "czNjcmV0", "base64 of s3cret");
+    let all = run(&["get", "all", "-n", "shop"]).await;
+    assert!(all.contains("web"), "{all}");
+    let resources = run(&["api-resources", "-o", "name"]).await;
+    for r in [
+        "validatingadmissionpolicies.admissionregistration.k8s.io",
+        "ipaddresses.networking.k8s.io",
+        "runtimeclasses.node.k8s.io",
+        "csidrivers.storage.k8s.io",
+        "flowschemas.flowcontrol.apiserver.k8s.io",
+        "leases.coordination.k8s.io",
+        "endpointslices.discovery.k8s.io",
+    ] {
+        assert!(
+            resources.lines().any(|l| l == r),
+            "{r} not served:\n{resources}"
+        );
+    }
+    let _ = emu.kill();
+    let _ = emu.wait();
+}

@@ -163,3 +163,60 @@ async fn symbolic_links_are_never_followed() {
         );
     }
 }
+
+/// What only the API server can refuse (field types, unknown fields,
+/// immutable fields) is refused at the dry-run, named by object, and
+/// nothing is written: not even the objects the server would have taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_servers_refusals_name_the_object_and_nothing_is_written() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (world, a) = world_with(dir.path(), "rf").await;
+    let emu = world.emulator("rf");
+    let writes = emu.writes_except("ferry-system");
+    let with = |replicas: &str, extra: &str, app: &str| app_with(replicas, extra, app);
+    for (what, yaml, needle) in [
+        (
+            "a string for a number",
+            with("\"two\"", "", "web"),
+            "spec.replicas",
+        ),
+        (
+            "a misspelt field",
+            with("2", "  replicaz: 3\n", "web"),
+            "replicaz",
+        ),
+        (
+            "a changed selector",
+            with("2", "", "other"),
+            "field is immutable",
+        ),
+    ] {
+        let c = world
+            .git
+            .commit(what, &[("clusters/rf/app.yaml", Some(&yaml))])
+            .unwrap();
+        pin(&world, &["rf"], &c).await.unwrap();
+        let s = world.wait_failed_at("rf", &c).await;
+        let p = s
+            .problems
+            .iter()
+            .find(|p| p.object == "Deployment/shop/web")
+            .unwrap_or_else(|| panic!("{what}: {s:?}"));
+        assert!(p.message.contains(needle), "{what}: {p:?}");
+        assert!(s.message.contains("nothing was applied"), "{what}: {s:?}");
+        assert_eq!(s.applied_commit, a, "{what}");
+    }
+    assert_eq!(
+        emu.writes_except("ferry-system"),
+        writes,
+        "nothing was written"
+    );
+}
+
+/// `app` with the Deployment's replicas, extra spec lines and app label.
+fn app_with(replicas: &str, extra: &str, label: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: shop\ndata:\n  version: \"2.0\"\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  replicas: {replicas}\n{extra}  selector:\n    matchLabels: {{app: {label}}}\n  template:\n    metadata:\n      labels: {{app: {label}}}\n    spec:\n      containers:\n      - name: web\n        image: nginx:1.0\n"
+    )
+}
