@@ -3,12 +3,12 @@
 //! dir, six emulated clusters with their agents, and a commit moved through
 //! them in steps, canaries first, with a live view.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ferry_integration::world::{World, WorldConfig};
 use ferry_proto::v1::{GetRolloutRequest, Health, ListClustersRequest, Phase};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Run a local Ferry fleet: coordinator, Git server, emulated clusters, agents.
@@ -25,6 +25,10 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 180)]
     timeout_seconds: u64,
+    /// Run every command printed for you to try, then exit (non-zero,
+    /// naming the first that fails).
+    #[arg(long)]
+    run_suggestions: bool,
 }
 
 const CLUSTERS: [(&str, &str, &str); 6] = [
@@ -353,35 +357,168 @@ async fn run(args: Args) -> Result<()> {
     );
     println!("\n{}", world.ferry(&["history", "--limit", "8"]).await?);
 
-    if args.exit_when_done {
+    if args.exit_when_done && !args.run_suggestions {
         return Ok(());
     }
     let flags = world.cli_flags();
+    let env = vec![
+        ("FERRY_ADDR".to_string(), flags[1].clone()),
+        ("FERRY_CA".to_string(), flags[3].clone()),
+        (
+            "FERRY_TOKEN_FILE".to_string(),
+            dir.join("coordinator")
+                .join(ferry_coordinator::server::ADMIN_TOKEN_FILE)
+                .display()
+                .to_string(),
+        ),
+    ];
+    let tries = suggestions(&world, &dir, &id, &first, &second);
     println!("\nThe sandbox keeps running (Ctrl-C stops it). Try, in another terminal:\n");
     println!(
-        "  export FERRY_ADDR={} FERRY_CA={} FERRY_TOKEN_FILE={}",
-        flags[1],
-        flags[3],
-        dir.join("coordinator/admin-token").display()
+        "  export {}",
+        env.iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    println!("  cargo run -q --bin ferry -- clusters");
-    println!("  cargo run -q --bin ferry -- cluster show eu-1");
-    println!("  cargo run -q --bin ferry -- history");
-    println!("  cargo run -q --bin ferry -- rollout status {id}");
-    println!(
-        "  cargo run -q --bin ferry -- rollout start --commit {} --wave ring=canary --wave 100% --bake 10s --auto-rollback",
-        &first[..8]
-    );
-    println!("  cargo run -q --bin ferry -- rollout status --watch");
-    println!(
-        "  cargo run -q --bin ferry -- pin eu-1 --commit {} --reason 'roll eu-1 back'",
-        &first[..8]
-    );
-    println!(
-        "  KUBECONFIG={} kubectl get all -n shop",
-        dir.join("eu-1.kubeconfig").display()
-    );
-    println!("  git -C {} log --oneline", world.git.work.display());
+    for t in &tries {
+        println!("  {}", t.shown());
+    }
+    if args.run_suggestions {
+        println!();
+        for t in &tries {
+            t.run(&env).await?;
+        }
+        println!("\nEvery suggested command ran.");
+        return Ok(());
+    }
     tokio::signal::ctrl_c().await?;
     Ok(())
+}
+
+/// A program a suggested command runs.
+#[derive(Clone, Copy)]
+enum Program {
+    /// `cargo run -q --bin ferry --`: the `ferry` next to this binary.
+    Ferry,
+    Kubectl,
+    Git,
+}
+
+/// A command the sandbox suggests, kept as data so that what is printed is
+/// exactly what `--run-suggestions` runs.
+struct Suggestion {
+    program: Program,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+fn suggest(program: Program, args: &[&str]) -> Suggestion {
+    Suggestion {
+        program,
+        env: vec![],
+        args: args.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+fn suggestions(world: &World, dir: &Path, id: &str, first: &str, second: &str) -> Vec<Suggestion> {
+    use Program::*;
+    let mut kubectl = suggest(Kubectl, &["get", "all", "-n", "shop"]);
+    kubectl.env.push((
+        "KUBECONFIG".into(),
+        dir.join("eu-1.kubeconfig").display().to_string(),
+    ));
+    let work = world.git.work.display().to_string();
+    vec![
+        suggest(Ferry, &["clusters"]),
+        suggest(Ferry, &["cluster", "show", "eu-1"]),
+        suggest(Ferry, &["history"]),
+        suggest(Ferry, &["rollout", "status", id]),
+        suggest(
+            Ferry,
+            &[
+                "rollout",
+                "start",
+                "--commit",
+                &first[..8],
+                "--wave",
+                "ring=canary",
+                "--wave",
+                "100%",
+                "--bake",
+                "5s",
+                "--auto-rollback",
+            ],
+        ),
+        suggest(Ferry, &["rollout", "status", "--watch"]),
+        suggest(
+            Ferry,
+            &[
+                "pin",
+                "eu-1",
+                "--commit",
+                &second[..8],
+                "--reason",
+                "eu-1 back on 2.0",
+            ],
+        ),
+        kubectl,
+        suggest(Git, &["-C", &work, "log", "--oneline"]),
+    ]
+}
+
+impl Suggestion {
+    fn shown(&self) -> String {
+        let mut words: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect();
+        words.push(match self.program {
+            Program::Ferry => "cargo run -q --bin ferry --".into(),
+            Program::Kubectl => ferry_integration::harness::kubectl().display().to_string(),
+            Program::Git => "git".into(),
+        });
+        words.extend(self.args.iter().map(|a| quote(a)));
+        words.join(" ")
+    }
+
+    /// Runs it as a shell would (with the printed `export`), failing with
+    /// the command and its output unless it exits 0.
+    async fn run(&self, env: &[(String, String)]) -> Result<()> {
+        let program: PathBuf = match self.program {
+            Program::Ferry => std::env::current_exe()?.with_file_name("ferry"),
+            Program::Kubectl => ferry_integration::harness::kubectl(),
+            Program::Git => "git".into(),
+        };
+        println!("$ {}", self.shown());
+        let out = tokio::process::Command::new(&program)
+            .args(&self.args)
+            .envs(env.iter().chain(&self.env).map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("running {}", program.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        print!("{stdout}");
+        if !out.status.success() {
+            bail!(
+                "`{}` failed ({}):\n{stdout}{}",
+                self.shown(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A word as a POSIX shell reads it back.
+fn quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:%,@+".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }

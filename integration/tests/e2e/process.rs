@@ -212,3 +212,42 @@ async fn sigterm_drains_a_sync_in_progress_and_says_goodbye() {
         "wave 1 must not start during a stop"
     );
 }
+
+/// The README's first command, `ferry-sandbox`, reaches its end (a staged
+/// rollout across six clusters), and every command it then tells a newcomer
+/// to try works as printed: the CLI against its coordinator, `kubectl`
+/// against an emulated cluster, `git` on the fleet repository.
+#[test]
+fn the_sandbox_finishes_and_every_command_it_prints_works() {
+    ferry_bin(); // what `cargo run --bin ferry` would run, next to the sandbox
+    let sandbox = workspace_binary("ferry-integration", "ferry-sandbox");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&sandbox)
+        .args(["--exit-when-done", "--run-suggestions", "--dir"])
+        .arg(dir.path())
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ferry-sandbox runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "succeeded: every cluster runs",
+        "export FERRY_ADDR=",
+        // `ferry clusters`, `rollout status --watch`, `pin`, `kubectl get
+        // all`, `git log`: each one's own output.
+        "canary-eu",
+        "Succeeded",
+        "eu-1: ",
+        "deployment.apps/storefront",
+        "service/storefront",
+        "storefront 2.0",
+        "Every suggested command ran.",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+}
