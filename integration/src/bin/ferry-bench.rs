@@ -98,11 +98,15 @@ struct Coord {
     admin: Admin,
     ca: std::path::PathBuf,
     addr: String,
+    port: u16,
 }
 
 async fn start_coordinator(dir: &std::path::Path, repo: &str) -> Result<Coord> {
+    start_coordinator_on(dir, repo, ferry_integration::world::free_port()?).await
+}
+
+async fn start_coordinator_on(dir: &std::path::Path, repo: &str, port: u16) -> Result<Coord> {
     let ferry = binary("ferry", BUILD)?;
-    let port = ferry_integration::world::free_port()?;
     let data = dir.join("coordinator");
     let proc = Proc(
         Command::new(&ferry)
@@ -145,7 +149,83 @@ async fn start_coordinator(dir: &std::path::Path, repo: &str) -> Result<Coord> {
         admin,
         ca,
         addr,
+        port,
     })
+}
+
+/// What a coordinator restart costs a connected fleet.
+struct Restart {
+    clusters: usize,
+    /// From SIGTERM to every agent connected again.
+    back_s: f64,
+    /// The most agents that (re)connected within any 100 ms, as a rate.
+    peak_per_s: f64,
+    /// When half and 99 % of the fleet were back.
+    p50_s: f64,
+    p99_s: f64,
+}
+
+/// Stops the coordinator (SIGTERM, as an orchestrator does), starts it
+/// again on the same port and data, and times the fleet coming back.
+async fn restart(
+    c: Coord,
+    fleet: &Fleet,
+    n: usize,
+    dir: &std::path::Path,
+    repo: &str,
+) -> Result<(Coord, Restart)> {
+    let port = c.port;
+    let t = Instant::now();
+    let pid = rustix::process::Pid::from_raw(c.proc.0.id() as i32).context("a pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    let mut old = c;
+    wait_for("the coordinator to exit", Duration::from_secs(30), || {
+        let exited = old.proc.0.try_wait().ok().flatten().is_some();
+        async move { exited.then_some(()) }
+    })
+    .await?;
+    let c = start_coordinator_on(dir, repo, port).await?;
+    // Connected agents over time, every 10 ms.
+    let mut samples: Vec<(f64, usize)> = vec![];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = fleet.connected();
+        samples.push((t.elapsed().as_secs_f64(), now));
+        if now >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {now} of {n} agents back after a restart");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back_s = t.elapsed().as_secs_f64();
+    let at = |share: f64| {
+        samples
+            .iter()
+            .find(|(_, k)| *k as f64 >= share * n as f64)
+            .map_or(back_s, |(s, _)| *s)
+    };
+    let mut peak = 0usize;
+    for (i, (s0, k0)) in samples.iter().enumerate() {
+        let k1 = samples[i..]
+            .iter()
+            .take_while(|(s, _)| s - s0 <= 0.1)
+            .map(|(_, k)| *k)
+            .max()
+            .unwrap_or(*k0);
+        peak = peak.max(k1.saturating_sub(*k0));
+    }
+    Ok((
+        c,
+        Restart {
+            clusters: n,
+            back_s,
+            peak_per_s: peak as f64 * 10.0,
+            p50_s: at(0.5),
+            p99_s: at(0.99),
+        },
+    ))
 }
 
 fn name(i: usize) -> String {
@@ -272,8 +352,9 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
             &[("clusters/README", Some(&format!("revision {i}\n")))],
         )?);
     }
-    let c = start_coordinator(dir, &git.url).await?;
-    let pid = c.proc.0.id();
+    let mut c = start_coordinator(dir, &git.url).await?;
+    let mut pid = c.proc.0.id();
+    let mut restarted: Option<Restart> = None;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base_rss = rss_mib(pid);
     let max = *args.clusters.iter().max().context("no fleet size")?;
@@ -301,7 +382,7 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         all_synced(&c.admin, n, &commits[k]).await?;
         let synced_s = t.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        stages.push(Stage {
+        let mut stage = Stage {
             clusters: n,
             enroll_s,
             connect_s,
@@ -311,7 +392,18 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
             fan_out: spread(lat),
             pin_call_ms,
             synced_s,
-        });
+        };
+        if k == 0 {
+            eprintln!("restarting the coordinator under {n} agents…");
+            let (next, r) = restart(c, &fleet, n, dir, &git.url).await?;
+            c = next;
+            pid = c.proc.0.id();
+            restarted = Some(r);
+            // The next stage's memory per stream counts from this process.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stage.rss_mib = rss_mib(pid);
+        }
+        stages.push(stage);
     }
 
     // Saturation: every agent sends a burst of reports at once.
@@ -498,6 +590,23 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
             "fan_out": s.fan_out.1, "synced_s": s.synced_s,
         }));
     }
+    if let Some(r) = &restarted {
+        rows.push((
+            format!(
+                "{} clusters: coordinator restart (SIGTERM) to every agent back",
+                r.clusters
+            ),
+            format!("{:.1} s", r.back_s),
+        ));
+        rows.push((
+            "  half / 99 % of the agents back".into(),
+            format!("{:.1} / {:.1} s", r.p50_s, r.p99_s),
+        ));
+        rows.push((
+            "  peak reconnects (most in any 100 ms, per second)".into(),
+            format!("{:.0}/s", r.peak_per_s),
+        ));
+    }
     rows.push((
         format!(
             "status reports ingested/s ({} x {n}, stored)",
@@ -520,6 +629,10 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
     ));
     let j = json!({
         "base_rss_mib": base_rss, "stages": stage_json,
+        "restart": restarted.as_ref().map(|r| json!({
+            "clusters": r.clusters, "back_s": r.back_s, "p50_s": r.p50_s,
+            "p99_s": r.p99_s, "peak_reconnects_per_s": r.peak_per_s,
+        })),
         "status_reports_per_s": reports_per_s, "burst_s": burst_s,
         "rss_after_burst_mib": rss_after_burst,
         "rollout": {"clusters": n, "seconds": rollout_s, "waves": wave_json},
