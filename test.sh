@@ -11,6 +11,7 @@ need=()
 command -v git >/dev/null || need+=(git)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v promtool >/dev/null || need+=(prometheus)
 [ -x /usr/lib/git-core/git-daemon ] || [ -x "$(git --exec-path 2>/dev/null)/git-daemon" ] || need+=(git-daemon-sysvinit)
 if ! command -v python3 >/dev/null; then
   need+=(python3 python3-venv)
@@ -21,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "installing: ${need[*]}"
   # The tests run their own sshd on a random port; installing the package
-  # must not start a system SSH service. Containers already forbid service
+  # must not start a system SSH (or Prometheus) service. Containers already forbid service
   # starts (policy-rc.d); elsewhere forbid them for this install only.
   policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then

@@ -4,6 +4,7 @@
 //! credentials, which only a fresh read of the kubeconfig learns. Every
 //! part of the agent takes the current client from here.
 
+use crate::metrics::{CountRequests, Metrics};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -33,11 +34,12 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// The current client, and how to make the next one.
 pub struct Cluster {
     kubeconfig: Option<PathBuf>,
+    metrics: Metrics,
     current: watch::Sender<kube::Client>,
     last_refresh: Mutex<Instant>,
 }
 
-async fn build(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, Error> {
+async fn build(kubeconfig: Option<&PathBuf>, metrics: &Metrics) -> Result<kube::Client, Error> {
     let mut kc = match kubeconfig {
         Some(p) => {
             let bad = |source: Box<dyn std::error::Error + Send + Sync>| Error::Kubeconfig {
@@ -54,15 +56,19 @@ async fn build(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, Error> {
     // The sync loop retries with its own backoff; kube's default retries of
     // 429/503 (up to 15, minutes apart) would stall a sync instead.
     kc.default_retry = false;
-    kube::Client::try_from(kc).map_err(Error::Client)
+    Ok(kube::client::ClientBuilder::try_from(kc)
+        .map_err(Error::Client)?
+        .with_layer(&CountRequests(metrics.clone()))
+        .build())
 }
 
 impl Cluster {
     /// The first client: an unusable kubeconfig is an error at once.
-    pub async fn connect(kubeconfig: Option<PathBuf>) -> Result<Cluster, Error> {
-        let client = build(kubeconfig.as_ref()).await?;
+    pub async fn connect(kubeconfig: Option<PathBuf>, metrics: Metrics) -> Result<Cluster, Error> {
+        let client = build(kubeconfig.as_ref(), &metrics).await?;
         Ok(Cluster {
             kubeconfig,
+            metrics,
             current: watch::channel(client).0,
             last_refresh: Mutex::new(Instant::now()),
         })
@@ -88,7 +94,7 @@ impl Cluster {
             }
             *last = Instant::now();
         }
-        match build(self.kubeconfig.as_ref()).await {
+        match build(self.kubeconfig.as_ref(), &self.metrics).await {
             Ok(c) => {
                 tracing::info!(
                     "rebuilt the Kubernetes client from the kubeconfig after a connection failed"

@@ -14,8 +14,10 @@ pub mod cluster;
 pub mod drift;
 pub mod health;
 pub mod identity;
+pub mod inform;
 pub mod keeper;
 pub mod link;
+pub mod metrics;
 pub mod plan;
 pub mod render;
 pub mod source;
@@ -27,6 +29,7 @@ use state::StateStore;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -41,6 +44,9 @@ pub enum Error {
     /// The agent has no identity and cannot get one.
     #[error(transparent)]
     Identity(#[from] identity::Error),
+    /// The metrics and probe port could not be bound.
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
 
 /// How long the link has, once the loop has stopped, to hand over the last
@@ -76,6 +82,9 @@ pub struct Config {
     pub git_auth: source::GitAuth,
     /// The bound of the Git cache, in bytes.
     pub git_cache_bytes: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (plain HTTP);
+    /// nowhere when `None`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -98,6 +107,7 @@ impl Config {
             self_heal: true,
             git_auth: source::GitAuth::default(),
             git_cache_bytes: source::DEFAULT_CACHE_BYTES,
+            metrics_listen: None,
         }
     }
 }
@@ -120,7 +130,24 @@ pub fn default_kustomize() -> Vec<String> {
 /// token, a refused join token). Stopping, it finishes the step in hand,
 /// hands the coordinator its last status and ends every task it started.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let cluster = Arc::new(cluster::Cluster::connect(cfg.kubeconfig.clone()).await?);
+    let metrics = metrics::Metrics::default();
+    let ready = Arc::new(Ready::default());
+    let (held_tx, held) = watch::channel(None::<identity::Identity>);
+    // Probes answer from the start: alive at once, ready once enrolled and
+    // connected or enforcing a kept commit.
+    let _ops = match cfg.metrics_listen {
+        Some(addr) => {
+            let listener = ferry_proto::ops::bind(addr).await.map_err(Error::Metrics)?;
+            let ops = ops(&metrics, ready.clone(), held.clone(), cfg.dial.insecure);
+            let stop = shutdown.child_token();
+            Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                ferry_proto::ops::serve(listener, ops, stop),
+            )))
+        }
+        None => None,
+    };
+    let cluster =
+        Arc::new(cluster::Cluster::connect(cfg.kubeconfig.clone(), metrics.clone()).await?);
     let client = cluster.client();
     let mut states = StateStore::new(client.clone(), cfg.namespace.clone());
     // The cluster's API may not be up yet: wait for it, but not for the coordinator.
@@ -162,6 +189,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let mut tasks = JoinSet::new();
     let (identity_tx, identity_rx) = watch::channel(identity.clone());
     let held_identity = identity_rx.clone();
+    ready.identity.store(true, Ordering::Relaxed);
+    // What the probes and metrics see of the identity, as it is renewed.
+    {
+        let mut rx = identity_rx.clone();
+        let stop = shutdown.child_token();
+        tasks.spawn(async move {
+            loop {
+                held_tx.send_replace(rx.borrow_and_update().clone());
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
     if let Some(id) = identity.filter(|i| i.not_after_ms > 0) {
         tasks.spawn(identity::renew_forever(
             id_source,
@@ -177,6 +219,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let (assign_tx, assign_rx) = watch::channel(state.assignment.clone());
     let (refused_tx, refused_rx) = watch::channel(None);
     let (status_tx, status_rx) = watch::channel(sync::Syncer::initial_report(&state));
+    let status_rx_local = status_rx.clone();
     // The link outlives the loop by a moment, to carry its last status.
     let link_stop = CancellationToken::new();
     let link = tokio::spawn(link::run(
@@ -192,6 +235,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         link::Inbox {
             assignments: assign_tx,
             refused: refused_tx,
+            connected: metrics.connected.clone(),
         },
         status_rx,
         link_stop.clone(),
@@ -218,7 +262,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         shutdown.child_token(),
     ));
 
-    let syncer = sync::Syncer::new(cfg, cluster, states, state, status_tx);
+    // What the cluster's own operators see: events and a status ConfigMap.
+    let (notices, notices_rx) = inform::Notices::channel();
+    let inform = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inform::run(
+        cluster.subscribe(),
+        cfg.namespace.clone(),
+        cfg.cluster.clone(),
+        status_rx_local,
+        notices_rx,
+        shutdown.child_token(),
+    )));
+    let out = sync::Outputs {
+        status: status_tx,
+        metrics,
+        enforcing: ready.enforcing.clone(),
+        notices,
+    };
+    let syncer = sync::Syncer::new(cfg, cluster, states, state, out);
     syncer
         .run(assign_rx, refused_rx, wake, kinds_tx, shutdown.clone())
         .await;
@@ -227,6 +287,54 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     if tokio::time::timeout(LINK_GRACE, link).await.is_err() {
         tracing::warn!("the coordinator link did not close in time");
     }
+    // The cluster's own status gets its last write too.
+    if tokio::time::timeout(LINK_GRACE, inform).await.is_err() {
+        tracing::warn!("the status ConfigMap was not written in time");
+    }
     tasks.shutdown().await;
     Ok(())
+}
+
+/// What readiness is judged on.
+#[derive(Default)]
+struct Ready {
+    /// The agent has its identity (enrolled, or plaintext by choice).
+    identity: AtomicBool,
+    /// It holds an applied commit it keeps enforcing.
+    enforcing: Arc<AtomicBool>,
+}
+
+/// The probe and metrics endpoint's view of the agent.
+fn ops(
+    metrics: &metrics::Metrics,
+    ready: Arc<Ready>,
+    identity: watch::Receiver<Option<identity::Identity>>,
+    insecure: bool,
+) -> ferry_proto::ops::Ops {
+    let connected = metrics.connected.clone();
+    let expiry = metrics.certificate_expiry.clone();
+    let held = identity.clone();
+    ferry_proto::ops::Ops {
+        registry: Arc::new(metrics.registry()),
+        ready: Arc::new(move || {
+            let verdict = if !ready.identity.load(Ordering::Relaxed) {
+                Err(if insecure {
+                    "reading the agent's state from the cluster".to_string()
+                } else {
+                    "no identity yet: reading it from the cluster or enrolling".to_string()
+                })
+            } else if connected.get() == 0 && !ready.enforcing.load(Ordering::Relaxed) {
+                Err("no session with the coordinator and no applied commit to enforce".into())
+            } else {
+                Ok(())
+            };
+            Box::pin(std::future::ready(verdict))
+        }),
+        refresh: Some(Arc::new(move || {
+            if let Some(id) = held.borrow().as_ref().filter(|i| i.not_after_ms > 0) {
+                expiry.set(ferry_proto::ops::unix_seconds(id.not_after_ms));
+            }
+            Box::pin(std::future::ready(()))
+        })),
+    }
 }

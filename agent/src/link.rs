@@ -95,6 +95,8 @@ impl Backoff {
 pub struct Inbox {
     pub assignments: watch::Sender<Option<Assignment>>,
     pub refused: watch::Sender<Option<String>>,
+    /// 1 while a session is established.
+    pub connected: prometheus_client::metrics::gauge::Gauge,
 }
 
 pub async fn run(
@@ -112,6 +114,7 @@ pub async fn run(
         let id = identity.borrow().clone();
         let mut established = false;
         let result = session(&cfg, id, &inbox, &mut status, &stop, &mut established).await;
+        inbox.connected.set(0);
         if stop.is_cancelled() {
             return;
         }
@@ -173,6 +176,7 @@ async fn session(
         s = client.session(ReceiverStream::new(rx)) => s?.into_inner(),
     };
     *established = true;
+    inbox.connected.set(1);
     tracing::info!(addr = %cfg.dial.addr, "connected to the coordinator");
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;

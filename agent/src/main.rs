@@ -88,6 +88,10 @@ struct Args {
     /// Log format (logs go to stderr; `FERRY_LOG` filters them).
     #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
+    /// address (e.g. 0.0.0.0:9090); off when not given.
+    #[arg(long, env = "FERRY_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -136,6 +140,7 @@ fn config(args: Args) -> Result<Config, String> {
         ssh_insecure_ignore_host_key: args.git_ssh_insecure_ignore_host_key,
     };
     cfg.git_cache_bytes = args.git_cache_mib.max(1) << 20;
+    cfg.metrics_listen = args.metrics_listen;
     if let Some(k) = args.kustomize {
         cfg.kustomize = k.split_whitespace().map(str::to_string).collect();
     }

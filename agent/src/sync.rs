@@ -9,6 +9,8 @@
 
 use crate::apply::{self, Applier};
 use crate::cluster::{self, Cluster};
+use crate::inform::{Notice, Notices};
+use crate::metrics::{Metrics, SyncLabels, SyncResult};
 use crate::render::{self, Object};
 use crate::source::{self, Source};
 use crate::state::{State, StateStore};
@@ -17,6 +19,7 @@ use ferry_proto::v1::{Health, ObjectProblem, Phase, StatusReport};
 use ferry_proto::{Assignment, Commit, now_unix_ms};
 use kube::discovery::ApiResource;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +69,16 @@ impl Pass {
     }
 }
 
+/// Where the loop tells what it does: the coordinator (status), metrics,
+/// readiness, and the cluster's own operators (events).
+pub struct Outputs {
+    pub status: watch::Sender<StatusReport>,
+    pub metrics: Metrics,
+    /// Set while the agent holds an applied commit it keeps enforcing.
+    pub enforcing: Arc<AtomicBool>,
+    pub notices: Notices,
+}
+
 /// The loop's own state. The sync loop is its only owner.
 pub struct Syncer {
     cfg: Config,
@@ -82,6 +95,13 @@ pub struct Syncer {
     drift_corrections: u64,
     last_sync_ms: i64,
     last_correction_ms: i64,
+    metrics: Metrics,
+    /// Set while the agent holds an applied commit it keeps enforcing.
+    enforcing: Arc<AtomicBool>,
+    /// What becomes an event in the cluster.
+    notices: Notices,
+    /// The pass just run failed on the mass-prune valve (its own event).
+    prune_refused: bool,
 }
 
 impl Syncer {
@@ -90,9 +110,17 @@ impl Syncer {
         cluster: Arc<Cluster>,
         states: StateStore,
         state: State,
-        status: watch::Sender<StatusReport>,
+        out: Outputs,
     ) -> Self {
+        let Outputs {
+            status,
+            metrics,
+            enforcing,
+            notices,
+        } = out;
         let mut clients = cluster.subscribe();
+        enforcing.store(state.applied_commit.is_some(), Ordering::Relaxed);
+        metrics.managed_objects.set(state.inventory.len() as i64);
         let client = clients.borrow_and_update().clone();
         Syncer {
             applier: Applier::new(client, cfg.cluster.clone()),
@@ -109,7 +137,42 @@ impl Syncer {
             drift_corrections: 0,
             last_sync_ms: 0,
             last_correction_ms: 0,
+            metrics,
+            enforcing,
+            notices,
+            prune_refused: false,
         }
+    }
+
+    /// Counts a pass that ran to its end.
+    fn count(&self, pass: &Pass, took: Duration) {
+        let result = if pass.phase == Phase::Failed {
+            SyncResult::failure
+        } else {
+            self.metrics.last_success.set(now_unix_ms() as f64 / 1000.0);
+            SyncResult::success
+        };
+        self.metrics
+            .syncs
+            .get_or_create(&SyncLabels { result })
+            .inc();
+        self.metrics.sync_duration.observe(took.as_secs_f64());
+        self.metrics
+            .managed_objects
+            .set(self.state.inventory.len() as i64);
+        self.enforcing
+            .store(self.state.applied_commit.is_some(), Ordering::Relaxed);
+    }
+
+    /// Counts writes that repaired drift.
+    fn corrected(&mut self, writes: usize, commit: &Commit) {
+        self.drift_corrections += writes as u64;
+        self.last_correction_ms = now_unix_ms();
+        self.metrics.drift_corrections.inc_by(writes as u64);
+        self.notices.send(Notice::DriftRepaired {
+            commit: commit.short().to_string(),
+            writes,
+        });
     }
 
     /// The first report, before any pass: what the cluster was left with.
@@ -218,6 +281,7 @@ impl Syncer {
                     }
                 }
             }
+            let started = Instant::now();
             let Some(mut pass) = self.pass(&a, &stop).instrument(span.clone()).await else {
                 break;
             };
@@ -228,6 +292,12 @@ impl Syncer {
                     format!("{why}; still enforcing {}", a.commit.short()),
                     pass.problems,
                 );
+            }
+            self.count(&pass, started.elapsed());
+            if pass.phase == Phase::Failed && !std::mem::take(&mut self.prune_refused) {
+                self.notices.send(Notice::SyncFailed {
+                    message: pass.message.clone(),
+                });
             }
             let delay = match (pass.phase, pass.health) {
                 (Phase::Failed, _) => {
@@ -313,8 +383,7 @@ impl Syncer {
         {
             Ok(done) => {
                 if done.writes > 0 {
-                    self.drift_corrections += done.writes as u64;
-                    self.last_correction_ms = now_unix_ms();
+                    self.corrected(done.writes, &prev.commit);
                     tracing::info!(
                         writes = done.writes,
                         commit = %prev.commit,
@@ -371,6 +440,7 @@ impl Syncer {
         let (url, path, c) = (a.repo_url.clone(), a.path.clone(), a.commit.clone());
         // A Git server that hangs must not hang the agent: the pass fails
         // (and is retried) after GIT_TIMEOUT.
+        let started = Instant::now();
         let read =
             tokio::task::spawn_blocking(move || source.files(&url, &c, &path, &render::wanted));
         let files = tokio::select! {
@@ -389,6 +459,9 @@ impl Syncer {
             }
             Ok(Ok(Ok((files, fetched)))) => {
                 if fetched {
+                    self.metrics
+                        .fetch_duration
+                        .observe(started.elapsed().as_secs_f64());
                     tracing::info!("fetched");
                 }
                 files
@@ -446,8 +519,7 @@ impl Syncer {
         Some(match result {
             Ok(applied) => {
                 if applied.writes > 0 && applied_before {
-                    self.drift_corrections += applied.writes as u64;
-                    self.last_correction_ms = now_unix_ms();
+                    self.corrected(applied.writes, &a.commit);
                     tracing::info!(writes = applied.writes, "repaired drift");
                 }
                 if applied.writes > 0 {
@@ -471,6 +543,13 @@ impl Syncer {
                 }
                 self.state = next;
                 self.last_sync_ms = now_unix_ms();
+                if !applied_before {
+                    self.notices.send(Notice::Applied {
+                        commit: a.commit.short().to_string(),
+                        objects: self.state.inventory.len(),
+                        writes: applied.writes,
+                    });
+                }
                 judge(&applied.live, &a.commit)
             }
             Err(apply::Error::Interrupted) => return None,
@@ -493,7 +572,17 @@ impl Syncer {
                 );
                 Pass::failed(message, wire(problems))
             }
-            Err(e) => Pass::failed(self.failure(&e).await, vec![]),
+            Err(e) => {
+                let message = self.failure(&e).await;
+                if matches!(e, apply::Error::MassPrune(_)) {
+                    self.metrics.prune_refusals.inc();
+                    self.prune_refused = true;
+                    self.notices.send(Notice::PruneRefused {
+                        message: message.clone(),
+                    });
+                }
+                Pass::failed(message, vec![])
+            }
         })
     }
 

@@ -238,6 +238,7 @@ impl Driver {
             )
             .await?;
         let stored_in = t.elapsed();
+        self.hub.metrics.pins.inc_by(entries.len() as u64);
         self.hub
             .push_many(entries.iter().map(|e| e.cluster.as_str()))
             .await;

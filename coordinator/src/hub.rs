@@ -3,6 +3,7 @@
 //! It owns no durable state (the store does) and owns every session task,
 //! so stopping the coordinator ends and waits for all of them.
 
+use crate::metrics::Metrics;
 use crate::store::{PinnedCluster, Store};
 use ferry_proto::Assignment;
 use ferry_proto::v1::{CoordinatorMessage, coordinator_message};
@@ -36,11 +37,18 @@ pub struct Hub {
     pub tasks: TaskTracker,
     /// Cancelled when the coordinator stops: every session task ends.
     pub shutdown: CancellationToken,
+    pub metrics: Metrics,
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Store>, repo_url: String, path_template: String) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        repo_url: String,
+        path_template: String,
+        metrics: Metrics,
+    ) -> Self {
         Hub {
+            metrics,
             store,
             repo_url,
             path_template,
@@ -89,6 +97,16 @@ impl Hub {
     /// Ends every session (their streams close; agents reconnect).
     pub fn close_all(&self) {
         self.sessions().clear();
+    }
+
+    /// (sessions, assignments queued in them and not yet sent).
+    pub fn session_counts(&self) -> (usize, usize) {
+        let sessions = self.sessions();
+        let queued = sessions
+            .values()
+            .map(|s| s.tx.max_capacity() - s.tx.capacity())
+            .sum();
+        (sessions.len(), queued)
     }
 
     pub fn connected(&self, cluster: &str) -> bool {

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod driver;
 pub mod hub;
+pub mod metrics;
 pub mod pki;
 pub mod repo;
 pub mod rollout;

@@ -6,11 +6,13 @@
 use crate::auth;
 use crate::driver::Driver;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
 use crate::repo::Repo;
 use crate::service::{AdminService, AgentLinkService, EnrollmentService};
 use crate::store::Store;
 use crate::store::sqlite::Sqlite;
+use crate::store::timed::Timed;
 use ferry_proto::v1::admin_server::AdminServer;
 use ferry_proto::v1::agent_link_server::AgentLinkServer;
 use ferry_proto::v1::enrollment_server::EnrollmentServer;
@@ -111,6 +113,9 @@ pub struct Config {
     pub event_buffer: usize,
     /// The coordinator's own Git credentials, for resolving refs.
     pub git_auth: ferry_proto::git::GitAuth,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (plain HTTP);
+    /// nowhere when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -127,6 +132,7 @@ impl Config {
             insecure: false,
             event_buffer: 1024,
             git_auth: Default::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -137,6 +143,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// A running coordinator.
 pub struct Coordinator {
     pub addr: SocketAddr,
+    /// Where `/metrics` and the probes are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
     pub hub: Arc<Hub>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     driver: tokio::task::JoinHandle<()>,
@@ -173,7 +181,11 @@ impl Coordinator {
             dir: cfg.data_dir.clone(),
             source,
         };
-        let store: Arc<dyn Store> = Arc::new(Sqlite::open(&cfg.data_dir).await.map_err(store_err)?);
+        let metrics = Metrics::default();
+        let store: Arc<dyn Store> = Arc::new(Timed::new(
+            Arc::new(Sqlite::open(&cfg.data_dir).await.map_err(store_err)?),
+            metrics.clone(),
+        ));
         if store.token_count().await.map_err(store_err)? == 0 {
             let token = auth::new_secret("ferry-");
             store
@@ -226,6 +238,7 @@ impl Coordinator {
             store,
             cfg.repo_url.clone(),
             cfg.path_template.clone(),
+            metrics,
         ));
         let (driver, driver_handle) = Driver::new(hub.clone(), repo.clone(), cfg.event_buffer);
 
@@ -289,6 +302,17 @@ impl Coordinator {
                 .max_decoding_message_size(1 << 20),
             );
         let shutdown = hub.shutdown.clone();
+        let mut metrics_addr = None;
+        if let Some(addr) = cfg.metrics_listen {
+            let bind_err = |source| Error::Bind { addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+            metrics_addr = Some(listener.local_addr().map_err(bind_err)?);
+            hub.tasks.spawn(ferry_proto::ops::serve(
+                listener,
+                crate::metrics::ops(hub.clone()),
+                shutdown.clone(),
+            ));
+        }
         let driver = tokio::spawn(driver.run(shutdown.clone()));
         let server = tokio::spawn(
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -298,6 +322,7 @@ impl Coordinator {
         tracing::info!(%addr, repo = %ferry_proto::git::redact(&cfg.repo_url), "coordinator serving");
         Ok(Coordinator {
             addr,
+            metrics_addr,
             hub,
             server,
             driver,

@@ -10,6 +10,7 @@
 //! talk to anything but their database.
 
 pub mod sqlite;
+pub mod timed;
 
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
@@ -236,6 +237,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stored events after `after_id`, oldest first.
     async fn events(&self, rollout: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>>;
+
+    /// The fleet counted: clusters by their last phase and health, rollouts
+    /// by phase (for metrics; cheap at any fleet size).
+    async fn summary(&self) -> Result<Summary>;
+}
+
+/// Counts for metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// (phase, health, clusters) of enrolled, unrevoked clusters, by the
+    /// wire enums' values.
+    pub clusters: Vec<(i32, i32, u64)>,
+    /// (phase as stored, rollouts).
+    pub rollouts: Vec<(String, u64)>,
 }
 
 /// A rollout id (`r12`) as its row number.

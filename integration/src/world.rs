@@ -177,6 +177,8 @@ pub struct ClusterHandle {
     pub kubeconfig: PathBuf,
     /// The one-time join token `ferry cluster add` gave this cluster.
     pub join_token: String,
+    /// Where its agent serves metrics and probes (with `WorldConfig::metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
     pub agent: Option<(
         CancellationToken,
         tokio::task::JoinHandle<Result<(), ferry_agent::Error>>,
@@ -226,6 +228,8 @@ pub struct WorldConfig {
     /// agents' Git secret as its own credentials (`--git-secret-dir`),
     /// instead of over git:// from the same server.
     pub coordinator_uses_git_secret: bool,
+    /// The coordinator and agents serve `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: bool,
 }
 
 impl Default for WorldConfig {
@@ -239,6 +243,7 @@ impl Default for WorldConfig {
             crd_establish_delay: Duration::ZERO,
             event_buffer: 1024,
             coordinator_uses_git_secret: false,
+            metrics: false,
         }
     }
 }
@@ -362,7 +367,15 @@ impl World {
         }
         cfg.cert_lifetime = self.cfg.cert_lifetime;
         cfg.event_buffer = self.cfg.event_buffer;
+        if self.cfg.metrics {
+            cfg.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        }
         cfg
+    }
+
+    /// Where the coordinator serves metrics and probes, if it does.
+    pub fn coordinator_metrics(&self) -> Option<std::net::SocketAddr> {
+        self.coordinator.as_ref().and_then(|c| c.metrics_addr)
     }
 
     /// (Re)starts the coordinator on its data dir, on the same port as before.
@@ -484,6 +497,11 @@ impl World {
                 .collect(),
             emulator,
             kubeconfig,
+            metrics: if self.cfg.metrics {
+                Some(([127, 0, 0, 1], free_port()?).into())
+            } else {
+                None
+            },
             agent: None,
         });
         Ok(self.clusters.len() - 1)
@@ -574,6 +592,7 @@ impl World {
         cfg.max_backoff = Duration::from_secs(2);
         cfg.join_token = Some(c.join_token.clone());
         cfg.git_auth.secret_dir = self.git_secret.clone();
+        cfg.metrics_listen = c.metrics;
         cfg.kustomize = vec![
             crate::harness::kubectl().display().to_string(),
             "kustomize".into(),

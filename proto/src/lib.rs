@@ -3,7 +3,8 @@
 //! assignments, rollout specs and states), with the conversions between
 //! wire and domain types next to the generated code. Owns no I/O but for
 //! dialling (`DialConfig`) and, with the `git` feature, Git fetches (`git`),
-//! which agent and coordinator share.
+//! which agent and coordinator share, and with `ops` the metrics and probe
+//! endpoint both serve.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
@@ -19,6 +20,8 @@ mod domain;
 #[cfg(feature = "git")]
 pub mod git;
 pub mod ledger;
+#[cfg(feature = "ops")]
+pub mod ops;
 pub mod rollout;
 mod selector;
 pub mod status;

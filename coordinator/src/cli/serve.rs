@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// How long agent certificates live (renewed automatically at two thirds).
     #[arg(long, env = "FERRY_CERT_LIFETIME", default_value = "30d")]
     pub cert_lifetime: String,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
+    /// address (e.g. 0.0.0.0:9090); off when not given.
+    #[arg(long, env = "FERRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -76,6 +80,7 @@ impl ServeArgs {
             anyhow::bail!("--insecure serves plaintext: it cannot be combined with --tls-cert");
         }
         cfg.insecure = insecure;
+        cfg.metrics_listen = self.metrics_listen;
         cfg.git_auth = ferry_proto::git::GitAuth {
             secret_dir: self.git_secret_dir.clone(),
             username: self.git_username.clone(),

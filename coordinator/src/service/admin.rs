@@ -168,6 +168,7 @@ impl Admin for AdminService {
             .await
             .map_err(store_status)?;
         let stored = t.elapsed();
+        self.hub.metrics.pins.inc_by(entries.len() as u64);
         for e in &entries {
             tracing::info!(cluster = %e.cluster, from = ?e.from.as_ref().map(|c| c.short()), to = %e.to, actor = %actor, "pinned");
         }

@@ -4,6 +4,7 @@
 
 use super::{peer_cluster, store_status};
 use crate::hub::Hub;
+use crate::metrics::ReportLabels;
 use ferry_proto::v1::agent_link_server::AgentLink;
 use ferry_proto::v1::{AgentMessage, CoordinatorMessage, agent_message};
 use ferry_proto::{now_unix_ms, status, validate_cluster_name};
@@ -138,15 +139,21 @@ impl AgentLink for AgentLinkService {
                         Ok(Some(AgentMessage {
                             msg: Some(agent_message::Msg::Status(report)),
                         })) => {
+                            let count = |result| { hub.metrics.reports.get_or_create(&ReportLabels { result }).inc(); };
                             let report = match status::checked(report) {
                                 Ok(r) => r,
                                 Err(e) => {
+                                    count("malformed");
                                     tracing::warn!(error = %e, "dropped a malformed status report");
                                     continue;
                                 }
                             };
-                            if let Err(e) = hub.store.report(&cluster, report, now_unix_ms()).await {
-                                tracing::error!(error = %e, "storing a status report");
+                            match hub.store.report(&cluster, report, now_unix_ms()).await {
+                                Ok(()) => count("stored"),
+                                Err(e) => {
+                                    count("failed");
+                                    tracing::error!(error = %e, "storing a status report");
+                                }
                             }
                             hub.status_changed.notify_one();
                         }
@@ -159,6 +166,7 @@ impl AgentLink for AgentLinkService {
                         // Over the message size cap: say so, to the agent
                         // and in the log, and end the session.
                         Err(e) if matches!(e.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) => {
+                            hub.metrics.reports.get_or_create(&ReportLabels { result: "oversized" }).inc();
                             tracing::warn!(error = %e.message(), "refused an oversized message; ending the session");
                             let _ = errors
                                 .send(Err(Status::resource_exhausted(format!(

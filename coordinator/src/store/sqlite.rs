@@ -9,7 +9,7 @@
 //! job that fails leaves nothing behind in its batch.
 
 use super::{
-    Advance, BackendError, ClusterRecord, Error, PinChange, PinnedCluster, Result, Store,
+    Advance, BackendError, ClusterRecord, Error, PinChange, PinnedCluster, Result, Store, Summary,
     rollout_number,
 };
 use ferry_proto::Commit;
@@ -145,6 +145,13 @@ CREATE INDEX rollouts_active ON rollouts(active);
     // or re-adding a cluster moves it, so no earlier certificate comes back.
     // Certificates issued before this carry none (0), as do existing clusters.
     "ALTER TABLE clusters ADD COLUMN identity_generation INTEGER NOT NULL DEFAULT 0;",
+    // Phase and health of the last status, as columns, so the fleet can be
+    // counted without decoding every report (metrics). Filled by the next
+    // report; every agent sends one on connecting.
+    r#"
+ALTER TABLE clusters ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE clusters ADD COLUMN health INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// What the store thread runs: a job, then (after the commit) its answer.
@@ -667,23 +674,27 @@ impl Store for Sqlite {
         now_ms: i64,
     ) -> Result<()> {
         let (name, agent_version) = (name.to_string(), agent_version.to_string());
+        let (phase, health) = status
+            .as_ref()
+            .map_or((None, None), |s| (Some(s.phase), Some(s.health)));
         let status = status.map(|s| s.encode_to_vec());
         self.call(move |conn| {
             if let Some(labels) = declared {
                 conn.execute(
-                    "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status)
-                     VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+                    "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status, phase, health)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, COALESCE(?6, 0), COALESCE(?7, 0))
                      ON CONFLICT(name) DO UPDATE SET labels = ?2, agent_version = ?3, last_seen_ms = ?4,
-                         status = COALESCE(?5, status)",
-                    params![name, labels_json(&labels), agent_version, now_ms, status],
+                         status = COALESCE(?5, status), phase = COALESCE(?6, phase), health = COALESCE(?7, health)",
+                    params![name, labels_json(&labels), agent_version, now_ms, status, phase, health],
                 )
                 .map_err(db("record hello"))?;
                 return Ok(());
             }
             check_identity(conn, &name, certificate_generation)?;
             conn.execute(
-                "UPDATE clusters SET agent_version = ?2, last_seen_ms = ?3, status = COALESCE(?4, status) WHERE name = ?1",
-                params![name, agent_version, now_ms, status],
+                "UPDATE clusters SET agent_version = ?2, last_seen_ms = ?3, status = COALESCE(?4, status),
+                     phase = COALESCE(?5, phase), health = COALESCE(?6, health) WHERE name = ?1",
+                params![name, agent_version, now_ms, status, phase, health],
             )
             .map_err(db("record hello"))?;
             Ok(())
@@ -818,12 +829,13 @@ impl Store for Sqlite {
     async fn report(&self, name: &str, status: StatusReport, now_ms: i64) -> Result<()> {
         let name = name.to_string();
         let bytes = status.encode_to_vec();
+        let (phase, health) = (status.phase, status.health);
         self.call(move |conn| {
             let n = conn
                 .prepare_cached(
-                    "UPDATE clusters SET status = ?2, last_seen_ms = ?3 WHERE name = ?1",
+                    "UPDATE clusters SET status = ?2, last_seen_ms = ?3, phase = ?4, health = ?5 WHERE name = ?1",
                 )
-                .and_then(|mut st| st.execute(params![name, bytes, now_ms]))
+                .and_then(|mut st| st.execute(params![name, bytes, now_ms, phase, health]))
                 .map_err(db("record status"))?;
             if n == 0 {
                 return Err(Error::UnknownCluster(name));
@@ -1093,6 +1105,34 @@ impl Store for Sqlite {
             write_members(&sp, n, &step.changed, |_| 0)?;
             sp.commit().map_err(db("advance a rollout"))?;
             Ok((entries, events))
+        })
+        .await
+    }
+
+    async fn summary(&self) -> Result<Summary> {
+        self.call(|conn| {
+            let mut out = Summary::default();
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT phase, health, COUNT(*) FROM clusters WHERE revoked_ms IS NULL GROUP BY phase, health",
+                )
+                .map_err(db("count clusters"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
+                .map_err(db("count clusters"))?;
+            for row in rows {
+                out.clusters.push(row.map_err(db("count clusters"))?);
+            }
+            let mut st = conn
+                .prepare_cached("SELECT phase, COUNT(*) FROM rollouts GROUP BY phase")
+                .map_err(db("count rollouts"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(db("count rollouts"))?;
+            for row in rows {
+                out.rollouts.push(row.map_err(db("count rollouts"))?);
+            }
+            Ok(out)
         })
         .await
     }

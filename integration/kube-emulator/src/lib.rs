@@ -8,6 +8,7 @@
 //! touches the disk except for the kubeconfig a caller asks it to write.
 
 mod builtin;
+mod events;
 mod patch;
 mod protobuf;
 mod registry;
@@ -15,6 +16,7 @@ mod selector;
 mod server;
 mod ssa;
 mod store;
+mod table;
 pub mod tls;
 
 pub use registry::ResourceType;

@@ -5,7 +5,7 @@ use crate::builtin::{self, FieldValidation};
 use crate::registry::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector, labels_match};
 use crate::store::{ApiError, Event, Store, WriteOpts};
-use crate::{Counters, Faults, patch, protobuf};
+use crate::{Counters, Faults, events, patch, protobuf, table};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -197,7 +197,12 @@ fn scalable(rt: &ResourceType) -> bool {
 }
 
 /// Serves the object in the version the client asked for.
-fn present(mut obj: Value, rt: &ResourceType, version: &str) -> Value {
+fn present(obj: Value, rt: &ResourceType, version: &str) -> Value {
+    let mut obj = if events::is_view(&rt.group, &rt.plural) {
+        events::to_view(obj)
+    } else {
+        obj
+    };
     obj["apiVersion"] = rt.api_version(version).into();
     obj
 }
@@ -346,6 +351,34 @@ impl Shared {
                 return not_found_path();
             }
         };
+        // What the client sees (`view`) and where objects live (`rt`):
+        // the same but for events.k8s.io Events, stored as core Events.
+        let converted = events::is_view(&rt.group, &rt.plural);
+        let as_table = table::wanted(
+            parts
+                .headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let crd_name = rt.crd.clone();
+        let crd = |s: &Store| {
+            let name = crd_name.as_ref()?;
+            let crds = s
+                .registry
+                .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")?
+                .clone();
+            s.get(&crds, None, name).ok()
+        };
+        let view = rt.clone();
+        let rt = if converted {
+            store()
+                .registry
+                .lookup("", "v1", "events")
+                .expect("core events are built in")
+                .clone()
+        } else {
+            rt
+        };
         if t.namespace.is_some() && !rt.namespaced {
             return not_found_path();
         }
@@ -417,7 +450,7 @@ impl Shared {
                     } else {
                         StatusCode::OK
                     },
-                    &present(v, &rt, &t.version),
+                    &present(v, &view, &t.version),
                 ),
                 Err(e) => error(&e),
             };
@@ -439,10 +472,11 @@ impl Shared {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let parse_body = |yaml_ok: bool| -> Result<Value, ApiError> {
+            let stored = |v: Value| if converted { events::to_core(v) } else { v };
             if protobuf::is_protobuf(content_type.as_deref()) {
-                return protobuf::to_json(&body);
+                return protobuf::to_json(&body).map(stored);
             }
-            match serde_json::from_slice::<Value>(&body) {
+            let parsed = match serde_json::from_slice::<Value>(&body) {
                 Ok(v) => Ok(v),
                 Err(je) if yaml_ok => {
                     let text = std::str::from_utf8(&body)
@@ -452,13 +486,31 @@ impl Shared {
                     })
                 }
                 Err(e) => Err(ApiError::bad_request(format!("error decoding JSON: {e}"))),
-            }
+            };
+            parsed.map(stored)
         };
         let is_write = !dry_run;
         if let (Some("scale"), Some(name)) = (sub, name) {
             return self.scale(&parts, &rt, &t.version, ns, name, &body, &opts);
         }
         match (&parts.method, name) {
+            (&Method::GET, Some(name)) if as_table => {
+                self.count("get", &rt.plural, false);
+                let s = store();
+                match s.get(&rt, ns, name) {
+                    Ok(o) => full(
+                        StatusCode::OK,
+                        &table::of(
+                            &view,
+                            &t.version,
+                            crd(&s).as_ref(),
+                            &[o],
+                            s.resource_version(),
+                        ),
+                    ),
+                    Err(e) => error(&e),
+                }
+            }
             (&Method::GET, Some(name)) => {
                 self.count("get", &rt.plural, false);
                 present_ok(store().get(&rt, ns, name), false)
@@ -506,7 +558,7 @@ impl Shared {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
-                    return self.watch(&rt, &t.version, ns, &q, labels, fields);
+                    return self.watch(&rt, &view, &t.version, ns, &q, labels, fields);
                 }
                 self.count("list", &rt.plural, false);
                 let s = store();
@@ -532,12 +584,31 @@ impl Shared {
                     .into_iter()
                     .filter(|o| labels_match(&labels, o) && fields.matches(o))
                     .filter(|o| after.as_ref().is_none_or(|a| object_key(o) > *a));
-                let items: Vec<Value> = matching
+                let page: Vec<Value> = matching
                     .by_ref()
                     .take(limit.unwrap_or(usize::MAX))
-                    .map(|o| present(o.clone(), &rt, &t.version))
+                    .cloned()
                     .collect();
                 let remaining = matching.count();
+                if as_table {
+                    let mut table = table::of(
+                        &view,
+                        &t.version,
+                        crd(&s).as_ref(),
+                        &page,
+                        s.resource_version(),
+                    );
+                    if remaining > 0
+                        && let Some(last) = page.last()
+                    {
+                        table["metadata"]["continue"] = encode_continue(&object_key(last)).into();
+                    }
+                    return full(StatusCode::OK, &table);
+                }
+                let items: Vec<Value> = page
+                    .into_iter()
+                    .map(|o| present(o, &view, &t.version))
+                    .collect();
                 let mut metadata = json!({"resourceVersion": s.resource_version().to_string()});
                 if remaining > 0
                     && let Some(last) = items.last()
@@ -548,8 +619,8 @@ impl Shared {
                 full(
                     StatusCode::OK,
                     &json!({
-                        "kind": rt.list_kind(),
-                        "apiVersion": rt.api_version(&t.version),
+                        "kind": view.list_kind(),
+                        "apiVersion": view.api_version(&t.version),
                         "metadata": metadata,
                         "items": items,
                     }),
@@ -606,6 +677,12 @@ impl Shared {
                         })
                     }
                     "application/json-patch+json" => parse_body(false).and_then(|p| {
+                        // (a JSON patch's paths are renamed, not its keys)
+                        let p = if converted {
+                            events::json_patch_to_core(p)
+                        } else {
+                            p
+                        };
                         store().patch(&rt, &t.version, ns, name, sub, &opts, |o| {
                             patch::json_patch(o, &p).map_err(|e| {
                                 ApiError::new(
@@ -672,13 +749,13 @@ impl Shared {
                 let mut items = vec![];
                 for (n_ns, n) in names {
                     match s.delete(&rt, n_ns.as_deref(), &n, None, dry_run) {
-                        Ok(o) => items.push(present(o, &rt, &t.version)),
+                        Ok(o) => items.push(present(o, &view, &t.version)),
                         Err(e) => return error(&e),
                     }
                 }
                 full(
                     StatusCode::OK,
-                    &json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(&t.version), "metadata": {"resourceVersion": s.resource_version().to_string()}, "items": items}),
+                    &json!({"kind": view.list_kind(), "apiVersion": view.api_version(&t.version), "metadata": {"resourceVersion": s.resource_version().to_string()}, "items": items}),
                 )
             }
             (m, _) => {
@@ -754,9 +831,11 @@ impl Shared {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn watch(
         &self,
         rt: &ResourceType,
+        view: &ResourceType,
         version: &str,
         ns: Option<&str>,
         q: &HashMap<String, String>,
@@ -794,8 +873,8 @@ impl Shared {
                 b.push((
                     "BOOKMARK".to_string(),
                     json!({
-                        "kind": rt.kind,
-                        "apiVersion": rt.api_version(version),
+                        "kind": view.kind,
+                        "apiVersion": view.api_version(version),
                         "metadata": {
                             "resourceVersion": s.resource_version().to_string(),
                             "annotations": {"k8s.io/initial-events-end": "true"},
@@ -812,7 +891,7 @@ impl Shared {
             Bytes::from(s)
         };
         let key = rt.key();
-        let rt = rt.clone();
+        let rt = view.clone();
         let version = version.to_string();
         let ns = ns.map(str::to_string);
         tokio::spawn(async move {

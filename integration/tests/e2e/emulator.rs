@@ -25,7 +25,7 @@ async fn emulator() -> Emulator {
     .expect("emulator starts")
 }
 
-async fn kubectl_at(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn kubectl_at(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(kubectl())
         .env("KUBECONFIG", kubeconfig)
         .args(args)
@@ -1165,7 +1165,18 @@ async fn kubectl_create_get_all_and_every_builtin_type() {
     .await;
     assert_eq!(secret, "czNjcmV0", "base64 of s3cret");
     let all = run(&["get", "all", "-n", "shop"]).await;
-    assert!(all.contains("web"), "{all}");
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    // Printed by the server, as kube-apiserver prints them (Tables).
+    assert!(
+        all.contains("READY") && all.contains("UP-TO-DATE") && all.contains("AVAILABLE"),
+        "{all}"
+    );
+    let cms = run(&["get", "configmap", "settings", "-n", "shop"]).await;
+    let header: Vec<&str> = cms.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "DATA", "AGE"], "{cms}");
+    assert!(cms.lines().nth(1).unwrap().starts_with("settings"), "{cms}");
+    let wide = run(&["get", "deploy", "-n", "shop", "-o", "wide"]).await;
+    assert!(wide.contains("nginx:1.27"), "{wide}");
     let resources = run(&["api-resources", "-o", "name"]).await;
     for r in [
         "validatingadmissionpolicies.admissionregistration.k8s.io",
