@@ -119,6 +119,9 @@ struct Kind {
 pub struct Applier {
     client: kube::Client,
     cluster: String,
+    /// The only namespaces the agent may read and write (`--namespaces`);
+    /// empty: the whole cluster.
+    pub namespaces: Vec<String>,
     kinds: HashMap<(String, String), Kind>,
     /// The largest share of the inventory one sync may prune.
     pub prune_share_percent: u32,
@@ -139,6 +142,7 @@ impl Applier {
         Applier {
             client,
             cluster,
+            namespaces: vec![],
             kinds: HashMap::new(),
             prune_share_percent: 50,
             wave_timeout: Duration::from_secs(300),
@@ -225,6 +229,7 @@ impl Applier {
             objects,
             |o| scopes[&(o.api_version().to_string(), o.kind().to_string())],
             &self.cluster,
+            &self.namespaces,
         )
         .map_err(Error::Rejected)?;
 
@@ -297,32 +302,42 @@ impl Applier {
                 continue;
             }
             kinds_listed.push(kind.resource.clone());
-            let list: Api<DynamicObject> = Api::all_with(self.client.clone(), &kind.resource);
-            let mut lp = kube::api::ListParams::default()
-                .labels(&format!("{OWNER_LABEL}={}", self.cluster))
-                .limit(LIST_PAGE);
-            loop {
-                let page = list.list(&lp).await.map_err(api(format!(
-                    "listing {} in {}",
-                    kind.resource.kind, kind.resource.api_version
-                )))?;
-                let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-                for o in page.items {
-                    let mut v = serde_json::to_value(&o).expect("object serializes");
-                    // List items may come without their type.
-                    v["apiVersion"] = kind.resource.api_version.clone().into();
-                    v["kind"] = kind.resource.kind.clone().into();
-                    let r = ObjectRef {
-                        group: kind.resource.group.clone(),
-                        kind: kind.resource.kind.clone(),
-                        namespace: o.metadata.namespace,
-                        name: o.metadata.name.unwrap_or_default(),
-                    };
-                    live.insert(r, v);
-                }
-                match next {
-                    Some(c) => lp = lp.continue_token(&c),
-                    None => break,
+            // A namespaced agent lists in its namespaces, one by one.
+            let lists: Vec<Api<DynamicObject>> = if self.namespaces.is_empty() {
+                vec![Api::all_with(self.client.clone(), &kind.resource)]
+            } else {
+                self.namespaces
+                    .iter()
+                    .map(|ns| Api::namespaced_with(self.client.clone(), ns, &kind.resource))
+                    .collect()
+            };
+            for list in lists {
+                let mut lp = kube::api::ListParams::default()
+                    .labels(&format!("{OWNER_LABEL}={}", self.cluster))
+                    .limit(LIST_PAGE);
+                loop {
+                    let page = list.list(&lp).await.map_err(api(format!(
+                        "listing {} in {}",
+                        kind.resource.kind, kind.resource.api_version
+                    )))?;
+                    let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+                    for o in page.items {
+                        let mut v = serde_json::to_value(&o).expect("object serializes");
+                        // List items may come without their type.
+                        v["apiVersion"] = kind.resource.api_version.clone().into();
+                        v["kind"] = kind.resource.kind.clone().into();
+                        let r = ObjectRef {
+                            group: kind.resource.group.clone(),
+                            kind: kind.resource.kind.clone(),
+                            namespace: o.metadata.namespace,
+                            name: o.metadata.name.unwrap_or_default(),
+                        };
+                        live.insert(r, v);
+                    }
+                    match next {
+                        Some(c) => lp = lp.continue_token(&c),
+                        None => break,
+                    }
                 }
             }
         }

@@ -68,12 +68,13 @@ where
 pub async fn run(
     mut clients: watch::Receiver<kube::Client>,
     cluster: String,
+    namespaces: Vec<String>,
     mut kinds: watch::Receiver<Vec<ApiResource>>,
     drift: Arc<Notify>,
     stop: CancellationToken,
 ) {
     // Dropping a handle aborts its watch: this task owns them all.
-    let mut running: Vec<(ApiResource, AbortOnDropHandle<()>)> = vec![];
+    let mut running: Vec<(ApiResource, Vec<AbortOnDropHandle<()>>)> = vec![];
     loop {
         let client = clients.borrow_and_update().clone();
         let want = kinds.borrow_and_update().clone();
@@ -82,34 +83,46 @@ pub async fn run(
             if running.iter().any(|(x, _)| *x == r) {
                 continue;
             }
-            let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &r);
-            let cfg = watcher::Config::default().labels(&format!("{OWNER_LABEL}={cluster}"));
-            let drift = drift.clone();
-            let kind = r.kind.clone();
-            let h = tokio::spawn(async move {
-                let mut events = relisting(api, cfg).boxed();
-                let mut lists = 0u64;
-                while let Some(ev) = events.next().await {
-                    match ev {
-                        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                            drift.notify_one()
-                        }
-                        // The first list is the watch starting; any later
-                        // one is a reconnect, after which anything may be
-                        // gone.
-                        Ok(watcher::Event::InitDone) => {
-                            lists += 1;
-                            if lists > 1 {
-                                tracing::debug!(kind = %kind, "drift watch listed again");
-                                drift.notify_one();
+            // A namespaced agent watches in its namespaces, one by one.
+            let apis: Vec<kube::Api<DynamicObject>> = if namespaces.is_empty() {
+                vec![kube::Api::all_with(client.clone(), &r)]
+            } else {
+                namespaces
+                    .iter()
+                    .map(|ns| kube::Api::namespaced_with(client.clone(), ns, &r))
+                    .collect()
+            };
+            let mut handles = vec![];
+            for api in apis {
+                let cfg = watcher::Config::default().labels(&format!("{OWNER_LABEL}={cluster}"));
+                let drift = drift.clone();
+                let kind = r.kind.clone();
+                let h = tokio::spawn(async move {
+                    let mut events = relisting(api, cfg).boxed();
+                    let mut lists = 0u64;
+                    while let Some(ev) = events.next().await {
+                        match ev {
+                            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                                drift.notify_one()
                             }
+                            // The first list is the watch starting; any later
+                            // one is a reconnect, after which anything may be
+                            // gone.
+                            Ok(watcher::Event::InitDone) => {
+                                lists += 1;
+                                if lists > 1 {
+                                    tracing::debug!(kind = %kind, "drift watch listed again");
+                                    drift.notify_one();
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(kind = %kind, error = %e, "drift watch"),
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::debug!(kind = %kind, error = %e, "drift watch"),
                     }
-                }
-            });
-            running.push((r, AbortOnDropHandle::new(h)));
+                });
+                handles.push(AbortOnDropHandle::new(h));
+            }
+            running.push((r, handles));
         }
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -85,6 +85,10 @@ pub struct Config {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (plain HTTP);
     /// nowhere when `None`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The only namespaces the agent may write (and read) in: objects
+    /// elsewhere, or cluster-scoped, are refused by name before any write.
+    /// Empty: the whole cluster.
+    pub namespaces: Vec<String>,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
             git_auth: source::GitAuth::default(),
             git_cache_bytes: source::DEFAULT_CACHE_BYTES,
             metrics_listen: None,
+            namespaces: vec![],
         }
     }
 }
@@ -248,6 +253,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     tasks.spawn(drift::run(
         cluster.subscribe(),
         cfg.cluster.clone(),
+        cfg.namespaces.clone(),
         kinds_rx,
         wake.clone(),
         shutdown.child_token(),

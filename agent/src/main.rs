@@ -88,6 +88,12 @@ struct Args {
     /// Log format (logs go to stderr; `FERRY_LOG` filters them).
     #[arg(long, env = "FERRY_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Namespaces the agent may write in (and only there): for a tenant
+    /// agent with Roles in those namespaces and no cluster-wide rights.
+    /// Objects elsewhere, and cluster-scoped ones, are refused by name;
+    /// objects without a namespace go to the first. Default: the whole cluster.
+    #[arg(long, env = "FERRY_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
     /// address (e.g. 0.0.0.0:9090); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
@@ -141,6 +147,24 @@ fn config(args: Args) -> Result<Config, String> {
     };
     cfg.git_cache_bytes = args.git_cache_mib.max(1) << 20;
     cfg.metrics_listen = args.metrics_listen;
+    cfg.namespaces = args
+        .namespaces
+        .into_iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for n in &cfg.namespaces {
+        let dns_label = n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !n.starts_with('-')
+            && !n.ends_with('-');
+        if !dns_label {
+            return Err(format!(
+                "--namespaces: {n:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+            ));
+        }
+    }
     if let Some(k) = args.kustomize {
         cfg.kustomize = k.split_whitespace().map(str::to_string).collect();
     }

@@ -82,14 +82,18 @@ pub fn hash(v: &Value) -> String {
         .collect()
 }
 
-/// Settles every object: its kind's scope (namespace defaulted or dropped),
+/// Settles every object: its kind's scope (namespace defaulted or dropped;
+/// with `namespaces`, the agent's only ones, an object outside them is a
+/// problem and a missing namespace is the first of them),
 /// the owner label, the hash and the wave; sorted in apply order. Every
 /// problem is reported at once; on any, nothing is planned.
 pub fn plan(
     objects: &[Object],
     scope: impl Fn(&Object) -> Scope,
     cluster: &str,
+    namespaces: &[String],
 ) -> Result<Vec<Planned>, Vec<Problem>> {
+    let allowed = || namespaces.join(", ");
     let mut planned = vec![];
     let mut problems = vec![];
     for o in objects {
@@ -131,8 +135,25 @@ pub fn plan(
             .as_object_mut()
             .expect("render validated metadata");
         if namespaced {
-            meta.entry("namespace").or_insert_with(|| "default".into());
+            let default = namespaces.first().map_or("default", String::as_str);
+            let ns = meta.entry("namespace").or_insert_with(|| default.into());
+            let ns = ns.as_str().unwrap_or("");
+            if !namespaces.is_empty() && !namespaces.iter().any(|n| n == ns) {
+                problems.push(problem(format!(
+                    "namespace {ns} is outside this agent's namespaces ({}): it may only write there (--namespaces)",
+                    allowed()
+                )));
+                continue;
+            }
         } else {
+            if !namespaces.is_empty() {
+                problems.push(problem(format!(
+                    "{} is cluster-scoped, and this agent may only write in namespaces {} (--namespaces)",
+                    o.kind(),
+                    allowed()
+                )));
+                continue;
+            }
             meta.remove("namespace");
         }
         let labels = meta.entry("labels").or_insert_with(|| json!({}));
@@ -363,7 +384,7 @@ mod tests {
             obj("ClusterRole", "r", json!({})),
             obj("CustomResourceDefinition", "widgets.x.io", json!({})),
         ];
-        let p = plan(&objects, scope, "c1").unwrap();
+        let p = plan(&objects, scope, "c1", &[]).unwrap();
         let order: Vec<_> = p.iter().map(|p| p.object.name()).collect();
         assert_eq!(order, ["widgets.x.io", "shop", "r", "web", "late"]);
         let web = &p[3];
@@ -383,7 +404,7 @@ mod tests {
                 json!({"metadata": {"annotations": {WAVE_ANNOTATION: "soon"}}}),
             ),
         ];
-        let problems = plan(&bad, scope, "c1").unwrap_err();
+        let problems = plan(&bad, scope, "c1", &[]).unwrap_err();
         assert_eq!(problems.len(), 2, "all problems at once: {problems:?}");
         assert!(problems[0].message.contains("does not serve kind Widget"));
         assert!(problems[1].message.contains("whole number"));
@@ -413,7 +434,7 @@ mod tests {
             .iter()
             .map(|n| obj("ConfigMap", n, json!({"data": {"k": "v"}})))
             .collect();
-        let p = plan(&objects, scope, "c1").unwrap();
+        let p = plan(&objects, scope, "c1", &[]).unwrap();
         // a: unchanged; b: drifted live; c: changed in Git since last
         // applied (old hash); d: missing from the cluster.
         let mut live = HashMap::new();
@@ -439,7 +460,7 @@ mod tests {
         let objects: Vec<Object> = (0..4)
             .map(|i| obj("ConfigMap", &format!("o{i}"), json!({})))
             .collect();
-        let p = plan(&objects, scope, "c1").unwrap();
+        let p = plan(&objects, scope, "c1", &[]).unwrap();
         let inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
         // Two of four leave Git: 50% is the share, allowed.
         let d = diff(&p[..2], &HashMap::new(), &inv, false, 50).unwrap();
@@ -475,13 +496,48 @@ mod tests {
             obj("Namespace", "shop", json!({})),
             obj("ConfigMap", "cm", json!({})),
         ];
-        let p = plan(&objects, scope, "c1").unwrap();
+        let p = plan(&objects, scope, "c1", &[]).unwrap();
         let inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
         let d = diff(&[], &HashMap::new(), &inv, true, 50).unwrap();
         let kinds: Vec<_> = d.prune.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(
             kinds,
             ["ConfigMap", "Namespace", "CustomResourceDefinition"]
+        );
+    }
+
+    #[test]
+    fn a_namespaced_agent_refuses_what_lies_outside_its_namespaces() {
+        let objects = vec![
+            obj(
+                "ConfigMap",
+                "a",
+                json!({"metadata": {"namespace": "team-a"}}),
+            ),
+            obj("ConfigMap", "b", json!({})),
+            obj(
+                "ConfigMap",
+                "c",
+                json!({"metadata": {"namespace": "team-b"}}),
+            ),
+            obj("Namespace", "team-c", json!({})),
+        ];
+        let scope = |o: &Object| Scope::Served {
+            namespaced: o.kind() != "Namespace",
+        };
+        let mine = vec!["team-a".to_string()];
+        let problems = plan(&objects, scope, "c1", &mine).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0]
+                .message
+                .contains("namespace team-b is outside this agent's namespaces (team-a)")
+        );
+        assert!(problems[1].message.contains("Namespace is cluster-scoped"));
+        let p = plan(&objects[..2], scope, "c1", &mine).unwrap();
+        assert!(
+            p.iter().all(|p| p.object.namespace() == Some("team-a")),
+            "the first is the default"
         );
     }
 }

@@ -188,10 +188,16 @@ impl StateStore {
     }
 }
 
-/// Creates the agent's namespace if it is missing.
+/// Creates the agent's namespace if it is missing. An agent that may not
+/// read namespaces (a namespaced agent) takes it as there: whoever
+/// installed it made it.
 pub async fn ensure_namespace(client: &kube::Client, ns: &str) -> kube::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(ns).await?.is_none() {
+    let found = match api.get_opt(ns).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(()),
+        other => other?,
+    };
+    if found.is_none() {
         let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         api.patch(ns, &PatchParams::apply(MANAGER), &Patch::Apply(&body))
             .await?;

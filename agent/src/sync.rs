@@ -123,7 +123,11 @@ impl Syncer {
         metrics.managed_objects.set(state.inventory.len() as i64);
         let client = clients.borrow_and_update().clone();
         Syncer {
-            applier: Applier::new(client, cfg.cluster.clone()),
+            applier: {
+                let mut a = Applier::new(client, cfg.cluster.clone());
+                a.namespaces = cfg.namespaces.clone();
+                a
+            },
             cluster,
             clients,
             source: Source::new(cfg.cache_dir.clone())

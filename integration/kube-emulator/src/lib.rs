@@ -11,6 +11,7 @@ mod builtin;
 mod events;
 mod patch;
 mod protobuf;
+mod rbac;
 mod registry;
 mod selector;
 mod server;
@@ -145,6 +146,7 @@ impl Emulator {
                     .unwrap_or_else(|| (0..32).map(|_| fastrand::alphanumeric()).collect()),
             ),
             wake: tokio::sync::Notify::new(),
+            accounts: Mutex::new(Default::default()),
         });
         let cancel = CancellationToken::new();
         let (partition, partitioned) = watch::channel(false);
@@ -198,15 +200,34 @@ impl Emulator {
         self.ca_pem.as_deref()
     }
 
+    /// A token for service account `namespace/name`: requests with it are
+    /// authorized by the RBAC objects in the emulator.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        let token: String = (0..40).map(|_| fastrand::alphanumeric()).collect();
+        self.shared.accounts.lock().expect("accounts lock").insert(
+            token.clone(),
+            rbac::ServiceAccount {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+        );
+        token
+    }
+
     /// A kubeconfig for this emulator, with context `emulator`.
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_with_token(self.shared.token.as_deref().unwrap_or_default())
+    }
+
+    /// A kubeconfig that authenticates with `token` (see
+    /// [`Emulator::service_account_token`]).
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
         let b64 = base64::engine::general_purpose::STANDARD;
         let ca = self
             .ca_pem
             .as_ref()
             .map(|p| format!("    certificate-authority-data: {}\n", b64.encode(p)))
             .unwrap_or_default();
-        let token = self.shared.token.as_deref().unwrap_or_default();
         let user = format!("  user:\n    token: {token}\n");
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {}\n{ca}contexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: emulator\n    namespace: default\ncurrent-context: emulator\nusers:\n- name: emulator\n{user}",

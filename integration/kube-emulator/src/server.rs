@@ -2,6 +2,7 @@
 //! watches as streamed JSON lines, faults and request counters.
 
 use crate::builtin::{self, FieldValidation};
+use crate::rbac::{self, ServiceAccount};
 use crate::registry::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector, labels_match};
 use crate::store::{ApiError, Event, Store, WriteOpts};
@@ -28,6 +29,8 @@ pub struct Shared {
     pub token: Option<String>,
     /// Wakes the simulated controllers after a write.
     pub wake: Notify,
+    /// Service-account tokens, authorized by RBAC (`token` is an admin's).
+    pub accounts: Mutex<HashMap<String, ServiceAccount>>,
 }
 
 /// A response body fed from a channel: the stream of a watch.
@@ -216,16 +219,23 @@ impl Shared {
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;
         }
-        if let Some(expected) = &self.token {
-            let got = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if got != Some(expected.as_str()) {
+        let got = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // `None`: the admin (or no authentication configured).
+        let user = match (&self.token, got) {
+            (None, _) => None,
+            (Some(admin), Some(got)) if admin == got => None,
+            (_, Some(got)) => match self.accounts.lock().expect("accounts lock").get(got) {
+                Some(sa) => Some(sa.clone()),
+                None => return Ok(error(&ApiError::new(401, "Unauthorized", "Unauthorized"))),
+            },
+            (Some(_), None) => {
                 return Ok(error(&ApiError::new(401, "Unauthorized", "Unauthorized")));
             }
-        }
+        };
         if let Some(secs) = faults.throttle_retry_after {
             let mut r = error(&ApiError::new(
                 429,
@@ -261,7 +271,7 @@ impl Shared {
                 )));
             }
         };
-        Ok(self.dispatch(parts, body).await)
+        Ok(self.dispatch(parts, body, user.as_ref()).await)
     }
 
     fn count(&self, verb: &str, resource: &str, write: bool) {
@@ -283,7 +293,12 @@ impl Shared {
         }
     }
 
-    async fn dispatch(&self, parts: http::request::Parts, body: Bytes) -> Response<Body> {
+    async fn dispatch(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        user: Option<&ServiceAccount>,
+    ) -> Response<Body> {
         let q = query(&parts.uri);
         // kubectl reads OpenAPI for client-side validation. An empty v2
         // document (zero protobuf bytes) and an empty v3 index say "no
@@ -424,6 +439,20 @@ impl Shared {
                 "MethodNotAllowed",
                 "the server does not allow this method on the requested resource",
             ));
+        }
+        if let Some(sa) = user {
+            let attributes = rbac::Attributes {
+                verb,
+                group: &view.group,
+                resource: &view.plural,
+                subresource: t.sub.as_deref(),
+                namespace: t.namespace.as_deref(),
+                name: t.name.as_deref(),
+            };
+            if !rbac::allowed(&store(), sa, &attributes) {
+                self.count(verb, &rt.plural, false);
+                return error(&rbac::forbidden(sa, &attributes));
+            }
         }
         // Reviews and bindings answer a create; nothing is stored.
         if rt.verbs.iter().all(|v| v == "create") {

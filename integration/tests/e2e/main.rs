@@ -5,6 +5,7 @@ mod faults;
 mod fleet;
 mod git_access;
 mod inputs;
+mod install;
 mod operations;
 mod process;
 mod rollouts;
