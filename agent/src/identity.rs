@@ -16,8 +16,32 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// The Secret holding key, certificate and CA.
+/// The default name of the Secret holding key, certificate and CA.
 pub const SECRET: &str = "ferry-agent-identity";
+
+/// Where the identity is kept in the cluster: a Secret in the agent's
+/// namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub namespace: String,
+    pub secret: String,
+}
+
+impl Place {
+    /// The default Secret in `namespace`.
+    pub fn new(namespace: impl Into<String>) -> Place {
+        Place {
+            namespace: namespace.into(),
+            secret: SECRET.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.secret)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,9 +58,9 @@ pub enum Error {
     #[error("making a key and certificate request: {0}")]
     Key(#[source] rcgen::Error),
     /// Reading or writing the Secret failed.
-    #[error("the identity Secret {namespace}/{SECRET}: {source}")]
+    #[error("the identity Secret {place}: {source}")]
     Secret {
-        namespace: String,
+        place: Place,
         #[source]
         source: kube::Error,
     },
@@ -166,16 +190,17 @@ fn secrets(client: &kube::Client, ns: &str) -> Api<Secret> {
 }
 
 /// Reads the identity kept in the cluster.
-fn secret_err(ns: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
+fn secret_err(place: &Place) -> impl FnOnce(kube::Error) -> Error + '_ {
     move |source| Error::Secret {
-        namespace: ns.to_string(),
+        place: place.clone(),
         source,
     }
 }
 
-pub async fn load(client: &kube::Client, ns: &str) -> Result<Option<Identity>> {
-    let err = secret_err(ns);
-    let Some(s) = secrets(client, ns).get_opt(SECRET).await.map_err(err)? else {
+pub async fn load(client: &kube::Client, place: &Place) -> Result<Option<Identity>> {
+    let err = secret_err(place);
+    let api = secrets(client, &place.namespace);
+    let Some(s) = api.get_opt(&place.secret).await.map_err(err)? else {
         return Ok(None);
     };
     let data = s.data.unwrap_or_default();
@@ -197,11 +222,14 @@ pub async fn load(client: &kube::Client, ns: &str) -> Result<Option<Identity>> {
 }
 
 /// Keeps the identity in the cluster.
-pub async fn save(client: &kube::Client, ns: &str, id: &Identity) -> Result<()> {
-    ensure_namespace(client, ns).await.map_err(secret_err(ns))?;
+pub async fn save(client: &kube::Client, place: &Place, id: &Identity) -> Result<()> {
+    let ns = &place.namespace;
+    ensure_namespace(client, ns)
+        .await
+        .map_err(secret_err(place))?;
     let body = json!({
         "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": SECRET, "namespace": ns, "annotations": {
+        "metadata": {"name": place.secret, "namespace": ns, "annotations": {
             "ferry.dev/not-before": id.not_before_ms.to_string(),
             "ferry.dev/not-after": id.not_after_ms.to_string(),
         }},
@@ -209,12 +237,12 @@ pub async fn save(client: &kube::Client, ns: &str, id: &Identity) -> Result<()> 
     });
     secrets(client, ns)
         .patch(
-            SECRET,
+            &place.secret,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&body),
         )
         .await
-        .map_err(secret_err(ns))?;
+        .map_err(secret_err(place))?;
     Ok(())
 }
 
@@ -223,7 +251,7 @@ pub async fn save(client: &kube::Client, ns: &str, id: &Identity) -> Result<()> 
 #[derive(Clone, Debug)]
 pub struct Source {
     pub cluster: String,
-    pub namespace: String,
+    pub place: Place,
     /// How to reach the coordinator (its `cert`/`key` are the
     /// pre-provisioned files, if any).
     pub dial: DialConfig,
@@ -257,7 +285,7 @@ pub async fn obtain(
 }
 
 async fn obtain_once(src: &Source, client: &kube::Client) -> Result<Identity> {
-    if let Some(id) = load(client, &src.namespace).await? {
+    if let Some(id) = load(client, &src.place).await? {
         return Ok(id);
     }
     if let (Some(c), Some(k)) = (&src.dial.cert, &src.dial.key) {
@@ -284,7 +312,7 @@ async fn obtain_once(src: &Source, client: &kube::Client) -> Result<Identity> {
     dial.cert = None;
     dial.key = None;
     let id = enroll(&dial, &src.cluster, token).await?;
-    save(client, &src.namespace, &id).await?;
+    save(client, &src.place, &id).await?;
     tracing::info!("enrolled: certificate issued and kept in the cluster");
     Ok(id)
 }
@@ -306,7 +334,7 @@ pub async fn renew_forever(
         }
         match renew(&src.dial, &src.cluster, &current).await {
             Ok(next) => {
-                if let Err(e) = save(&cluster.client(), &src.namespace, &next).await {
+                if let Err(e) = save(&cluster.client(), &src.place, &next).await {
                     tracing::warn!(error = %e, "renewed, but keeping the new certificate failed; using it anyway");
                 }
                 tracing::info!(not_after = next.not_after_ms, "certificate renewed");

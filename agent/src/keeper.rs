@@ -52,7 +52,7 @@ impl Seen {
 /// whatever it last wrote, and `wake` starts a pass to do it.
 pub async fn run(
     mut clients: watch::Receiver<kube::Client>,
-    namespace: String,
+    place: identity::Place,
     identity: watch::Receiver<Option<Identity>>,
     state_lost: Arc<AtomicBool>,
     wake: Arc<Notify>,
@@ -60,10 +60,10 @@ pub async fn run(
 ) {
     loop {
         let client = clients.borrow_and_update().clone();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &place.namespace);
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &place.namespace);
         let by_name = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
-        let mut secret = relisting(secrets, by_name(identity::SECRET)).boxed();
+        let mut secret = relisting(secrets, by_name(&place.secret)).boxed();
         let mut state = relisting(maps, by_name(STATE_NAME)).boxed();
         let (mut seen_secret, mut seen_state) = (Seen::default(), Seen::default());
         loop {
@@ -75,7 +75,7 @@ pub async fn run(
                         let held = identity.borrow().clone();
                         // Pre-provisioned files (no expiry known) are not ours to keep.
                         if let Some(id) = held.filter(|i| i.not_after_ms > 0) {
-                            match identity::save(&client, &namespace, &id).await {
+                            match identity::save(&client, &place, &id).await {
                                 Ok(()) => tracing::warn!("the identity Secret was gone: written again from the identity the agent holds"),
                                 Err(e) => tracing::warn!(error = %e, "writing the identity Secret again"),
                             }

@@ -63,6 +63,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// The agent's own namespace, where it keeps its state.
     pub namespace: String,
+    /// The Secret (in `namespace`) holding the agent's identity.
+    pub identity_secret: String,
     /// Where Git repositories are cached.
     pub cache_dir: PathBuf,
     /// How often a converged cluster is checked again for drift.
@@ -100,6 +102,7 @@ impl Config {
             dial,
             kubeconfig: None,
             namespace: "ferry-system".into(),
+            identity_secret: identity::SECRET.into(),
             cache_dir,
             resync: Duration::from_secs(30),
             health_poll: Duration::from_secs(1),
@@ -173,9 +176,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
             }
         }
     };
+    let place = identity::Place {
+        namespace: cfg.namespace.clone(),
+        secret: cfg.identity_secret.clone(),
+    };
     let id_source = identity::Source {
         cluster: cfg.cluster.clone(),
-        namespace: cfg.namespace.clone(),
+        place: place.clone(),
         dial: cfg.dial.clone(),
         join_token: cfg.join_token.clone(),
         min_backoff: cfg.min_backoff,
@@ -261,7 +268,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     // The agent's own Secret and ConfigMap come back if they go.
     tasks.spawn(keeper::run(
         cluster.subscribe(),
-        cfg.namespace.clone(),
+        place,
         held_identity,
         states.lost_flag(),
         wake.clone(),

@@ -33,6 +33,10 @@ struct Args {
     /// The agent's namespace, where it keeps its state.
     #[arg(long, env = "FERRY_NAMESPACE", default_value = "ferry-system")]
     namespace: String,
+    /// The Secret in that namespace where the agent keeps its identity
+    /// (key, certificate, CA).
+    #[arg(long, env = "FERRY_IDENTITY_SECRET", default_value = ferry_agent::identity::SECRET)]
+    identity_secret: String,
     /// Where Git repositories are cached.
     #[arg(long, env = "FERRY_CACHE_DIR", default_value = "/var/cache/ferry")]
     cache_dir: PathBuf,
@@ -119,9 +123,13 @@ fn config(args: Args) -> Result<Config, String> {
         .collect::<Result<_, _>>()?;
     let join_token = match (&args.join_token, &args.join_token_file) {
         (Some(t), _) => Some(t.clone()),
-        (None, Some(f)) => {
-            Some(std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))?)
-        }
+        // A mounted Secret that is optional: once enrolled, the agent needs
+        // no token, and the Secret may be gone.
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("reading {}: {e}", f.display())),
+        },
         (None, None) => None,
     };
     let dial = DialConfig {
@@ -136,6 +144,7 @@ fn config(args: Args) -> Result<Config, String> {
     cfg.labels = labels;
     cfg.kubeconfig = args.kubeconfig;
     cfg.namespace = args.namespace;
+    cfg.identity_secret = args.identity_secret;
     cfg.resync = Duration::from_secs(args.resync_seconds.max(1));
     cfg.join_token = join_token;
     cfg.self_heal = !args.no_self_heal;

@@ -114,8 +114,14 @@ impl Pki {
             write_private(&cert_path, &ca.pem())?;
             tracing::info!(ca = %cert_path.display(), "created the coordinator CA");
         }
-        let ca_pem = std::fs::read_to_string(&cert_path).map_err(file(&cert_path))?;
-        let key_pem = std::fs::read_to_string(&key_path).map_err(file(&key_path))?;
+        Pki::load(&cert_path, &key_path, lifetime)
+    }
+
+    /// A CA supplied as files (a mounted `kubernetes.io/tls` Secret's
+    /// `tls.crt` and `tls.key`, shared by every replica); RSA or ECDSA.
+    pub fn load(cert_path: &Path, key_path: &Path, lifetime: Duration) -> Result<Pki> {
+        let ca_pem = std::fs::read_to_string(cert_path).map_err(file(cert_path))?;
+        let key_pem = std::fs::read_to_string(key_path).map_err(file(key_path))?;
         let key = KeyPair::from_pem(&key_pem).map_err(cert("reading the CA key"))?;
         let issuer =
             Issuer::from_ca_cert_pem(&ca_pem, key).map_err(cert("reading the CA certificate"))?;

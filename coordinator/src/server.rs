@@ -63,6 +63,9 @@ pub enum Error {
         "{flag} {url} carries a password: agents are told this URL and would keep it. Give the coordinator its credentials with --git-secret-dir (or FERRY_GIT_USERNAME/FERRY_GIT_PASSWORD), and each agent its Git Secret"
     )]
     PasswordInUrl { flag: &'static str, url: String },
+    /// A bootstrap admin token too short to be a secret.
+    #[error("the bootstrap admin token must be at least 16 characters")]
+    WeakBootstrapToken,
     /// The address could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -116,6 +119,12 @@ pub struct Config {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (plain HTTP);
     /// nowhere when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// A directory holding the CA as `tls.crt` and `tls.key` (a mounted
+    /// Secret) instead of the one the coordinator makes in its data dir.
+    pub ca_dir: Option<PathBuf>,
+    /// The first admin token, when the store has none yet (instead of a
+    /// random one written to the data dir).
+    pub bootstrap_token: Option<String>,
 }
 
 impl Config {
@@ -133,6 +142,8 @@ impl Config {
             event_buffer: 1024,
             git_auth: Default::default(),
             metrics_listen: None,
+            ca_dir: None,
+            bootstrap_token: None,
         }
     }
 }
@@ -187,7 +198,12 @@ impl Coordinator {
             metrics.clone(),
         ));
         if store.token_count().await.map_err(store_err)? == 0 {
-            let token = auth::new_secret("ferry-");
+            let given = cfg.bootstrap_token.as_deref().map(str::trim);
+            let token = match given {
+                Some(t) if t.len() >= 16 => t.to_string(),
+                Some(_) => return Err(Error::WeakBootstrapToken),
+                None => auth::new_secret("ferry-"),
+            };
             store
                 .create_token(
                     &auth::hash(&token),
@@ -197,9 +213,13 @@ impl Coordinator {
                 )
                 .await
                 .map_err(store_err)?;
-            let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
-            pki::write_private(&path, &format!("{token}\n"))?;
-            tracing::info!(file = %path.display(), "wrote the bootstrap admin token");
+            if given.is_some() {
+                tracing::info!("registered the bootstrap admin token given");
+            } else {
+                let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+                pki::write_private(&path, &format!("{token}\n"))?;
+                tracing::info!(file = %path.display(), "wrote the bootstrap admin token");
+            }
         }
         let (tls, pki) = if cfg.insecure {
             tracing::warn!(
@@ -207,7 +227,10 @@ impl Coordinator {
             );
             (None, None)
         } else {
-            let pki = Arc::new(Pki::open(&cfg.data_dir, cfg.cert_lifetime)?);
+            let pki = Arc::new(match &cfg.ca_dir {
+                Some(d) => Pki::load(&d.join("tls.crt"), &d.join("tls.key"), cfg.cert_lifetime)?,
+                None => Pki::open(&cfg.data_dir, cfg.cert_lifetime)?,
+            });
             let (cert, key) = match &cfg.tls {
                 Some(t) => (t.cert.clone(), t.key.clone()),
                 None => pki.serving(&cfg.data_dir, &cfg.tls_names)?,

@@ -168,3 +168,96 @@ pub fn promtool_check(exposition: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// Helm's engine and kubernetes-validate, through `integration/helm/chart.py`
+/// (run by the `.venv` Python `./test.sh` provisions).
+pub mod helm {
+    use serde_json::Value;
+    use std::path::PathBuf;
+
+    fn run(args: &[&str], input: &Value) -> Result<Value, String> {
+        use std::io::Write;
+        let python = super::workspace_root().join(".venv/bin/python");
+        let script = super::workspace_root().join("integration/helm/chart.py");
+        let mut child = std::process::Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running {} (./test.sh makes it): {e}", python.display()))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("chart.py said: {e}"))
+    }
+
+    /// A chart of `helm/`.
+    pub fn chart(name: &str) -> PathBuf {
+        super::workspace_root().join("helm").join(name)
+    }
+
+    /// What `helm install NAME CHART -n NAMESPACE -f values` would create:
+    /// the objects and NOTES.txt; `Err` is Helm's refusal, as it says it.
+    pub fn render(
+        chart: &str,
+        release: &str,
+        namespace: &str,
+        values: &Value,
+    ) -> Result<(Vec<Value>, String), String> {
+        let path = self::chart(chart);
+        let out = run(
+            &["render", path.to_str().expect("utf-8"), release, namespace],
+            values,
+        )?;
+        let objects = out["objects"]
+            .as_array()
+            .map(|a| a.iter().map(|o| o["object"].clone()).collect())
+            .unwrap_or_default();
+        Ok((objects, out["notes"].as_str().unwrap_or("").to_string()))
+    }
+
+    /// `helm lint --strict`: its error messages (infos and warnings left out).
+    pub fn lint(chart: &str, values: &Value) -> Result<Vec<String>, String> {
+        let path = self::chart(chart);
+        let report = run(&["lint", path.to_str().expect("utf-8")], values)?;
+        let mut errors: Vec<String> = report["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(messages) = report["messages"].as_array() {
+            errors.extend(
+                messages
+                    .iter()
+                    .filter(|m| m["severity"].as_i64().unwrap_or(0) >= 3)
+                    .map(|m| m.to_string()),
+            );
+        }
+        Ok(errors)
+    }
+
+    /// kubernetes-validate, strict (unknown fields too), against `version`.
+    pub fn validate(version: &str, objects: &[Value]) -> Result<Vec<String>, String> {
+        let out = run(&["validate", version], &Value::Array(objects.to_vec()))?;
+        Ok(out["problems"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

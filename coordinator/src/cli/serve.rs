@@ -56,6 +56,16 @@ pub struct ServeArgs {
     /// How long agent certificates live (renewed automatically at two thirds).
     #[arg(long, env = "FERRY_CERT_LIFETIME", default_value = "30d")]
     pub cert_lifetime: String,
+    /// A directory holding the coordinator's CA as `tls.crt` and `tls.key`
+    /// (a mounted Secret, shared by replicas), instead of the one it makes
+    /// in its data dir on first start.
+    #[arg(long, env = "FERRY_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// A file holding the first admin token, registered when the store has
+    /// no token yet (a mounted Secret); without it a random one is written
+    /// to DATA_DIR/admin-token.
+    #[arg(long, env = "FERRY_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
     /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
     /// address (e.g. 0.0.0.0:9090); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
@@ -81,6 +91,13 @@ impl ServeArgs {
         }
         cfg.insecure = insecure;
         cfg.metrics_listen = self.metrics_listen;
+        cfg.ca_dir = self.ca_dir.clone();
+        if let Some(f) = &self.bootstrap_token_file {
+            cfg.bootstrap_token = Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("--bootstrap-token-file {}: {e}", f.display()))?,
+            );
+        }
         cfg.git_auth = ferry_proto::git::GitAuth {
             secret_dir: self.git_secret_dir.clone(),
             username: self.git_username.clone(),

@@ -331,7 +331,7 @@ impl Shared {
                 return full(
                     StatusCode::OK,
                     &json!({
-                        "major": "1", "minor": "36", "gitVersion": "v1.36.0-ferry-emulator",
+                        "major": "1", "minor": "33", "gitVersion": "v1.33.0-ferry-emulator",
                         "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
                         "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
                         "platform": "linux/amd64",

@@ -59,7 +59,7 @@ async fn a_cluster_rebuilt_empty_is_put_back_at_once_with_the_agents_identity() 
     world.wait_healthy_at("rb", &a).await;
     let client = kube_client(world.emulator("rb")).await;
     eventually("the identity Secret written again", || async {
-        ferry_agent::identity::load(&client, "ferry-system")
+        ferry_agent::identity::load(&client, &ferry_agent::identity::Place::new("ferry-system"))
             .await
             .ok()
             .flatten()

@@ -228,7 +228,7 @@ async fn certificates_rotate_without_dropping_the_sync() {
     world.wait_healthy_at("rot", &a).await;
 
     let client = ferry_integration::harness::kube_client(world.emulator("rot")).await;
-    let first = identity::load(&client, "ferry-system")
+    let first = identity::load(&client, &ferry_agent::identity::Place::new("ferry-system"))
         .await
         .unwrap()
         .unwrap();
@@ -236,7 +236,9 @@ async fn certificates_rotate_without_dropping_the_sync() {
     let mut seen = vec![first.not_after_ms];
     while seen.len() < 3 {
         let id = eventually("a renewed certificate", || async {
-            let id = identity::load(&client, "ferry-system").await.ok()??;
+            let id = identity::load(&client, &ferry_agent::identity::Place::new("ferry-system"))
+                .await
+                .ok()??;
             (id.not_after_ms > *seen.last().unwrap()).then_some(id)
         })
         .await;
