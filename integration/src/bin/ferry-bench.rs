@@ -99,13 +99,24 @@ struct Coord {
     ca: std::path::PathBuf,
     addr: String,
     port: u16,
+    /// Where it serves `/metrics`.
+    metrics: std::net::SocketAddr,
 }
 
 async fn start_coordinator(dir: &std::path::Path, repo: &str) -> Result<Coord> {
-    start_coordinator_on(dir, repo, ferry_integration::world::free_port()?).await
+    let (port, metrics) = (
+        ferry_integration::world::free_port()?,
+        ferry_integration::world::free_port()?,
+    );
+    start_coordinator_on(dir, repo, port, metrics).await
 }
 
-async fn start_coordinator_on(dir: &std::path::Path, repo: &str, port: u16) -> Result<Coord> {
+async fn start_coordinator_on(
+    dir: &std::path::Path,
+    repo: &str,
+    port: u16,
+    metrics: u16,
+) -> Result<Coord> {
     let ferry = binary("ferry", BUILD)?;
     let data = dir.join("coordinator");
     let proc = Proc(
@@ -118,6 +129,7 @@ async fn start_coordinator_on(dir: &std::path::Path, repo: &str, port: u16) -> R
             ])
             .arg(&data)
             .args(["--repo", repo])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .env(
                 "FERRY_LOG",
                 std::env::var("FERRY_BENCH_COORDINATOR_LOG").unwrap_or_else(|_| "warn".into()),
@@ -150,6 +162,7 @@ async fn start_coordinator_on(dir: &std::path::Path, repo: &str, port: u16) -> R
         ca,
         addr,
         port,
+        metrics: ([127, 0, 0, 1], metrics).into(),
     })
 }
 
@@ -174,7 +187,7 @@ async fn restart(
     dir: &std::path::Path,
     repo: &str,
 ) -> Result<(Coord, Restart)> {
-    let port = c.port;
+    let (port, metrics) = (c.port, c.metrics.port());
     let t = Instant::now();
     let pid = rustix::process::Pid::from_raw(c.proc.0.id() as i32).context("a pid")?;
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
@@ -184,7 +197,7 @@ async fn restart(
         async move { exited.then_some(()) }
     })
     .await?;
-    let c = start_coordinator_on(dir, repo, port).await?;
+    let c = start_coordinator_on(dir, repo, port, metrics).await?;
     // Connected agents over time, every 10 ms.
     let mut samples: Vec<(f64, usize)> = vec![];
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -341,6 +354,22 @@ struct Stage {
     fan_out: (String, Value),
     pin_call_ms: f64,
     synced_s: f64,
+    /// One `/metrics` scrape: bytes, series, milliseconds.
+    scrape: (usize, usize, f64),
+}
+
+/// Scrapes the coordinator's `/metrics` once: (bytes, series, ms).
+async fn scrape(c: &Coord) -> Result<(usize, usize, f64)> {
+    let t = Instant::now();
+    let (code, body) = ferry_integration::harness::http_get(c.metrics, "/metrics").await?;
+    if code != 200 {
+        bail!("/metrics answered {code}");
+    }
+    let series = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    Ok((body.len(), series, t.elapsed().as_secs_f64() * 1000.0))
 }
 
 async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
@@ -392,6 +421,7 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
             fan_out: spread(lat),
             pin_call_ms,
             synced_s,
+            scrape: scrape(&c).await?,
         };
         if k == 0 {
             eprintln!("restarting the coordinator under {n} agents…");
@@ -583,7 +613,17 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
             format!("{n} clusters: assignment to all Synced reports stored"),
             format!("{:.1} s", s.synced_s),
         ));
+        rows.push((
+            format!("{n} clusters: /metrics scrape (bytes, series, time)"),
+            format!(
+                "{:.1} KiB, {}, {:.0} ms",
+                s.scrape.0 as f64 / 1024.0,
+                s.scrape.1,
+                s.scrape.2
+            ),
+        ));
         stage_json.push(json!({
+            "scrape": {"bytes": s.scrape.0, "series": s.scrape.1, "ms": s.scrape.2},
             "clusters": n, "enroll_s": s.enroll_s, "connect_s": s.connect_s,
             "connected": s.connected, "sockets": s.sockets, "rss_mib": s.rss_mib,
             "per_stream_kib": per_stream, "pin_call_ms": s.pin_call_ms,

@@ -272,6 +272,7 @@ async fn run(args: Args) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
     let cfg = WorldConfig {
         ready_delay: Duration::from_millis(1500),
+        metrics: true,
         ..WorldConfig::default()
     };
     let mut world = World::start(&dir, cfg).await?;
@@ -403,6 +404,7 @@ enum Program {
     Ferry,
     Kubectl,
     Git,
+    Curl,
 }
 
 /// A command the sandbox suggests, kept as data so that what is printed is
@@ -429,6 +431,16 @@ fn suggestions(world: &World, dir: &Path, id: &str, first: &str, second: &str) -
         dir.join("eu-1.kubeconfig").display().to_string(),
     ));
     let work = world.git.work.display().to_string();
+    let eu1 = dir.join("eu-1.kubeconfig").display().to_string();
+    let in_eu1 = |args: &[&str]| {
+        let mut s = suggest(Kubectl, args);
+        s.env.push(("KUBECONFIG".into(), eu1.clone()));
+        s
+    };
+    let metrics = world
+        .coordinator_metrics()
+        .map(|a| format!("http://{a}/metrics"))
+        .unwrap_or_default();
     vec![
         suggest(Ferry, &["clusters"]),
         suggest(Ferry, &["cluster", "show", "eu-1"]),
@@ -463,6 +475,17 @@ fn suggestions(world: &World, dir: &Path, id: &str, first: &str, second: &str) -
             ],
         ),
         kubectl,
+        in_eu1(&["get", "events", "-n", "ferry-system"]),
+        in_eu1(&[
+            "get",
+            "configmap",
+            "ferry-agent-status",
+            "-n",
+            "ferry-system",
+            "-o",
+            "yaml",
+        ]),
+        suggest(Curl, &["-s", &metrics]),
         suggest(Git, &["-C", &work, "log", "--oneline"]),
     ]
 }
@@ -478,6 +501,7 @@ impl Suggestion {
             Program::Ferry => "cargo run -q --bin ferry --".into(),
             Program::Kubectl => ferry_integration::harness::kubectl().display().to_string(),
             Program::Git => "git".into(),
+            Program::Curl => "curl".into(),
         });
         words.extend(self.args.iter().map(|a| quote(a)));
         words.join(" ")
@@ -490,6 +514,7 @@ impl Suggestion {
             Program::Ferry => std::env::current_exe()?.with_file_name("ferry"),
             Program::Kubectl => ferry_integration::harness::kubectl(),
             Program::Git => "git".into(),
+            Program::Curl => "curl".into(),
         };
         println!("$ {}", self.shown());
         let out = tokio::process::Command::new(&program)

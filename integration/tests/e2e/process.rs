@@ -245,6 +245,10 @@ fn the_sandbox_finishes_and_every_command_it_prints_works() {
         "eu-1: ",
         "deployment.apps/storefront",
         "service/storefront",
+        // the agent's events, its status ConfigMap, the coordinator's metrics
+        "Applied",
+        "appliedCommit:",
+        "ferry_clusters{phase=\"synced\",health=\"healthy\"}",
         "storefront 2.0",
         "Every suggested command ran.",
     ] {
