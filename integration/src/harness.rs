@@ -57,9 +57,12 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// A binary of this workspace (`package`'s `name`), built once per test
 /// process with the profile the tests were built with, so a test never runs
-/// a stale one. `./test.sh` builds them all first, making this a no-op.
+/// a stale one. Built as `./test.sh` builds them (every binary of the
+/// workspace, whose features unify as they do there): after it, this is a
+/// no-op. Building one package alone would unify features differently and
+/// rebuild its dependencies, a minute or more each on a clean machine.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let exe = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/<test> -> target/<profile>
     let dir = exe
@@ -68,20 +71,20 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         .expect("tests run from target/<profile>/deps")
         .to_path_buf();
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !built.iter().any(|b| b == name) {
+    if !*built {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(workspace_root())
-            .args(["build", "--locked", "--quiet", "-p", package, "--bin", name]);
+            .args(["build", "--locked", "--quiet", "--workspace", "--bins"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("running cargo build");
         assert!(
             status.success(),
-            "cargo build -p {package} --bin {name} failed"
+            "cargo build --workspace --bins failed (wanted {package}'s {name})"
         );
-        built.push(name.to_string());
+        *built = true;
     }
     dir.join(name)
 }
