@@ -14,6 +14,7 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v buildah >/dev/null || need+=(buildah)
 command -v curl >/dev/null || need+=(curl)
+command -v gpg >/dev/null || need+=(gnupg)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 [ -x /usr/lib/git-core/git-daemon ] || [ -x "$(git --exec-path 2>/dev/null)/git-daemon" ] || need+=(git-daemon-sysvinit)
 if ! command -v python3 >/dev/null; then

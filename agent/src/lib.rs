@@ -91,6 +91,12 @@ pub struct Config {
     /// elsewhere, or cluster-scoped, are refused by name before any write.
     /// Empty: the whole cluster.
     pub namespaces: Vec<String>,
+    /// Trusted signing keys (a mounted Secret or ConfigMap), read again
+    /// before every sync: with them, a commit that does not verify is never
+    /// applied. `None`: no signature check.
+    pub verify_keys: Option<PathBuf>,
+    /// What must be signed: the commit, or an annotated tag naming it.
+    pub verify_mode: ferry_proto::verify::Mode,
 }
 
 impl Config {
@@ -116,6 +122,8 @@ impl Config {
             git_cache_bytes: source::DEFAULT_CACHE_BYTES,
             metrics_listen: None,
             namespaces: vec![],
+            verify_keys: None,
+            verify_mode: Default::default(),
         }
     }
 }

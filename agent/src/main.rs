@@ -98,6 +98,15 @@ struct Args {
     /// objects without a namespace go to the first. Default: the whole cluster.
     #[arg(long, env = "FERRY_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
+    /// A directory of keys this cluster trusts to sign what it runs (a
+    /// mounted Secret or ConfigMap: `allowed_signers` files and armored
+    /// OpenPGP public keys), read again before every sync. With it, a
+    /// commit that does not verify is never applied, whoever pinned it.
+    #[arg(long, env = "FERRY_VERIFY_KEYS")]
+    verify_keys: Option<PathBuf>,
+    /// What must be signed: the commit itself, or an annotated tag naming it.
+    #[arg(long, env = "FERRY_VERIFY_MODE", default_value = "commit")]
+    verify_mode: ferry_proto::verify::Mode,
     /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
     /// address (e.g. 0.0.0.0:9090); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
@@ -156,6 +165,8 @@ fn config(args: Args) -> Result<Config, String> {
     };
     cfg.git_cache_bytes = args.git_cache_mib.max(1) << 20;
     cfg.metrics_listen = args.metrics_listen;
+    cfg.verify_keys = args.verify_keys;
+    cfg.verify_mode = args.verify_mode;
     cfg.namespaces = args
         .namespaces
         .into_iter()

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub managed_objects: Gauge,
     pub drift_corrections: Counter,
     pub prune_refusals: Counter,
+    pub signature_refusals: Counter,
     pub api_requests: Family<RequestLabels, Counter>,
     pub last_success: FloatGauge,
     pub certificate_expiry: FloatGauge,
@@ -59,6 +60,7 @@ impl Default for Metrics {
             managed_objects: Gauge::default(),
             drift_corrections: Counter::default(),
             prune_refusals: Counter::default(),
+            signature_refusals: Counter::default(),
             api_requests: Family::default(),
             last_success: FloatGauge::default(),
             certificate_expiry: FloatGauge::default(),
@@ -100,6 +102,11 @@ impl Metrics {
             "ferry_agent_prune_refusals",
             "Syncs whose prune the mass-prune valve refused",
             self.prune_refusals.clone(),
+        );
+        r.register(
+            "ferry_agent_signature_refusals",
+            "Syncs refused because the commit did not verify against the cluster's keys",
+            self.signature_refusals.clone(),
         );
         r.register(
             "ferry_agent_kubernetes_requests",

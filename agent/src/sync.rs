@@ -16,6 +16,7 @@ use crate::source::{self, Source};
 use crate::state::{State, StateStore};
 use crate::{Config, health};
 use ferry_proto::v1::{Health, ObjectProblem, Phase, StatusReport};
+use ferry_proto::verify::{Mode, Policy, Signer};
 use ferry_proto::{Assignment, Commit, now_unix_ms};
 use kube::discovery::ApiResource;
 use std::sync::Arc;
@@ -102,6 +103,11 @@ pub struct Syncer {
     notices: Notices,
     /// The pass just run failed on the mass-prune valve (its own event).
     prune_refused: bool,
+    /// The last commit that verified, under which keys (their digest), and
+    /// who signed it: a commit is checked once per key set, not per pass.
+    verified: Option<(Commit, String, Signer)>,
+    /// Who signed the applied commit (reported).
+    signer: String,
 }
 
 impl Syncer {
@@ -145,6 +151,8 @@ impl Syncer {
             enforcing,
             notices,
             prune_refused: false,
+            verified: None,
+            signer: String::new(),
         }
     }
 
@@ -213,6 +221,7 @@ impl Syncer {
             last_sync_unix_ms: self.last_sync_ms,
             reported_unix_ms: now_unix_ms(),
             last_correction_unix_ms: self.last_correction_ms,
+            signer: self.signer.clone(),
         };
         let mut report = report;
         // The coordinator keeps only so much of one report; say what is cut.
@@ -508,6 +517,16 @@ impl Syncer {
             Ok(o) => o,
             Err(pass) => return pass,
         };
+        // Nothing is applied unless the cluster's own keys vouch for it.
+        let signer = match self.verify(a).await {
+            Ok(s) => s,
+            Err(why) => {
+                self.metrics.signature_refusals.inc();
+                return self
+                    .hold_last(a, format!("{why}: nothing was applied"), stop)
+                    .await;
+            }
+        };
         let applied_before = self.state.applied_commit.as_ref() == Some(&a.commit);
         let detect_only = !self.cfg.self_heal && applied_before;
         let result = self
@@ -547,6 +566,7 @@ impl Syncer {
                 }
                 self.state = next;
                 self.last_sync_ms = now_unix_ms();
+                self.signer = signer.map(|s| s.to_string()).unwrap_or_default();
                 if !applied_before {
                     self.notices.send(Notice::Applied {
                         commit: a.commit.short().to_string(),
@@ -602,6 +622,51 @@ impl Syncer {
                 cluster::certificate_problem(e).unwrap_or_else(|| e.to_string())
             }
             _ => e.to_string(),
+        }
+    }
+
+    /// Checks the assignment's commit against the cluster's verify keys,
+    /// read again now (a rotation takes effect at once). `Ok(None)`: no
+    /// policy. `Err` says why the commit must not be applied.
+    async fn verify(&mut self, a: &Assignment) -> Result<Option<Signer>, String> {
+        let Some(dir) = self.cfg.verify_keys.clone() else {
+            return Ok(None);
+        };
+        let mode = self.cfg.verify_mode;
+        let policy = tokio::task::spawn_blocking(move || Policy::load(&dir, mode))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some((c, digest, s)) = &self.verified
+            && *c == a.commit
+            && *digest == policy.digest
+        {
+            return Ok(Some(s.clone()));
+        }
+        let source = self.source.clone();
+        let (url, commit) = (a.repo_url.clone(), a.commit.clone());
+        let digest = policy.digest.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let data = source.commit_object(&url, &commit)?;
+            let tags = match policy.mode {
+                Mode::Tag => source.tags_naming(&url, &commit, true)?,
+                Mode::Commit => vec![],
+            };
+            Ok::<_, source::Error>(policy.verify(&commit, &data, &tags))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match checked {
+            Ok(Ok(signer)) => {
+                tracing::info!(signer = %signer, "commit verified");
+                self.verified = Some((a.commit.clone(), digest, signer.clone()));
+                Ok(Some(signer))
+            }
+            Ok(Err(refused)) => Err(refused.to_string()),
+            Err(e) => Err(format!(
+                "checking the signature of {}: {e}",
+                a.commit.short()
+            )),
         }
     }
 

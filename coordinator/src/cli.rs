@@ -86,7 +86,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the coordinator.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List clusters: labels, connection, pinned and applied commits, health.
     Clusters {
         /// Clusters asked for per request (the list is always whole).

@@ -72,6 +72,7 @@ enum Command {
 pub struct DriverHandle {
     commands: mpsc::Sender<Command>,
     repo: Arc<Repo>,
+    store: Arc<dyn Store>,
     /// Every stored event, live (watchers fall back to the store when they
     /// fall behind).
     pub events: broadcast::Sender<Event>,
@@ -100,9 +101,14 @@ impl DriverHandle {
         ferry_proto::rollout::waves(plan)?;
         let repo = self.repo.clone();
         let reference = plan.r#ref.clone();
-        let commit = tokio::task::spawn_blocking(move || repo.resolve(&reference))
+        let (commit, signer) = tokio::task::spawn_blocking(move || repo.resolve(&reference))
             .await
             .map_err(|_| Error::Stopped)??;
+        if let Some(s) = signer {
+            self.store
+                .record_signer(&commit, &s.to_string(), ferry_proto::now_unix_ms())
+                .await?;
+        }
         let spec = Spec::from_plan(plan, commit)?;
         let actor = actor.to_string();
         self.ask(|reply| Command::Start { spec, actor, reply })
@@ -149,8 +155,9 @@ impl Driver {
     pub fn new(hub: Arc<Hub>, repo: Arc<Repo>, event_buffer: usize) -> (Driver, DriverHandle) {
         let (events, _) = broadcast::channel(event_buffer.max(1));
         let (tx, commands) = mpsc::channel(64);
+        let store = hub.store.clone();
         let driver = Driver {
-            store: hub.store.clone(),
+            store: store.clone(),
             hub,
             active: BTreeMap::new(),
             commands,
@@ -158,6 +165,7 @@ impl Driver {
         };
         let handle = DriverHandle {
             commands: tx,
+            store,
             repo,
             events,
         };

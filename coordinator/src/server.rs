@@ -125,6 +125,10 @@ pub struct Config {
     /// The first admin token, when the store has none yet (instead of a
     /// random one written to the data dir).
     pub bootstrap_token: Option<String>,
+    /// Key files a pinned or rolled-out commit must verify against (read
+    /// again at every check), and what must be signed.
+    pub verify_keys: Option<PathBuf>,
+    pub verify_mode: ferry_proto::verify::Mode,
 }
 
 impl Config {
@@ -144,6 +148,8 @@ impl Config {
             metrics_listen: None,
             ca_dir: None,
             bootstrap_token: None,
+            verify_keys: None,
+            verify_mode: Default::default(),
         }
     }
 }
@@ -250,13 +256,17 @@ impl Coordinator {
                 .timeout(Duration::from_secs(10));
             (Some(tls), Some(pki))
         };
-        let repo = Arc::new(Repo::new(
+        let mut repo = Repo::new(
             cfg.resolve_url
                 .clone()
                 .unwrap_or_else(|| cfg.repo_url.clone()),
             cfg.data_dir.join("git-cache"),
             cfg.git_auth.clone(),
-        ));
+        );
+        if let Some(dir) = &cfg.verify_keys {
+            repo = repo.with_verify(dir.clone(), cfg.verify_mode);
+        }
+        let repo = Arc::new(repo);
         let hub = Arc::new(Hub::new(
             store,
             cfg.repo_url.clone(),

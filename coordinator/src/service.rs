@@ -33,7 +33,12 @@ pub(crate) fn store_status(e: store::Error) -> Status {
 
 pub(crate) fn repo_status(e: repo::Error) -> Status {
     match e {
-        repo::Error::UnknownRef { .. } => Status::invalid_argument(e.to_string()),
+        repo::Error::Git(ferry_proto::git::Error::UnknownRef { .. }) => {
+            Status::invalid_argument(e.to_string())
+        }
+        repo::Error::Refused(_) | repo::Error::Policy(_) => {
+            Status::failed_precondition(e.to_string())
+        }
         other => Status::unavailable(other.to_string()),
     }
 }

@@ -238,6 +238,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stored events after `after_id`, oldest first.
     async fn events(&self, rollout: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>>;
 
+    /// Records who signed a commit, as the coordinator's verify keys named
+    /// the key; the ledger shows it beside pins of that commit.
+    async fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()>;
+
     /// The fleet counted: clusters by their last phase and health, rollouts
     /// by phase (for metrics; cheap at any fleet size).
     async fn summary(&self) -> Result<Summary>;

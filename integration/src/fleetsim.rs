@@ -142,6 +142,7 @@ fn report(a: Option<&Assignment>, applied: &str, phase: Phase, seq: u64) -> Stat
         last_sync_unix_ms: now,
         reported_unix_ms: now,
         last_correction_unix_ms: 0,
+        signer: String::new(),
     }
 }
 

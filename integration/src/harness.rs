@@ -74,8 +74,13 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     if !*built {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--locked", "--quiet", "--workspace", "--bins"]);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--locked",
+            "--quiet",
+            "--workspace",
+            "--bins",
+        ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

@@ -147,6 +147,88 @@ impl GitServer {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
+    /// Like [`GitServer::commit`], signed (`git commit -S`) with the given
+    /// Git configuration (`gpg.format=ssh`, `user.signingkey=…`).
+    pub fn commit_signed(
+        &self,
+        message: &str,
+        files: &[(&str, Option<&str>)],
+        config: &[String],
+    ) -> Result<String> {
+        for (path, content) in files {
+            let p = self.work.join(path);
+            match content {
+                Some(c) => {
+                    std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+                    std::fs::write(&p, c)?;
+                }
+                None => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        git(&self.work, &["add", "-A"])?;
+        let mut args: Vec<&str> = config.iter().map(String::as_str).collect();
+        args.extend(["commit", "-q", "-S", "--allow-empty", "-m", message]);
+        git(&self.work, &args)?;
+        git(&self.work, &["push", "-q", "origin", "main"])?;
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// An annotated tag of `commit`, signed (`-s`) with `config` when given.
+    pub fn annotated_tag(&self, name: &str, commit: &str, config: Option<&[String]>) -> Result<()> {
+        let mut args: Vec<&str> = config.unwrap_or(&[]).iter().map(String::as_str).collect();
+        args.extend([
+            "tag",
+            if config.is_some() { "-s" } else { "-a" },
+            "-m",
+            name,
+            name,
+            commit,
+        ]);
+        git(&self.work, &args)?;
+        git(&self.work, &["push", "-q", "origin", name])?;
+        Ok(())
+    }
+
+    /// Writes a commit object made by hand (a forgery) and pushes it as
+    /// branch `branch`; returns its id.
+    pub fn push_object(&self, data: &[u8], branch: &str) -> Result<String> {
+        let path = self.work.join(".git/forged-object");
+        std::fs::write(&path, data)?;
+        let id = git(
+            &self.work,
+            &[
+                "hash-object",
+                "-t",
+                "commit",
+                "-w",
+                path.to_str().expect("utf-8"),
+            ],
+        )?;
+        let id = id.trim().to_string();
+        git(
+            &self.work,
+            &["push", "-q", "origin", &format!("{id}:refs/heads/{branch}")],
+        )?;
+        Ok(id)
+    }
+
+    /// The raw data of an object in the work repository.
+    pub fn object(&self, kind: &str, id: &str) -> Result<Vec<u8>> {
+        let out = Command::new("git")
+            .current_dir(&self.work)
+            .args(["cat-file", kind, id])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "git cat-file {kind} {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
+    }
+
     pub fn tag(&self, name: &str) -> Result<()> {
         git(&self.work, &["tag", name])?;
         git(&self.work, &["push", "-q", "origin", name])?;
@@ -230,6 +312,10 @@ pub struct WorldConfig {
     pub coordinator_uses_git_secret: bool,
     /// The coordinator and agents serve `/metrics`, `/healthz`, `/readyz`.
     pub metrics: bool,
+    /// The coordinator checks pinned commits against these keys.
+    pub coordinator_verify_keys: Option<PathBuf>,
+    /// Every agent checks commits against these keys.
+    pub agent_verify_keys: Option<PathBuf>,
 }
 
 impl Default for WorldConfig {
@@ -244,6 +330,8 @@ impl Default for WorldConfig {
             event_buffer: 1024,
             coordinator_uses_git_secret: false,
             metrics: false,
+            coordinator_verify_keys: None,
+            agent_verify_keys: None,
         }
     }
 }
@@ -370,6 +458,7 @@ impl World {
         if self.cfg.metrics {
             cfg.metrics_listen = Some(([127, 0, 0, 1], 0).into());
         }
+        cfg.verify_keys = self.cfg.coordinator_verify_keys.clone();
         cfg
     }
 
@@ -593,6 +682,7 @@ impl World {
         cfg.join_token = Some(c.join_token.clone());
         cfg.git_auth.secret_dir = self.git_secret.clone();
         cfg.metrics_listen = c.metrics;
+        cfg.verify_keys = self.cfg.agent_verify_keys.clone();
         cfg.kustomize = vec![
             crate::harness::kubectl().display().to_string(),
             "kustomize".into(),

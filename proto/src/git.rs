@@ -545,28 +545,10 @@ impl Source {
             .map_err(|e| git(e.into()))?
             .with_refspecs(refspecs.iter().copied(), gix::remote::Direction::Fetch)
             .map_err(|e| git(e.into()))?;
-        let account = creds
-            .password
-            .clone()
-            .map(|password| gix::sec::identity::Account {
-                username: creds.username.clone().unwrap_or_else(|| "git".into()),
-                password,
-                oauth_refresh_token: None,
-            });
         let mut conn = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|e| git(e.into()))?
-            .with_credentials(move |action| {
-                Ok(match (action, &account) {
-                    (gix::credentials::helper::Action::Get(ctx), Some(a)) => {
-                        Some(gix::credentials::protocol::Outcome {
-                            identity: a.clone(),
-                            next: ctx.into(),
-                        })
-                    }
-                    _ => None,
-                })
-            });
+            .with_credentials(credentials(creds));
         if is_http(url) && (creds.ca.is_some() || creds.bearer.is_some()) {
             conn = conn.with_transport_options(Box::new(http_options(creds).map_err(git)?));
         }
@@ -699,6 +681,129 @@ impl Source {
         })?;
         let repo = self.fetch(url, id, creds)?;
         Ok(repo)
+    }
+
+    /// The raw data of `commit`'s object, from the cache, for a signature
+    /// check. Never touches the network.
+    pub fn commit_object(&self, url: &str, commit: &Commit) -> Result<Vec<u8>> {
+        let repo = self.open(url, vec![])?;
+        let id = object_id(commit)?;
+        let read = |e: BoxError| Error::Read {
+            what: "the commit object".into(),
+            commit: commit.to_string(),
+            source: e,
+        };
+        let object = repo.find_object(id).map_err(|e| read(e.into()))?;
+        Ok(object.data.clone())
+    }
+
+    /// The annotated tags of `url` naming `commit`, as (tag name, tag object
+    /// data). With `ask`, the server is asked (only tag refs are listed, and
+    /// only the tag objects naming the commit are fetched: an agent never
+    /// fetches every tag); without, the cache's own tags are read (the
+    /// coordinator fetched them all when it resolved the ref).
+    pub fn tags_naming(
+        &self,
+        url: &str,
+        commit: &Commit,
+        ask: bool,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let target = object_id(commit)?;
+        let creds = if ask { Some(self.auth.load()?) } else { None };
+        let repo = match &creds {
+            Some(c) => self.open(url, self.overrides(url, c)?)?,
+            None => self.open(url, vec![])?,
+        };
+        let read = |e: BoxError| Error::Read {
+            what: "tags".into(),
+            commit: commit.to_string(),
+            source: e,
+        };
+        let mut named: Vec<(String, gix::ObjectId)> = vec![];
+        if let Some(creds) = &creds {
+            self.fresh_ssh_log(url);
+            let listed = Self::list_tags(&repo, url, creds)
+                .map_err(|m| classify(url, m, &self.ssh_log()))?;
+            named.extend(
+                listed
+                    .into_iter()
+                    .filter(|(_, _, peeled)| *peeled == target)
+                    .map(|(name, tag, _)| (name, tag)),
+            );
+            let missing: Vec<String> = named
+                .iter()
+                .filter(|(_, t)| !repo.has_object(*t))
+                .map(|(_, t)| t.to_string())
+                .collect();
+            if !missing.is_empty() {
+                let wants: Vec<&str> = missing.iter().map(String::as_str).collect();
+                let one = gix::remote::fetch::Shallow::DepthAtRemote(1.try_into().expect("1 > 0"));
+                self.fresh_ssh_log(url);
+                Self::fetch_with(&repo, url, creds, &wants, one)
+                    .map_err(|m| classify(url, m, &self.ssh_log()))?;
+            }
+        } else {
+            let refs = repo.references().map_err(|e| read(e.into()))?;
+            for r in refs.tags().map_err(|e| read(e.into()))?.flatten() {
+                let name = r.name().shorten().to_string();
+                let id = r.id().detach();
+                let Ok(object) = repo.find_object(id) else {
+                    continue;
+                };
+                if object.kind != gix::object::Kind::Tag {
+                    continue;
+                }
+                let peeled = object.peel_to_kind(gix::object::Kind::Commit).map(|c| c.id);
+                if peeled.is_ok_and(|c| c == target) {
+                    named.push((name, id));
+                }
+            }
+        }
+        let mut out = vec![];
+        for (name, id) in named {
+            if let Ok(object) = repo.find_object(id) {
+                out.push((name, object.data.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The server's annotated tags: (name, tag object, commit it peels to).
+    fn list_tags(
+        repo: &gix::Repository,
+        url: &str,
+        creds: &Creds,
+    ) -> Result<Vec<(String, gix::ObjectId, gix::ObjectId)>, GitError> {
+        let git = |e: BoxError| GitError::new(url, e);
+        let remote = repo
+            .remote_at(url)
+            .map_err(|e| git(e.into()))?
+            .with_refspecs(["+refs/tags/*:refs/tags/*"], gix::remote::Direction::Fetch)
+            .map_err(|e| git(e.into()))?;
+        let mut conn = remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| git(e.into()))?
+            .with_credentials(credentials(creds));
+        if is_http(url) && (creds.ca.is_some() || creds.bearer.is_some()) {
+            conn = conn.with_transport_options(Box::new(http_options(creds).map_err(git)?));
+        }
+        let prepared = conn
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| git(e.into()))?;
+        let mut out = vec![];
+        for r in &prepared.ref_map().remote_refs {
+            if let gix::protocol::handshake::Ref::Peeled {
+                full_ref_name,
+                tag,
+                object,
+            } = r
+            {
+                let name = full_ref_name.to_string();
+                let name = name.strip_prefix("refs/tags/").unwrap_or(&name).to_string();
+                out.push((name, *tag, *object));
+            }
+        }
+        Ok(out)
     }
 
     /// Makes sure `commit` is in the cache; returns whether it had to fetch.
@@ -846,6 +951,35 @@ fn subtree<'r>(repo: &'r gix::Repository, commit: &Commit, path: &str) -> Result
         .object()
         .map_err(|e| read(path, e.into()))?
         .into_tree())
+}
+
+/// Answers gix's credential requests with the configured username and
+/// password (or token); asks for nothing else.
+fn credentials(
+    creds: &Creds,
+) -> impl FnMut(
+    gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>>
++ 'static {
+    let account = creds
+        .password
+        .clone()
+        .map(|password| gix::sec::identity::Account {
+            username: creds.username.clone().unwrap_or_else(|| "git".into()),
+            password,
+            oauth_refresh_token: None,
+        });
+    move |action| {
+        Ok(match (action, &account) {
+            (gix::credentials::helper::Action::Get(ctx), Some(a)) => {
+                Some(gix::credentials::protocol::Outcome {
+                    identity: a.clone(),
+                    next: ctx.into(),
+                })
+            }
+            _ => None,
+        })
+    }
 }
 
 /// A walk of a tree: the wanted files (sized before they are read) and the

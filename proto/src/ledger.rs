@@ -17,6 +17,9 @@ pub struct LedgerEntry {
     pub reason: String,
     /// The rollout that made it (`None`: a manual pin).
     pub rollout: Option<String>,
+    /// Who signed `to`, as the coordinator's verify keys name the key
+    /// (`None`: not verified).
+    pub signer: Option<String>,
 }
 
 impl From<&LedgerEntry> for v1::LedgerEntry {
@@ -30,6 +33,7 @@ impl From<&LedgerEntry> for v1::LedgerEntry {
             to_commit: e.to.to_string(),
             reason: e.reason.clone(),
             rollout: e.rollout.clone().unwrap_or_default(),
+            signer: e.signer.clone().unwrap_or_default(),
         }
     }
 }

@@ -25,6 +25,8 @@ pub mod ops;
 pub mod rollout;
 mod selector;
 pub mod status;
+#[cfg(feature = "verify")]
+pub mod verify;
 pub use assignment::Assignment;
 pub use client::{Bearer, DialConfig, DialError};
 pub use domain::*;

@@ -43,6 +43,7 @@ fn cut(s: &mut String, max: usize) {
 /// Bounds a report in place: message, problems and their fields.
 pub fn bound(r: &mut StatusReport) {
     cut(&mut r.message, MAX_MESSAGE);
+    cut(&mut r.signer, MAX_PROBLEM_FIELD);
     if r.problems.len() > MAX_PROBLEMS {
         let more = r.problems.len() - MAX_PROBLEMS;
         r.problems.truncate(MAX_PROBLEMS);

@@ -193,6 +193,9 @@ pub fn cluster_details(c: &Cluster) -> String {
             st.objects,
             clean(&st.message),
         ));
+        if !st.signer.is_empty() {
+            s.push_str(&format!("Signed by:  {}\n", clean(&st.signer)));
+        }
         if !st.problems.is_empty() {
             s.push_str("Problems:\n");
             for p in &st.problems {
@@ -229,12 +232,25 @@ pub fn history_table(entries: &[LedgerEntry]) -> String {
                     e.rollout.clone()
                 },
                 e.reason.clone(),
+                if e.signer.is_empty() {
+                    "-".into()
+                } else {
+                    e.signer.clone()
+                },
             ]
         })
         .collect();
     table(
         &[
-            "ID", "WHEN", "CLUSTER", "FROM", "TO", "ACTOR", "ROLLOUT", "REASON",
+            "ID",
+            "WHEN",
+            "CLUSTER",
+            "FROM",
+            "TO",
+            "ACTOR",
+            "ROLLOUT",
+            "REASON",
+            "SIGNED BY",
         ],
         &rows,
     )
@@ -254,6 +270,7 @@ pub fn cluster_json(c: &Cluster) -> Value {
             "problems": s.problems.iter().map(|p| json!({"object": p.object, "source": p.source, "message": p.message})).collect::<Vec<_>>(),
             "lastSyncUnixMs": s.last_sync_unix_ms,
             "reportedUnixMs": s.reported_unix_ms,
+            "signer": s.signer,
         })
     });
     json!({
@@ -274,6 +291,7 @@ pub fn ledger_json(e: &LedgerEntry) -> Value {
     json!({
         "id": e.id, "atUnixMs": e.at_unix_ms, "actor": e.actor, "cluster": e.cluster,
         "from": e.from_commit, "to": e.to_commit, "reason": e.reason, "rollout": e.rollout,
+        "signer": e.signer,
     })
 }
 

@@ -66,6 +66,15 @@ pub struct ServeArgs {
     /// to DATA_DIR/admin-token.
     #[arg(long, env = "FERRY_BOOTSTRAP_TOKEN_FILE")]
     pub bootstrap_token_file: Option<PathBuf>,
+    /// A directory of trusted keys (`allowed_signers` files, armored
+    /// OpenPGP keys): a pin or rollout of a commit that does not verify is
+    /// refused, naming why. Read again at every check. Agents verify on
+    /// their own, with keys their clusters hold.
+    #[arg(long, env = "FERRY_VERIFY_KEYS")]
+    pub verify_keys: Option<PathBuf>,
+    /// What must be signed: the commit itself, or an annotated tag naming it.
+    #[arg(long, env = "FERRY_VERIFY_MODE", default_value = "commit")]
+    pub verify_mode: ferry_proto::verify::Mode,
     /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
     /// address (e.g. 0.0.0.0:9090); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
@@ -92,6 +101,8 @@ impl ServeArgs {
         cfg.insecure = insecure;
         cfg.metrics_listen = self.metrics_listen;
         cfg.ca_dir = self.ca_dir.clone();
+        cfg.verify_keys = self.verify_keys.clone();
+        cfg.verify_mode = self.verify_mode;
         if let Some(f) = &self.bootstrap_token_file {
             cfg.bootstrap_token = Some(
                 std::fs::read_to_string(f)

@@ -143,10 +143,17 @@ impl Admin for AdminService {
         let t = std::time::Instant::now();
         let repo = self.repo.clone();
         let reference = r.r#ref.clone();
-        let commit = tokio::task::spawn_blocking(move || repo.resolve(&reference))
+        let (commit, signer) = tokio::task::spawn_blocking(move || repo.resolve(&reference))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(repo_status)?;
+        if let Some(s) = &signer {
+            self.hub
+                .store
+                .record_signer(&commit, &s.to_string(), now_unix_ms())
+                .await
+                .map_err(store_status)?;
+        }
         let resolved = t.elapsed();
         // Whether a cluster inside an active rollout may be pinned is
         // decided in the pin's own transaction.
@@ -184,7 +191,14 @@ impl Admin for AdminService {
         );
         Ok(Response::new(PinResponse {
             commit: commit.to_string(),
-            entries: entries.iter().map(Into::into).collect(),
+            entries: entries
+                .iter()
+                .map(|e| {
+                    let mut e: ferry_proto::v1::LedgerEntry = e.into();
+                    e.signer = signer.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                    e
+                })
+                .collect(),
         }))
     }
 

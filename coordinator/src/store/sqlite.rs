@@ -152,6 +152,15 @@ CREATE INDEX rollouts_active ON rollouts(active);
 ALTER TABLE clusters ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE clusters ADD COLUMN health INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Who signed a commit, as the coordinator's verify keys named the key
+    // when it checked it (the ledger shows it beside each pin).
+    r#"
+CREATE TABLE commit_signers (
+    commit_sha TEXT PRIMARY KEY,
+    signer TEXT NOT NULL,
+    verified_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// What the store thread runs: a job, then (after the commit) its answer.
@@ -348,6 +357,7 @@ fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
         })?,
         reason: r.get(6)?,
         rollout: (!rollout.is_empty()).then_some(rollout),
+        signer: r.get::<_, Option<String>>(8)?,
     })
 }
 
@@ -518,6 +528,7 @@ fn pin_in(conn: &Connection, change: &PinChange, now_ms: i64) -> Result<Vec<Ledg
             to: change.commit.clone(),
             reason: reason.clone(),
             rollout: change.rollout.clone(),
+            signer: None,
         });
     }
     Ok(entries)
@@ -954,8 +965,9 @@ impl Store for Sqlite {
         let cluster = cluster.map(str::to_string);
         self.call(move |conn| {
             conn.prepare_cached(
-                "SELECT id, at_ms, actor, cluster, from_commit, to_commit, reason, rollout FROM ledger
-                 WHERE ?1 IS NULL OR cluster = ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT l.id, l.at_ms, l.actor, l.cluster, l.from_commit, l.to_commit, l.reason, l.rollout, s.signer
+                 FROM ledger l LEFT JOIN commit_signers s ON s.commit_sha = l.to_commit
+                 WHERE ?1 IS NULL OR l.cluster = ?1 ORDER BY l.id DESC LIMIT ?2",
             )
             .and_then(|mut st| st.query_map(params![cluster, limit], ledger_row)?.collect())
             .map_err(db("read the ledger"))
@@ -1105,6 +1117,20 @@ impl Store for Sqlite {
             write_members(&sp, n, &step.changed, |_| 0)?;
             sp.commit().map_err(db("advance a rollout"))?;
             Ok((entries, events))
+        })
+        .await
+    }
+
+    async fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()> {
+        let (commit, signer) = (commit.to_string(), signer.to_string());
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO commit_signers (commit_sha, signer, verified_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(commit_sha) DO UPDATE SET signer = ?2, verified_ms = ?3",
+            )
+            .and_then(|mut st| st.execute(params![commit, signer, now_ms]))
+            .map_err(db("record a signer"))?;
+            Ok(())
         })
         .await
     }

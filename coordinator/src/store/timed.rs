@@ -4,6 +4,7 @@
 
 use super::{Advance, ClusterRecord, PinChange, PinnedCluster, Result, Store, Summary};
 use crate::metrics::{Metrics, OperationLabels};
+use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
 use ferry_proto::rollout::{Rollout, Spec, State};
 use ferry_proto::v1::StatusReport;
@@ -66,5 +67,6 @@ timed! {
     fn rollout(&self, id: &str) -> Result<Rollout>;
     fn advance(&self, step: Advance, now_ms: i64) -> Result<(Vec<LedgerEntry>, Vec<Event>)>;
     fn events(&self, rollout: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>>;
+    fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()>;
     fn summary(&self) -> Result<Summary>;
 }

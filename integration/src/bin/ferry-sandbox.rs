@@ -91,7 +91,42 @@ spec:
     )
 }
 
-fn commit_all(world: &World, message: &str, version: &str) -> Result<String> {
+/// A release signing key made with `ssh-keygen`, and the `allowed_signers`
+/// directory the coordinator and every agent trust; `None` (commits go
+/// unsigned, nothing is checked) where there is no `ssh-keygen`.
+fn signing_key(dir: &Path) -> Option<(Vec<String>, PathBuf)> {
+    let key = dir.join("release-key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "release", "-f"])
+        .arg(&key)
+        .output()
+        .ok()?;
+    if !made.status.success() {
+        return None;
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub")).ok()?;
+    let keys = dir.join("trusted-keys");
+    std::fs::create_dir_all(&keys).ok()?;
+    std::fs::write(
+        keys.join("allowed_signers"),
+        format!("release@example.com {}\n", public.trim()),
+    )
+    .ok()?;
+    let config = vec![
+        "-c".to_string(),
+        "gpg.format=ssh".to_string(),
+        "-c".to_string(),
+        format!("user.signingkey={}", key.display()),
+    ];
+    Some((config, keys))
+}
+
+fn commit_all(
+    world: &World,
+    message: &str,
+    version: &str,
+    signing: Option<&[String]>,
+) -> Result<String> {
     let files: Vec<(String, String)> = CLUSTERS
         .iter()
         .map(|(c, _, region)| {
@@ -105,7 +140,10 @@ fn commit_all(world: &World, message: &str, version: &str) -> Result<String> {
         .iter()
         .map(|(p, c)| (p.as_str(), Some(c.as_str())))
         .collect();
-    world.git.commit(message, &refs)
+    match signing {
+        Some(config) => world.git.commit_signed(message, &refs, config),
+        None => world.git.commit(message, &refs),
+    }
 }
 
 struct View {
@@ -270,11 +308,16 @@ async fn run(args: Args) -> Result<()> {
         }
     };
     let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
+    // Commits are signed; the coordinator and every agent check them.
+    let signing = signing_key(&dir);
     let cfg = WorldConfig {
         ready_delay: Duration::from_millis(1500),
         metrics: true,
+        coordinator_verify_keys: signing.as_ref().map(|(_, keys)| keys.clone()),
+        agent_verify_keys: signing.as_ref().map(|(_, keys)| keys.clone()),
         ..WorldConfig::default()
     };
+    let signing = signing.map(|(config, _)| config);
     let mut world = World::start(&dir, cfg).await?;
     let mut view = View {
         tty: std::io::stdout().is_terminal(),
@@ -288,8 +331,18 @@ async fn run(args: Args) -> Result<()> {
         world.addr()
     ));
 
-    let first = commit_all(&world, "storefront 1.0 everywhere", "1.0")?;
+    let first = commit_all(
+        &world,
+        "storefront 1.0 everywhere",
+        "1.0",
+        signing.as_deref(),
+    )?;
     view.say(format!("  committed {} (storefront 1.0)", &first[..8]));
+    view.say(if signing.is_some() {
+        "  commits are signed (ssh-keygen); the coordinator and every agent verify them"
+    } else {
+        "  no ssh-keygen here: commits are unsigned and nothing verifies them"
+    });
     for (name, ring, region) in CLUSTERS {
         world
             .add_cluster(name, &[("ring", ring), ("region", region)])
@@ -306,7 +359,7 @@ async fn run(args: Args) -> Result<()> {
     pin(&world, &all, &first, "sandbox: initial release").await?;
     settle(&world, &mut view, &all, &first, deadline).await?;
 
-    let second = commit_all(&world, "storefront 2.0", "2.0")?;
+    let second = commit_all(&world, "storefront 2.0", "2.0", signing.as_deref())?;
     view.say(format!("step 2: committed {} (storefront 2.0); a staged rollout: canaries, then eu, then the rest, 3s bake each", &second[..8]));
     let started = world
         .ferry(&[

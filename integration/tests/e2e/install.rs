@@ -201,6 +201,7 @@ mod charts {
                     json!({"rbac": {"scope": "namespaces", "namespaces": ["team-a", "team-b"]},
                            "git": {"credentials": {"username": "u", "password": "p"}, "cacheMiB": 1024},
                            "networkPolicy": {"enabled": true}, "selfHeal": false,
+                           "verification": {"keysSecret": "release-keys", "mode": "tag"},
                            "joinToken": {"value": "", "existingSecret": "given"},
                            "coordinator": {"ca": "", "existingCaConfigMap": "ca"}}),
                 ),
@@ -278,6 +279,7 @@ mod charts {
                        "ca": {"existingSecret": "ca"}, "bootstrapToken": {"existingSecret": "admin"},
                        "git": {"credentials": {"identity": "key", "known_hosts": "h"}},
                        "metrics": {"serviceMonitor": {"enabled": true}},
+                       "verification": {"keysConfigMap": "release-keys"},
                        "service": {"type": "LoadBalancer"}}),
             ),
         ];
@@ -389,6 +391,11 @@ mod charts {
                 "ferry-agent",
                 json!({"coordinator": {"address": "https://c:1"}}),
                 "cluster",
+            ),
+            (
+                "ferry-agent",
+                json!({"cluster": {"name": "eu-1"}, "coordinator": {"address": "https://c:1"}, "verification": {"mode": "signed"}}),
+                "/verification/mode",
             ),
             ("ferry-coordinator", json!({}), "repo"),
             (

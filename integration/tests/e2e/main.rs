@@ -12,3 +12,4 @@ mod process;
 mod rollouts;
 mod scale;
 mod security;
+mod signatures;

@@ -241,6 +241,7 @@ fn the_sandbox_finishes_and_every_command_it_prints_works() {
         // `ferry clusters`, `rollout status --watch`, `pin`, `kubectl get
         // all`, `git log`: each one's own output.
         "canary-eu",
+        "Signed by:  SSH SHA256:",
         "Succeeded",
         "eu-1: ",
         "deployment.apps/storefront",
