@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-/// What one watch saw of its object since its last (re)list.
+/// What one watch saw of its object since its last (re)list, and whether
+/// it ever existed (on a fresh cluster, not finding it yet is no loss).
 #[derive(Default)]
 struct Seen {
     listing: bool,
     found: bool,
+    ever: bool,
 }
 
 impl Seen {
@@ -35,13 +37,17 @@ impl Seen {
             }
             watcher::Event::InitApply(_) => {
                 self.found = true;
+                self.ever = true;
                 false
             }
             watcher::Event::InitDone => {
                 self.listing = false;
-                !self.found
+                self.ever && !self.found
             }
-            watcher::Event::Apply(_) => false,
+            watcher::Event::Apply(_) => {
+                self.ever = true;
+                false
+            }
             watcher::Event::Delete(_) => true,
         }
     }
@@ -58,6 +64,9 @@ pub async fn run(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
+    // Kept across client rebuilds: a cluster replaced by an empty one
+    // lists nothing where the objects were.
+    let (mut seen_secret, mut seen_state) = (Seen::default(), Seen::default());
     loop {
         let client = clients.borrow_and_update().clone();
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &place.namespace);
@@ -65,7 +74,6 @@ pub async fn run(
         let by_name = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
         let mut secret = relisting(secrets, by_name(&place.secret)).boxed();
         let mut state = relisting(maps, by_name(STATE_NAME)).boxed();
-        let (mut seen_secret, mut seen_state) = (Seen::default(), Seen::default());
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

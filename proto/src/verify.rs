@@ -474,8 +474,7 @@ impl Policy {
             .collect();
         let named = |fpr: &[u8]| {
             let h = hex(fpr);
-            issuer_fprs.contains(&h)
-                || issuer_ids.iter().any(|k| h.ends_with(k.as_str()))
+            issuer_fprs.contains(&h) || issuer_ids.iter().any(|k| h.ends_with(k.as_str()))
         };
         let shown = issuer_fprs
             .first()

@@ -32,6 +32,43 @@ struct Args {
     /// The agent's resync interval during the steady state (seconds).
     #[arg(long, default_value_t = 5)]
     resync_seconds: u64,
+    /// Sign the commit (an `ssh-keygen` key) and give the agent the key to
+    /// verify it with (`--verify-keys`); also time the check in-process.
+    #[arg(long)]
+    verify: bool,
+}
+
+/// An ssh-keygen key, its trusted-keys directory, and git config to sign with it.
+fn signing_key(dir: &std::path::Path) -> Result<(std::path::PathBuf, Vec<String>)> {
+    let key = dir.join("signing-key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()?;
+    anyhow::ensure!(made.status.success(), "ssh-keygen failed: {made:?}");
+    let keys = dir.join("trusted-keys");
+    std::fs::create_dir_all(&keys)?;
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    std::fs::write(
+        keys.join("allowed_signers"),
+        format!("bench@example.com {}\n", public.trim()),
+    )?;
+    let config = vec![
+        "-c".into(),
+        "gpg.format=ssh".into(),
+        "-c".into(),
+        format!("user.signingkey={}", key.display()),
+    ];
+    Ok((keys, config))
+}
+
+/// Mean microseconds of `f` over `n` runs.
+fn mean_us(n: u32, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
 fn objects(n: usize) -> String {
@@ -55,10 +92,17 @@ async fn main() -> Result<()> {
     let dir = tmp.path();
 
     let git = GitServer::start(&dir.join("git"))?;
-    let commit = git.commit(
-        "bench",
-        &[("clusters/bench/objects.yaml", Some(&objects(args.objects)))],
-    )?;
+    let manifests = objects(args.objects);
+    let files = [("clusters/bench/objects.yaml", Some(manifests.as_str()))];
+    let signing = if args.verify {
+        Some(signing_key(dir)?)
+    } else {
+        None
+    };
+    let commit = match &signing {
+        Some((_, config)) => git.commit_signed("bench", &files, config)?,
+        None => git.commit("bench", &files)?,
+    };
     let emu = Emulator::start(EmulatorConfig {
         controllers: Controllers {
             ready_delay: Duration::from_millis(50),
@@ -106,8 +150,12 @@ async fn main() -> Result<()> {
     let mut admin = AdminClient::with_interceptor(channel, Bearer::new(&token)?);
 
     let started = Instant::now();
+    let mut agent_cmd = Command::new(&agent_bin);
+    if let Some((keys, _)) = &signing {
+        agent_cmd.arg("--verify-keys").arg(keys);
+    }
     let agent = Proc(
-        Command::new(&agent_bin)
+        agent_cmd
             .args([
                 "--insecure",
                 "--coordinator",
@@ -194,6 +242,34 @@ async fn main() -> Result<()> {
     let steady_rss = rss_mib(pid);
     drop(agent);
 
+    // The check itself, in-process: what a pass of a cached, already
+    // verified commit adds (the keys read again), and a new commit's.
+    let mut verify_rows = vec![];
+    let mut verify_json = json!(null);
+    if let Some((keys, _)) = &signing {
+        use ferry_proto::verify::{Mode, Policy};
+        let c = ferry_proto::Commit::parse(&commit)?;
+        let data = git.object("commit", &commit)?;
+        let load_us = mean_us(200, || {
+            Policy::load(keys, Mode::Commit).expect("keys");
+        });
+        let policy = Policy::load(keys, Mode::Commit)?;
+        let check_us = mean_us(200, || {
+            policy.verify_commit(&c, &data).expect("verifies");
+        });
+        verify_rows = vec![
+            (
+                "signature check, cached commit (keys read again)",
+                format!("{:.0} µs", load_us),
+            ),
+            (
+                "signature check, new commit (keys read + verify)",
+                format!("{:.0} µs", load_us + check_us),
+            ),
+        ];
+        verify_json = json!({"cached_commit_us": load_us, "new_commit_us": load_us + check_us});
+    }
+
     let rows = [
         ("objects applied", format!("{applied}")),
         (
@@ -233,7 +309,7 @@ async fn main() -> Result<()> {
             format!("{cpu_share:.2} % of a core"),
         ),
     ];
-    for (k, v) in &rows {
+    for (k, v) in rows.iter().chain(&verify_rows) {
         println!("{k:<56} {v:>14}");
     }
     println!(
@@ -245,6 +321,7 @@ async fn main() -> Result<()> {
                 "steady_writes": counters.writes, "steady_seconds": args.steady_seconds,
                 "reads_per_noop_sync": reads as f64 / passes as f64,
                 "cpu_ms_per_noop_sync": cpu_per_sync, "steady_cpu_percent": cpu_share,
+                "verify": verify_json,
             }
         })
     );
