@@ -109,6 +109,18 @@ pub struct Applied {
     pub pruned: usize,
 }
 
+/// What a sync would do (see [`Applier::preview`]).
+#[derive(Debug, Default)]
+pub struct Previewed {
+    pub creates: Vec<String>,
+    /// (object, [(field path, before, after)])
+    pub updates: Vec<(String, Vec<crate::plan::FieldChange>)>,
+    pub prunes: Vec<String>,
+    pub unchanged: usize,
+    pub prune_refused: Option<String>,
+    pub rejected: Vec<Problem>,
+}
+
 /// A resolved kind.
 #[derive(Clone, Debug)]
 struct Kind {
@@ -205,33 +217,7 @@ impl Applier {
         stop: &CancellationToken,
     ) -> Result<Applied> {
         // Step 1: plan, with each kind resolved.
-        let crds = plan::crds_in(objects);
-        let mut scopes = HashMap::new();
-        for o in objects {
-            let key = (o.api_version().to_string(), o.kind().to_string());
-            if scopes.contains_key(&key) {
-                continue;
-            }
-            let scope = match self.kind(o.api_version(), o.kind()).await? {
-                Some(k) => Scope::Served {
-                    namespaced: k.namespaced,
-                },
-                None => match crds.get(&(o.group().to_string(), o.kind().to_string())) {
-                    Some((namespaced, _)) => Scope::FromCrd {
-                        namespaced: *namespaced,
-                    },
-                    None => Scope::Unknown,
-                },
-            };
-            scopes.insert(key, scope);
-        }
-        let planned = plan::plan(
-            objects,
-            |o| scopes[&(o.api_version().to_string(), o.kind().to_string())],
-            &self.cluster,
-            &self.namespaces,
-        )
-        .map_err(Error::Rejected)?;
+        let (planned, crds) = self.plan(objects).await?;
 
         // Step 2: read what is live, then diff.
         let mut live = self.read_live(&planned).await?;
@@ -272,6 +258,123 @@ impl Applier {
             writes: writes + pruned,
             pruned,
         })
+    }
+
+    /// Settles every object (namespace, owner label, wave, order), each
+    /// kind resolved by discovery or by a CRD of the same set.
+    async fn plan(
+        &mut self,
+        objects: &[Object],
+    ) -> Result<(Vec<Planned>, HashMap<(String, String), (bool, String)>)> {
+        let crds = plan::crds_in(objects);
+        let mut scopes = HashMap::new();
+        for o in objects {
+            let key = (o.api_version().to_string(), o.kind().to_string());
+            if scopes.contains_key(&key) {
+                continue;
+            }
+            let scope = match self.kind(o.api_version(), o.kind()).await? {
+                Some(k) => Scope::Served {
+                    namespaced: k.namespaced,
+                },
+                None => match crds.get(&(o.group().to_string(), o.kind().to_string())) {
+                    Some((namespaced, _)) => Scope::FromCrd {
+                        namespaced: *namespaced,
+                    },
+                    None => Scope::Unknown,
+                },
+            };
+            scopes.insert(key, scope);
+        }
+        let planned = plan::plan(
+            objects,
+            |o| scopes[&(o.api_version().to_string(), o.kind().to_string())],
+            &self.cluster,
+            &self.namespaces,
+        )
+        .map_err(Error::Rejected)?;
+        Ok((planned, crds))
+    }
+
+    /// What syncing to `objects` would change, asked of the API server
+    /// (server-side dry-runs) and never written: creations, per-field
+    /// changes (against what the server would make of the object, so its
+    /// defaults and other managers' fields do not show), prunes, the
+    /// prune valve's verdict and the server's rejections.
+    pub async fn preview(
+        &mut self,
+        objects: &[Object],
+        inventory: &[InventoryEntry],
+        allow_mass_prune: bool,
+    ) -> Result<Previewed> {
+        let (planned, _) = match self.plan(objects).await {
+            Ok(p) => p,
+            Err(Error::Rejected(problems)) => {
+                return Ok(Previewed {
+                    rejected: problems,
+                    ..Previewed::default()
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let live = self.read_live(&planned).await?;
+        let everything = plan::diff(&planned, &live, inventory, true, self.prune_share_percent)?;
+        let prune_refused = plan::diff(
+            &planned,
+            &live,
+            inventory,
+            allow_mass_prune,
+            self.prune_share_percent,
+        )
+        .err()
+        .map(|e| e.to_string());
+        let dry = PatchParams::apply(MANAGER)
+            .force()
+            .dry_run()
+            .validation_strict();
+        let mut out = Previewed {
+            unchanged: planned.len() - everything.writes.len(),
+            prune_refused,
+            ..Previewed::default()
+        };
+        for &i in &everything.writes {
+            let p = &planned[i];
+            let before = live.get(&p.reference);
+            let answer = match (
+                p.served,
+                self.kind(p.object.api_version(), p.object.kind()).await?,
+            ) {
+                (true, Some(kind)) => Some(
+                    self.api(&kind, p.object.namespace())
+                        .patch(p.object.name(), &dry, &Patch::Apply(&p.object.value))
+                        .await,
+                ),
+                // A kind its CRD in this set will define: nothing to ask yet.
+                _ => None,
+            };
+            match (answer, before) {
+                (Some(Err(e)), _) if !matches!(&e, kube::Error::Api(s) if s.code == 404) => {
+                    out.rejected.push(Problem {
+                        source: p.object.source.clone(),
+                        object: p.reference.to_string(),
+                        message: api_text(&e),
+                    })
+                }
+                (_, None) => out.creates.push(p.reference.to_string()),
+                (Some(Ok(after)), Some(before)) => {
+                    let after = serde_json::to_value(&after).expect("object serializes");
+                    out.updates
+                        .push((p.reference.to_string(), plan::field_changes(before, &after)));
+                }
+                (_, Some(_)) => out.updates.push((p.reference.to_string(), vec![])),
+            }
+        }
+        out.prunes = everything
+            .prune
+            .iter()
+            .map(|e| ObjectRef::from(e).to_string())
+            .collect();
+        Ok(out)
     }
 
     /// What is live of the planned objects: one LIST per kind (by this

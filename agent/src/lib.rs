@@ -19,6 +19,8 @@ pub mod keeper;
 pub mod link;
 pub mod metrics;
 pub mod plan;
+pub mod preview;
+pub mod read;
 pub mod render;
 pub mod source;
 pub mod state;
@@ -31,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -242,6 +244,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
     let status_rx_local = status_rx.clone();
     // The link outlives the loop by a moment, to carry its last status.
     let link_stop = CancellationToken::new();
+    // Previews: asked over the link, answered over it.
+    let (previews_tx, previews_rx) = mpsc::channel(1);
+    let (answers_tx, answers_rx) = mpsc::channel(4);
+    let (inventory_tx, inventory_rx) = watch::channel(Vec::new());
     let link = tokio::spawn(link::run(
         link::LinkConfig {
             dial: cfg.dial.clone(),
@@ -256,8 +262,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
             assignments: assign_tx,
             refused: refused_tx,
             connected: metrics.connected.clone(),
+            previews: previews_tx,
         },
         status_rx,
+        answers_rx,
         link_stop.clone(),
     ));
     let link = tokio_util::task::AbortOnDropHandle::new(link);
@@ -293,11 +301,30 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         notices_rx,
         shutdown.child_token(),
     )));
+    tasks.spawn(preview::run(
+        preview::Previewer {
+            reader: read::Reader {
+                source: source::Source::new(cfg.cache_dir.join("preview"))
+                    .with_auth(cfg.git_auth.clone())
+                    .with_max_bytes(cfg.git_cache_bytes),
+                kustomize: cfg.kustomize.clone(),
+            },
+            cluster: cluster.clone(),
+            cluster_name: cfg.cluster.clone(),
+            namespaces: cfg.namespaces.clone(),
+            verify: cfg.verify_keys.clone().map(|d| (d, cfg.verify_mode)),
+            inventory: inventory_rx,
+        },
+        previews_rx,
+        answers_tx,
+        shutdown.child_token(),
+    ));
     let out = sync::Outputs {
         status: status_tx,
         metrics,
         enforcing: ready.enforcing.clone(),
         notices,
+        inventory: inventory_tx,
     };
     let syncer = sync::Syncer::new(cfg, cluster, states, state, out);
     syncer

@@ -9,7 +9,8 @@
 
 use ferry_proto::v1::agent_link_client::AgentLinkClient;
 use ferry_proto::v1::{
-    AgentMessage, Heartbeat, Hello, StatusReport, agent_message, coordinator_message,
+    AgentMessage, Heartbeat, Hello, Preview, PreviewRequest, StatusReport, agent_message,
+    coordinator_message,
 };
 use ferry_proto::{Assignment, DialConfig};
 use std::collections::BTreeMap;
@@ -97,6 +98,9 @@ pub struct Inbox {
     pub refused: watch::Sender<Option<String>>,
     /// 1 while a session is established.
     pub connected: prometheus_client::metrics::gauge::Gauge,
+    /// Where preview requests go (one waits at most; more are answered
+    /// "busy" at once).
+    pub previews: mpsc::Sender<PreviewRequest>,
 }
 
 pub async fn run(
@@ -104,6 +108,7 @@ pub async fn run(
     identity: watch::Receiver<Option<crate::identity::Identity>>,
     inbox: Inbox,
     mut status: watch::Receiver<StatusReport>,
+    mut answers: mpsc::Receiver<Preview>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(cfg.min_backoff, cfg.max_backoff);
@@ -113,7 +118,16 @@ pub async fn run(
         }
         let id = identity.borrow().clone();
         let mut established = false;
-        let result = session(&cfg, id, &inbox, &mut status, &stop, &mut established).await;
+        let result = session(
+            &cfg,
+            id,
+            &inbox,
+            &mut status,
+            &mut answers,
+            &stop,
+            &mut established,
+        )
+        .await;
         inbox.connected.set(0);
         if stop.is_cancelled() {
             return;
@@ -140,6 +154,7 @@ async fn session(
     identity: Option<crate::identity::Identity>,
     inbox: &Inbox,
     status: &mut watch::Receiver<StatusReport>,
+    answers: &mut mpsc::Receiver<Preview>,
     stop: &CancellationToken,
     established: &mut bool,
 ) -> Result<(), Error> {
@@ -204,6 +219,22 @@ async fn session(
                     Some(coordinator_message::Msg::Rejection(r)) => {
                         return Err(Error::Rejected(r.reason));
                     }
+                    Some(coordinator_message::Msg::Preview(req)) => {
+                        let busy = |id: String, why: &str| Preview {
+                            id,
+                            error: why.to_string(),
+                            ..Default::default()
+                        };
+                        match inbox.previews.try_send(req) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(req)) => {
+                                send(agent_message::Msg::Preview(busy(req.id, "busy: another preview is running in this cluster"))).await?;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(req)) => {
+                                send(agent_message::Msg::Preview(busy(req.id, "this agent is stopping"))).await?;
+                            }
+                        }
+                    }
                     None => {}
                 },
             },
@@ -218,6 +249,9 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 send(agent_message::Msg::Heartbeat(Heartbeat {})).await?;
+            }
+            Some(p) = answers.recv() => {
+                send(agent_message::Msg::Preview(p)).await?;
             }
         }
     }

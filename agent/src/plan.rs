@@ -222,6 +222,99 @@ pub fn unchanged(live: &Value, want: &Value) -> bool {
     })
 }
 
+/// Metadata the server keeps for itself: never a change worth showing.
+const SERVER_METADATA: &[&str] = &[
+    "managedFields",
+    "resourceVersion",
+    "generation",
+    "uid",
+    "creationTimestamp",
+    "selfLink",
+];
+
+/// The longest value a field change shows.
+const SHOWN_VALUE: usize = 120;
+
+fn shown(v: Option<&Value>, hide: bool) -> String {
+    match v {
+        None => "(none)".into(),
+        Some(_) if hide => "(hidden)".into(),
+        Some(v) => {
+            let s = v.to_string();
+            if s.chars().count() <= SHOWN_VALUE {
+                s
+            } else {
+                format!("{}…", s.chars().take(SHOWN_VALUE).collect::<String>())
+            }
+        }
+    }
+}
+
+fn leaves(v: &Value, at: &str, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let next = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                leaves(x, &next, out);
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for (i, x) in a.iter().enumerate() {
+                leaves(x, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => out.push((at.to_string(), v.clone())),
+    }
+}
+
+/// One changed field: (path, before, after), values shown as JSON.
+pub type FieldChange = (String, String, String);
+
+/// The fields that differ between an object as it is and as it would be
+/// (a server-side dry-run's answer: it holds the server's defaults and
+/// other managers' fields too, which therefore do not show): (path, before,
+/// after). Status and server-kept metadata are left out; with `hide` (a
+/// Secret's), values are never shown, only that they change.
+pub fn field_changes(before: &Value, after: &Value) -> Vec<FieldChange> {
+    let hide_data = |path: &str, kind: &str| {
+        kind == "Secret" && (path.starts_with("data.") || path.starts_with("stringData."))
+    };
+    let kind = after["kind"]
+        .as_str()
+        .or(before["kind"].as_str())
+        .unwrap_or("");
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("status");
+            if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+                for k in SERVER_METADATA {
+                    meta.remove(*k);
+                }
+            }
+        }
+        v
+    };
+    let (mut b, mut a) = (vec![], vec![]);
+    leaves(&strip(before), "", &mut b);
+    leaves(&strip(after), "", &mut a);
+    let b: std::collections::BTreeMap<String, Value> = b.into_iter().collect();
+    let a: std::collections::BTreeMap<String, Value> = a.into_iter().collect();
+    let paths: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    paths
+        .into_iter()
+        .filter(|p| b.get(*p) != a.get(*p))
+        .map(|p| {
+            let hide = hide_data(p, kind);
+            (p.clone(), shown(b.get(p), hide), shown(a.get(p), hide))
+        })
+        .collect()
+}
+
 /// Pruning would remove more of the inventory than one sync may.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error(
@@ -539,5 +632,45 @@ mod tests {
             p.iter().all(|p| p.object.namespace() == Some("team-a")),
             "the first is the default"
         );
+    }
+
+    #[test]
+    fn field_changes_show_what_differs_and_never_a_secret() {
+        let live = json!({"kind": "Deployment", "metadata": {"name": "web", "resourceVersion": "7",
+            "managedFields": [{"manager": "x"}], "labels": {"app": "web"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "nginx:1"}]}}},
+            "status": {"readyReplicas": 2}});
+        let dry = json!({"kind": "Deployment", "metadata": {"name": "web", "resourceVersion": "8",
+            "labels": {"app": "web", "tier": "front"}},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}},
+            "status": {"readyReplicas": 0}});
+        let c = field_changes(&live, &dry);
+        let paths: Vec<&str> = c.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "metadata.labels.tier",
+                "spec.replicas",
+                "spec.template.spec.containers[0].image"
+            ]
+        );
+        assert_eq!(
+            c[0],
+            (
+                "metadata.labels.tier".into(),
+                "(none)".into(),
+                "\"front\"".into()
+            )
+        );
+        assert_eq!(c[1].1, "2");
+        assert_eq!(c[1].2, "3");
+        let secret =
+            |v: &str| json!({"kind": "Secret", "metadata": {"name": "s"}, "data": {"password": v}});
+        let c = field_changes(&secret("b2xk"), &secret("bmV3"));
+        assert_eq!(
+            c,
+            vec![("data.password".into(), "(hidden)".into(), "(hidden)".into())]
+        );
+        assert!(field_changes(&live, &live).is_empty());
     }
 }

@@ -11,12 +11,13 @@ use crate::apply::{self, Applier};
 use crate::cluster::{self, Cluster};
 use crate::inform::{Notice, Notices};
 use crate::metrics::{Metrics, SyncLabels, SyncResult};
+use crate::read::{Reader, Unread};
 use crate::render::{self, Object};
-use crate::source::{self, Source};
+use crate::source::Source;
 use crate::state::{State, StateStore};
 use crate::{Config, health};
 use ferry_proto::v1::{Health, ObjectProblem, Phase, StatusReport};
-use ferry_proto::verify::{Mode, Policy, Signer};
+use ferry_proto::verify::Signer;
 use ferry_proto::{Assignment, Commit, now_unix_ms};
 use kube::discovery::ApiResource;
 use std::sync::Arc;
@@ -25,9 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// The longest a Git fetch may take before the pass fails and is retried.
-const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Problems as the wire carries them.
 fn wire(problems: Vec<render::Problem>) -> Vec<ObjectProblem> {
@@ -78,6 +76,8 @@ pub struct Outputs {
     /// Set while the agent holds an applied commit it keeps enforcing.
     pub enforcing: Arc<AtomicBool>,
     pub notices: Notices,
+    /// The inventory, for previews (what a prune would remove).
+    pub inventory: watch::Sender<Vec<crate::state::InventoryEntry>>,
 }
 
 /// The loop's own state. The sync loop is its only owner.
@@ -88,7 +88,7 @@ pub struct Syncer {
     clients: watch::Receiver<kube::Client>,
     applier: Applier,
     states: StateStore,
-    source: Source,
+    reader: Reader,
     state: State,
     /// The rendered objects of the last (url, commit, path) read.
     rendered: Option<((String, Commit, String), Vec<Object>)>,
@@ -108,6 +108,7 @@ pub struct Syncer {
     verified: Option<(Commit, String, Signer)>,
     /// Who signed the applied commit (reported).
     signer: String,
+    inventory: watch::Sender<Vec<crate::state::InventoryEntry>>,
 }
 
 impl Syncer {
@@ -123,7 +124,9 @@ impl Syncer {
             metrics,
             enforcing,
             notices,
+            inventory,
         } = out;
+        inventory.send_replace(state.inventory.clone());
         let mut clients = cluster.subscribe();
         enforcing.store(state.applied_commit.is_some(), Ordering::Relaxed);
         metrics.managed_objects.set(state.inventory.len() as i64);
@@ -136,9 +139,12 @@ impl Syncer {
             },
             cluster,
             clients,
-            source: Source::new(cfg.cache_dir.clone())
-                .with_auth(cfg.git_auth.clone())
-                .with_max_bytes(cfg.git_cache_bytes),
+            reader: Reader {
+                source: Source::new(cfg.cache_dir.clone())
+                    .with_auth(cfg.git_auth.clone())
+                    .with_max_bytes(cfg.git_cache_bytes),
+                kustomize: cfg.kustomize.clone(),
+            },
             cfg,
             states,
             state,
@@ -153,6 +159,7 @@ impl Syncer {
             prune_refused: false,
             verified: None,
             signer: String::new(),
+            inventory,
         }
     }
 
@@ -174,6 +181,15 @@ impl Syncer {
             .set(self.state.inventory.len() as i64);
         self.enforcing
             .store(self.state.applied_commit.is_some(), Ordering::Relaxed);
+        let now = &self.state.inventory;
+        self.inventory.send_if_modified(|held| {
+            if held == now {
+                false
+            } else {
+                held.clone_from(now);
+                true
+            }
+        });
     }
 
     /// Counts writes that repaired drift.
@@ -363,7 +379,7 @@ impl Syncer {
         let Some(prev) = self.state.applied.clone().filter(|p| p.commit != a.commit) else {
             return Some(Pass::failed(why, vec![]));
         };
-        let source = self.source.clone();
+        let source = self.reader.source.clone();
         let (url, path, c) = (
             prev.repo_url.clone(),
             prev.path.clone(),
@@ -449,62 +465,22 @@ impl Syncer {
                 },
             );
         }
-        let source = self.source.clone();
-        let (url, path, c) = (a.repo_url.clone(), a.path.clone(), a.commit.clone());
-        // A Git server that hangs must not hang the agent: the pass fails
-        // (and is retried) after GIT_TIMEOUT.
-        let started = Instant::now();
-        let read =
-            tokio::task::spawn_blocking(move || source.files(&url, &c, &path, &render::wanted));
-        let files = tokio::select! {
-            _ = stop.cancelled() => return Err(None),
-            r = tokio::time::timeout(GIT_TIMEOUT, read) => r,
-        };
-        let files = match files {
-            Err(_) => {
-                let why = format!(
-                    "fetching {} from {} took over {} s: gave up, will retry",
-                    a.commit.short(),
-                    source::redact(&a.repo_url),
-                    GIT_TIMEOUT.as_secs()
-                );
-                return Err(self.hold_last(a, why, stop).await);
-            }
-            Ok(Ok(Ok((files, fetched)))) => {
-                if fetched {
-                    self.metrics
-                        .fetch_duration
-                        .observe(started.elapsed().as_secs_f64());
+        match self
+            .reader
+            .read(&a.repo_url, &a.commit, &a.path, stop)
+            .await
+        {
+            Ok(read) => {
+                if let Some(took) = read.fetched {
+                    self.metrics.fetch_duration.observe(took.as_secs_f64());
                     tracing::info!("fetched");
                 }
-                files
+                self.rendered = Some((key, read.objects.clone()));
+                Ok(read.objects)
             }
-            Ok(Ok(Err(e))) => return Err(self.hold_last(a, e.to_string(), stop).await),
-            Ok(Err(e)) => return Err(Some(Pass::failed(format!("reading Git: {e}"), vec![]))),
-        };
-        let files = if render::is_kustomization(&files) {
-            match self.kustomize(a).await {
-                Ok(f) => vec![f],
-                Err(p) => {
-                    let message = format!("{} at {}: nothing was applied", p, a.commit.short());
-                    return Err(Some(Pass::failed(message, wire(vec![p]))));
-                }
-            }
-        } else {
-            files
-        };
-        match render::render(&files) {
-            Ok(objects) => {
-                self.rendered = Some((key, objects.clone()));
-                Ok(objects)
-            }
-            Err(problems) => {
-                let message = format!(
-                    "{} invalid document(s) at {} in {}: nothing was applied",
-                    problems.len(),
-                    a.commit.short(),
-                    a.path
-                );
+            Err(Unread::Stopped) => Err(None),
+            Err(Unread::Git(why)) => Err(self.hold_last(a, why, stop).await),
+            Err(Unread::Invalid { message, problems }) => {
                 Err(Some(Pass::failed(message, wire(problems))))
             }
         }
@@ -633,66 +609,19 @@ impl Syncer {
             return Ok(None);
         };
         let mode = self.cfg.verify_mode;
-        let policy = tokio::task::spawn_blocking(move || Policy::load(&dir, mode))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
         if let Some((c, digest, s)) = &self.verified
             && *c == a.commit
-            && *digest == policy.digest
+            && *digest == Reader::keys_digest(dir.clone(), mode).await?
         {
             return Ok(Some(s.clone()));
         }
-        let source = self.source.clone();
-        let (url, commit) = (a.repo_url.clone(), a.commit.clone());
-        let digest = policy.digest.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            let data = source.commit_object(&url, &commit)?;
-            let tags = match policy.mode {
-                Mode::Tag => source.tags_naming(&url, &commit, true)?,
-                Mode::Commit => vec![],
-            };
-            Ok::<_, source::Error>(policy.verify(&commit, &data, &tags))
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        match checked {
-            Ok(Ok(signer)) => {
-                tracing::info!(signer = %signer, "commit verified");
-                self.verified = Some((a.commit.clone(), digest, signer.clone()));
-                Ok(Some(signer))
-            }
-            Ok(Err(refused)) => Err(refused.to_string()),
-            Err(e) => Err(format!(
-                "checking the signature of {}: {e}",
-                a.commit.short()
-            )),
-        }
-    }
-
-    /// Builds the assignment's kustomization from an export of the tree.
-    async fn kustomize(&self, a: &Assignment) -> Result<source::File, render::Problem> {
-        let source = self.source.clone();
-        let command = self.cfg.kustomize.clone();
-        let (url, path, c) = (a.repo_url.clone(), a.path.clone(), a.commit.clone());
-        let problem = |message: String| render::Problem {
-            source: format!("kustomize build {}", a.path),
-            object: String::new(),
-            message,
-        };
-        let built = tokio::task::spawn_blocking(move || {
-            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            source
-                .export(&url, &c, &path, dir.path())
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(render::kustomize(&command, &dir.path().join(&path), &path))
-        })
-        .await;
-        match built {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(problem(e)),
-            Err(e) => Err(problem(e.to_string())),
-        }
+        let (signer, digest) = self
+            .reader
+            .verify(dir, mode, &a.repo_url, &a.commit)
+            .await?;
+        tracing::info!(signer = %signer, "commit verified");
+        self.verified = Some((a.commit.clone(), digest, signer.clone()));
+        Ok(Some(signer))
     }
 }
 

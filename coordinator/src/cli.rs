@@ -4,6 +4,7 @@
 
 mod cluster;
 mod dial;
+mod diff;
 mod ledger;
 pub mod output;
 pub mod rollout;
@@ -98,6 +99,9 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Pin clusters to a branch, tag or commit (resolved to a full commit).
     Pin(ledger::PinArgs),
+    /// What a commit would change in clusters, computed by their agents
+    /// (a server-side dry-run in each cluster); nothing is applied.
+    Diff(diff::DiffArgs),
     /// Staged rollouts: waves of clusters gated on health.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
@@ -113,6 +117,8 @@ pub enum Command {
         /// Pin the moved clusters back if the wave fails.
         #[arg(long)]
         auto_rollback: bool,
+        #[command(flatten)]
+        ask: rollout::Ask,
     },
     /// API tokens.
     #[command(subcommand)]
@@ -162,15 +168,17 @@ pub async fn execute(args: Args) -> Result<String> {
         Command::Clusters { page_size } => cluster::list(&mut client, page_size, json).await,
         Command::Cluster(cmd) => cluster::execute(&mut client, cmd, json).await,
         Command::Pin(a) => ledger::pin(&mut client, a, json).await,
+        Command::Diff(a) => diff::run(&mut client, a, json).await,
         Command::Rollout(cmd) => rollout::execute(&mut client, cmd, json).await,
         Command::Promote {
             reference,
             to,
             policy,
             auto_rollback,
+            ask,
         } => {
             let plan = rollout::promote_plan(reference, to, &policy, auto_rollback)?;
-            rollout::start(&mut client, plan, json).await
+            rollout::start_asking(&mut client, plan, &ask, json).await
         }
         Command::Token(cmd) => token::execute(&mut client, cmd, json).await,
         Command::History { cluster, limit } => {

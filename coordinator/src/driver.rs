@@ -59,6 +59,12 @@ enum Command {
         actor: String,
         reply: oneshot::Sender<Result<Rollout>>,
     },
+    /// Plan only: nothing stored.
+    Plan {
+        spec: Spec,
+        actor: String,
+        reply: oneshot::Sender<Result<Rollout>>,
+    },
     Control {
         id: String,
         control: RolloutControl,
@@ -113,6 +119,23 @@ impl DriverHandle {
         let actor = actor.to_string();
         self.ask(|reply| Command::Start { spec, actor, reply })
             .await
+    }
+
+    /// The rollout `plan` would start, as it would start (waves and their
+    /// clusters, no id); nothing is stored or pinned.
+    pub async fn plan(&self, plan: &v1::RolloutPlan, actor: &str) -> Result<Rollout> {
+        if plan.r#ref.trim().is_empty() {
+            return Err(Error::Membership("a ref to roll out is required".into()));
+        }
+        ferry_proto::rollout::waves(plan)?;
+        let repo = self.repo.clone();
+        let reference = plan.r#ref.clone();
+        let (commit, _) = tokio::task::spawn_blocking(move || repo.resolve(&reference))
+            .await
+            .map_err(|_| Error::Stopped)??;
+        let spec = Spec::from_plan(plan, commit)?;
+        let actor = actor.to_string();
+        self.ask(|reply| Command::Plan { spec, actor, reply }).await
     }
 
     /// Pause, resume, abort, roll back or approve.
@@ -395,6 +418,23 @@ impl Driver {
         match c {
             Command::Start { spec, actor, reply } => {
                 let _ = reply.send(self.start(spec, &actor).await);
+            }
+            Command::Plan { spec, actor, reply } => {
+                let planned = async {
+                    let observed = self.observed().await?;
+                    let state = rollout::plan(&spec, &observed).map_err(Error::Membership)?;
+                    let now = now_unix_ms();
+                    Ok(Rollout {
+                        id: String::new(),
+                        spec,
+                        state,
+                        actor,
+                        created_ms: now,
+                        updated_ms: now,
+                    })
+                }
+                .await;
+                let _ = reply.send(planned);
             }
             Command::Control {
                 id,

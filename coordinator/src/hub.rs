@@ -6,12 +6,12 @@
 use crate::metrics::Metrics;
 use crate::store::{PinnedCluster, Store};
 use ferry_proto::Assignment;
-use ferry_proto::v1::{CoordinatorMessage, coordinator_message};
+use ferry_proto::v1::{CoordinatorMessage, Preview, PreviewRequest, coordinator_message};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
@@ -38,6 +38,8 @@ pub struct Hub {
     /// Cancelled when the coordinator stops: every session task ends.
     pub shutdown: CancellationToken,
     pub metrics: Metrics,
+    /// Previews asked of agents and not answered yet: id -> (cluster, answer).
+    previews: Mutex<HashMap<String, (String, oneshot::Sender<Preview>)>>,
 }
 
 impl Hub {
@@ -49,6 +51,7 @@ impl Hub {
     ) -> Self {
         Hub {
             metrics,
+            previews: Mutex::new(HashMap::new()),
             store,
             repo_url,
             path_template,
@@ -97,6 +100,64 @@ impl Hub {
     /// Ends every session (their streams close; agents reconnect).
     pub fn close_all(&self) {
         self.sessions().clear();
+    }
+
+    /// Asks a connected cluster's agent what `req` would change; waits at
+    /// most `deadline`. `Err` says why there is no answer.
+    pub async fn preview(
+        &self,
+        cluster: &str,
+        mut req: PreviewRequest,
+        deadline: std::time::Duration,
+    ) -> Result<Preview, String> {
+        req.id = format!("p{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = req.id.clone();
+        let (tx, rx) = oneshot::channel();
+        self.previews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), (cluster.to_string(), tx));
+        let sent = {
+            let sessions = self.sessions();
+            match sessions.get(cluster) {
+                None => Err("not previewed: the cluster is not connected".to_string()),
+                Some(s) => {
+                    s.tx.try_send(Ok(CoordinatorMessage {
+                        msg: Some(coordinator_message::Msg::Preview(req)),
+                    }))
+                    .map_err(|_| "not previewed: its session is not keeping up".to_string())
+                }
+            }
+        };
+        let answer = match sent {
+            Err(e) => Err(e),
+            Ok(()) => match tokio::time::timeout(deadline, rx).await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(_)) => Err("not previewed: the session ended".into()),
+                Err(_) => Err(format!(
+                    "not previewed: no answer within {} s (a busy or older agent)",
+                    deadline.as_secs()
+                )),
+            },
+        };
+        self.previews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        answer
+    }
+
+    /// An agent's answer to a preview: taken only from the cluster it was
+    /// asked of.
+    pub fn answer_preview(&self, cluster: &str, p: Preview) {
+        let mut pending = self.previews.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.get(&p.id).is_some_and(|(c, _)| c == cluster)
+            && let Some((_, tx)) = pending.remove(&p.id)
+        {
+            let _ = tx.send(p);
+        } else {
+            tracing::debug!(cluster, id = %p.id, "an answer to no preview asked of this cluster");
+        }
     }
 
     /// (sessions, assignments queued in them and not yet sent).

@@ -31,7 +31,9 @@ pub async fn admin(args: &Args) -> Result<Admin> {
             .with_context(|| format!("reading the token file {}", f.display()))?,
         (None, None) => String::new(),
     };
-    Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?))
+    // Previews of many clusters are large; listings are paged.
+    Ok(AdminClient::with_interceptor(channel, Bearer::new(&token)?)
+        .max_decoding_message_size(64 << 20))
 }
 
 /// Every cluster, following `ListClusters` pages of `page_size`.

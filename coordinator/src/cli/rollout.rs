@@ -59,6 +59,8 @@ pub enum RolloutCommand {
         /// Pin the moved clusters back if the rollout fails.
         #[arg(long)]
         auto_rollback: bool,
+        #[command(flatten)]
+        ask: Ask,
     },
     /// Waves by clusters: pinned and applied commits, health, countdowns.
     Status {
@@ -334,9 +336,108 @@ pub fn promote_plan(
     })
 }
 
+/// Whether to show what a rollout would do before starting it.
+#[derive(clap::Args, Debug, Default)]
+pub struct Ask {
+    /// First show the plan: its waves, their clusters, and what each
+    /// cluster's agent says the commit would change there; then ask.
+    #[arg(long)]
+    pub preview: bool,
+    /// Start without asking (with --preview, for scripts).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// The plan of a rollout, each cluster with its preview summary.
+async fn preview(client: &mut Admin, plan: &RolloutPlan) -> Result<String> {
+    let planned = client
+        .start_rollout(StartRolloutRequest {
+            plan: Some(plan.clone()),
+            dry_run: true,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let clusters: Vec<String> = planned
+        .waves
+        .iter()
+        .flat_map(|w| w.clusters.iter().map(|c| c.name.clone()))
+        .collect();
+    let diffs = if clusters.is_empty() {
+        Default::default()
+    } else {
+        super::diff::ask(
+            client,
+            clusters,
+            String::new(),
+            planned.commit.clone(),
+            true,
+            30,
+        )
+        .await?
+    };
+    let mut out = format!(
+        "Rollout of {} ({}) in {} waves:\n",
+        planned.r#ref,
+        short(&planned.commit),
+        planned.waves.len()
+    );
+    for w in &planned.waves {
+        out.push_str(&format!(
+            "  {} ({}):\n",
+            w.name,
+            super::output::clean(&w.selector)
+        ));
+        if w.clusters.is_empty() {
+            out.push_str("    (no cluster)\n");
+        }
+        for c in &w.clusters {
+            let line = diffs
+                .clusters
+                .iter()
+                .find(|d| d.cluster == c.name)
+                .map(super::diff::summary_line)
+                .unwrap_or_else(|| format!("{}: not previewed", c.name));
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    Ok(out)
+}
+
+/// Starts a rollout; with `ask.preview`, shows the plan first and asks
+/// (unless `ask.yes`).
+pub async fn start_asking(
+    client: &mut Admin,
+    plan: RolloutPlan,
+    ask: &Ask,
+    json: bool,
+) -> Result<String> {
+    if !ask.preview {
+        return start(client, plan, json).await;
+    }
+    let shown = preview(client, &plan).await?;
+    if ask.yes {
+        return Ok(shown + &start(client, plan, json).await?);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{shown}--preview asks before starting: give --yes to start without asking");
+    }
+    print!("{shown}Start this rollout? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        return Ok("not started\n".into());
+    }
+    start(client, plan, json).await
+}
+
 pub async fn start(client: &mut Admin, plan: RolloutPlan, json: bool) -> Result<String> {
     let r = client
-        .start_rollout(StartRolloutRequest { plan: Some(plan) })
+        .start_rollout(StartRolloutRequest {
+            plan: Some(plan),
+            dry_run: false,
+        })
         .await
         .map_err(status)?
         .into_inner();
@@ -362,6 +463,7 @@ pub async fn execute(client: &mut Admin, cmd: RolloutCommand, json: bool) -> Res
             file,
             policy,
             auto_rollback,
+            ask,
         } => {
             let mut plan = match &file {
                 Some(f) => read_plan(f)?,
@@ -383,7 +485,7 @@ pub async fn execute(client: &mut Admin, cmd: RolloutCommand, json: bool) -> Res
             if plan.r#ref.is_empty() {
                 bail!("give the ref to roll out: --commit REF (or ref: in the plan file)");
             }
-            return start(client, plan, json).await;
+            return start_asking(client, plan, &ask, json).await;
         }
         RolloutCommand::Status { id, watch: _ } => {
             let r = client

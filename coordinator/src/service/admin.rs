@@ -8,12 +8,16 @@ use crate::hub::Hub;
 use crate::repo::Repo;
 use crate::store::{ClusterRecord, PinChange};
 use ferry_proto::v1::admin_server::Admin;
+/// The most clusters one `Diff` asks.
+const MAX_DIFF_CLUSTERS: usize = 1000;
+
 use ferry_proto::v1::{
-    AddClusterRequest, AddClusterResponse, Cluster, ControlRolloutRequest, CreateTokenRequest,
-    CreateTokenResponse, Event, GetClusterRequest, GetRolloutRequest, HistoryRequest,
-    HistoryResponse, ListClustersRequest, ListClustersResponse, ListRolloutsRequest,
-    ListRolloutsResponse, PinRequest, PinResponse, RevokeClusterRequest, Rollout, RolloutControl,
-    SetClusterPathRequest, StartRolloutRequest, WatchEventsRequest,
+    AddClusterRequest, AddClusterResponse, Cluster, ClusterDiff, ControlRolloutRequest,
+    CreateTokenRequest, CreateTokenResponse, DiffRequest, DiffResponse, Event, GetClusterRequest,
+    GetRolloutRequest, HistoryRequest, HistoryResponse, ListClustersRequest, ListClustersResponse,
+    ListRolloutsRequest, ListRolloutsResponse, PinRequest, PinResponse, Preview, PreviewRequest,
+    RevokeClusterRequest, Rollout, RolloutControl, SetClusterPathRequest, StartRolloutRequest,
+    WatchEventsRequest,
 };
 use ferry_proto::{now_unix_ms, validate_cluster_name};
 use std::collections::BTreeMap;
@@ -229,16 +233,128 @@ impl Admin for AdminService {
             .require(&req, Role::Operator, "starting a rollout")
             .await?
             .name;
+        let req = req.into_inner();
         let plan = req
-            .into_inner()
             .plan
             .ok_or_else(|| Status::invalid_argument("a rollout plan is required"))?;
-        let r = self
-            .driver
-            .start(&plan, &actor)
-            .await
-            .map_err(driver_status)?;
+        let r = if req.dry_run {
+            self.driver.plan(&plan, &actor).await
+        } else {
+            self.driver.start(&plan, &actor).await
+        }
+        .map_err(driver_status)?;
         Ok(Response::new((&r).into()))
+    }
+
+    async fn diff(&self, req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        self.require(&req, Role::Operator, "previewing a commit")
+            .await?;
+        let r = req.into_inner();
+        if r.r#ref.trim().is_empty() {
+            return Err(Status::invalid_argument("a ref to preview is required"));
+        }
+        if r.clusters.is_empty() == r.selector.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "name the clusters to preview, or give a selector (not both)",
+            ));
+        }
+        let selector = if r.clusters.is_empty() {
+            Some(
+                ferry_proto::LabelSelector::parse(&r.selector)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let repo = self.repo.clone();
+        let reference = r.r#ref.clone();
+        let (commit, _) = tokio::task::spawn_blocking(move || repo.resolve(&reference))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(repo_status)?;
+        let all = self.hub.store.clusters().await.map_err(store_status)?;
+        let chosen: Vec<_> = match &selector {
+            Some(s) => all.into_iter().filter(|c| s.matches(&c.labels)).collect(),
+            None => {
+                let unknown: Vec<&String> = r
+                    .clusters
+                    .iter()
+                    .filter(|n| !all.iter().any(|c| &c.name == *n))
+                    .collect();
+                if !unknown.is_empty() {
+                    return Err(Status::not_found(format!(
+                        "unknown cluster(s): {}",
+                        unknown
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                all.into_iter()
+                    .filter(|c| r.clusters.contains(&c.name))
+                    .collect()
+            }
+        };
+        if chosen.len() > MAX_DIFF_CLUSTERS {
+            return Err(Status::invalid_argument(format!(
+                "{} clusters chosen: preview at most {MAX_DIFF_CLUSTERS} at once",
+                chosen.len()
+            )));
+        }
+        let deadline = std::time::Duration::from_secs(match r.timeout_seconds {
+            0 => 30,
+            s => s.min(300) as u64,
+        });
+        let asks = chosen.iter().map(|c| {
+            let hub = self.hub.clone();
+            let commit = commit.clone();
+            async move {
+                let path = match hub.path(&c.name, &c.labels, c.path_override.as_deref()) {
+                    Ok(p) => p,
+                    Err(e) => return Err(format!("not previewed: its path does not resolve: {e}")),
+                };
+                let req = PreviewRequest {
+                    id: String::new(),
+                    repo_url: hub.repo_url.clone(),
+                    commit: commit.to_string(),
+                    path,
+                    allow_mass_prune: false,
+                };
+                hub.preview(&c.name, req, deadline).await
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let clusters = chosen
+            .iter()
+            .zip(answers)
+            .map(|(c, a)| match a {
+                Ok(mut p) => {
+                    if r.summary {
+                        for ch in &mut p.changes {
+                            ch.fields.clear();
+                        }
+                    }
+                    ClusterDiff {
+                        cluster: c.name.clone(),
+                        previewed: p.error.is_empty(),
+                        preview: Some(p),
+                    }
+                }
+                Err(why) => ClusterDiff {
+                    cluster: c.name.clone(),
+                    previewed: false,
+                    preview: Some(Preview {
+                        error: why,
+                        ..Preview::default()
+                    }),
+                },
+            })
+            .collect();
+        Ok(Response::new(DiffResponse {
+            commit: commit.to_string(),
+            clusters,
+        }))
     }
 
     async fn get_rollout(

@@ -157,6 +157,11 @@ impl AgentLink for AgentLinkService {
                             }
                             hub.status_changed.notify_one();
                         }
+                        Ok(Some(AgentMessage {
+                            msg: Some(agent_message::Msg::Preview(p)),
+                        })) => {
+                            hub.answer_preview(&cluster, p);
+                        }
                         Ok(Some(_)) => {
                             if let Err(e) = hub.store.seen(&cluster, now_unix_ms()).await {
                                 tracing::debug!(error = %e, "recording a heartbeat");

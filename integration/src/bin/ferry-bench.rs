@@ -485,6 +485,7 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         .admin
         .clone()
         .start_rollout(StartRolloutRequest {
+            dry_run: false,
             plan: Some(RolloutPlan {
                 r#ref: target.clone(),
                 waves: vec![wave("canary", 1), wave("early", 10), wave("rest", 100)],

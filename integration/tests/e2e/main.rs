@@ -8,6 +8,7 @@ mod images;
 mod inputs;
 mod install;
 mod operations;
+mod preview;
 mod process;
 mod rollouts;
 mod scale;

@@ -585,7 +585,10 @@ async fn a_pin_never_slips_into_a_rollout_starting_at_the_same_time() {
         };
         let start = async move {
             starter
-                .start_rollout(StartRolloutRequest { plan: Some(plan) })
+                .start_rollout(StartRolloutRequest {
+                    plan: Some(plan),
+                    dry_run: false,
+                })
                 .await
         };
         let (pinned, started) = tokio::join!(pin, start);

@@ -114,6 +114,7 @@ async fn simulated_fleet_rolls_out_and_slow_watchers_miss_nothing() {
         .into_inner();
     let id = admin
         .start_rollout(StartRolloutRequest {
+            dry_run: false,
             plan: Some(RolloutPlan {
                 r#ref: b.clone(),
                 waves: vec![WavePlan {
