@@ -10,18 +10,21 @@
 # kept in buildah's storage as localhost/NAME:VERSION.
 #
 #   images/build.sh [--bin-dir target/release] [--out target/images]
-#                   [--kubectl .venv/bin/kubectl] [--storage DIR]
+#                   [--kubectl .venv/bin/kubectl] [--helm PATH] [--storage DIR]
 #
+# --helm adds a Helm binary to the agent image (for Helm sources; the
+# Containerfile downloads one, checked against its sha256).
 # --storage gives buildah its own storage (root and runroot) under DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin_dir=target/release out=target/images kubectl=.venv/bin/kubectl storage=""
+bin_dir=target/release out=target/images kubectl=.venv/bin/kubectl helm="" storage=""
 while [ $# -gt 0 ]; do
   case $1 in
     --bin-dir) bin_dir=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --kubectl) kubectl=$2; shift 2 ;;
+    --helm) helm=$2; shift 2 ;;
     --storage) storage=$2; shift 2 ;;
     *) echo "build.sh: unknown option $1" >&2; exit 64 ;;
   esac
@@ -40,7 +43,7 @@ trap 'rm -rf "$work"' EXIT
 image() {
   local what=$1 name=$2 entry=$3 port=$4
   local rootfs="$work/$what"
-  images/rootfs.sh "$what" "$rootfs" "$bin_dir" "$kubectl"
+  images/rootfs.sh "$what" "$rootfs" "$bin_dir" "$kubectl" "$helm"
   tar -C "$rootfs" --numeric-owner -cf "$work/$what.tar" .
   local c
   c=$("${buildah[@]}" from scratch)

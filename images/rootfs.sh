@@ -4,19 +4,24 @@
 # HTTPS to Git, a passwd entry for the non-root user 65532 that ssh asks for,
 # writable /tmp and data dirs). No shell, no package manager.
 #
-#   rootfs.sh agent DEST BIN_DIR KUBECTL   ferry-agent, kubectl (kustomize), ssh (Git over SSH)
+#   rootfs.sh agent DEST BIN_DIR KUBECTL [HELM]
+#                                          ferry-agent, kubectl (kustomize), ssh (Git over
+#                                          SSH), helm (Helm sources) when given
 #   rootfs.sh coordinator DEST BIN_DIR      ferry (serve and the CLI)
 #
 # Used by build.sh (buildah, here) and by the Containerfile (users' builds).
 set -euo pipefail
 
-what=$1 dest=$2 bin_dir=$3 kubectl=${4:-}
+what=$1 dest=$2 bin_dir=$3 kubectl=${4:-} helm=${5:-}
 die() { echo "rootfs.sh: $*" >&2; exit 1; }
 
 case $what in
   agent)
     [ -n "$kubectl" ] || die "the agent image needs kubectl (it builds kustomizations): give its path"
     bins=("$bin_dir/ferry-agent" "$kubectl" "$(command -v ssh || die 'no ssh client: install openssh-client')")
+    # Without helm the agent still runs; a Helm source then fails by name
+    # ("helm not found").
+    [ -z "$helm" ] || bins+=("$helm")
     ;;
   coordinator)
     bins=("$bin_dir/ferry")

@@ -13,6 +13,7 @@ pub mod apply;
 pub mod cluster;
 pub mod drift;
 pub mod health;
+pub mod helm;
 pub mod identity;
 pub mod inform;
 pub mod keeper;
@@ -80,6 +81,9 @@ pub struct Config {
     pub join_token: Option<String>,
     /// The command that builds a kustomization, given its directory last.
     pub kustomize: Vec<String>,
+    /// A `helm template`-compatible command for Helm sources (`template
+    /// NAME CHART --namespace NS --include-crds -f FILE…` is appended).
+    pub helm: Vec<String>,
     /// Repair drift (the default); when off, drift is only reported.
     pub self_heal: bool,
     /// Git credentials (HTTPS, SSH).
@@ -119,6 +123,7 @@ impl Config {
             max_backoff: Duration::from_secs(30),
             join_token: None,
             kustomize: default_kustomize(),
+            helm: vec!["helm".into()],
             self_heal: true,
             git_auth: source::GitAuth::default(),
             git_cache_bytes: source::DEFAULT_CACHE_BYTES,
@@ -308,6 +313,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
                     .with_auth(cfg.git_auth.clone())
                     .with_max_bytes(cfg.git_cache_bytes),
                 kustomize: cfg.kustomize.clone(),
+                helm: cfg.helm.clone(),
+                cluster: cfg.cluster.clone(),
             },
             cluster: cluster.clone(),
             cluster_name: cfg.cluster.clone(),

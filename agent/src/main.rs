@@ -62,6 +62,10 @@ struct Args {
     /// e.g. "kustomize build" or "kubectl kustomize".
     #[arg(long, env = "FERRY_KUSTOMIZE")]
     kustomize: Option<String>,
+    /// The `helm template`-compatible command for Helm sources (`template
+    /// NAME CHART --namespace NS --include-crds -f FILE…` is appended).
+    #[arg(long, env = "FERRY_HELM", default_value = "helm")]
+    helm: String,
     /// Only report drift instead of repairing it.
     #[arg(long, env = "FERRY_NO_SELF_HEAL")]
     no_self_heal: bool,
@@ -185,6 +189,7 @@ fn config(args: Args) -> Result<Config, String> {
             ));
         }
     }
+    cfg.helm = args.helm.split_whitespace().map(str::to_string).collect();
     if let Some(k) = args.kustomize {
         cfg.kustomize = k.split_whitespace().map(str::to_string).collect();
     }

@@ -83,6 +83,7 @@ impl Previewer {
             options: Some(ferry_proto::v1::AssignmentOptions {
                 allow_mass_prune: req.allow_mass_prune,
             }),
+            labels: req.labels.clone(),
             ..Default::default()
         };
         let a = match Assignment::try_from(wire) {
@@ -91,11 +92,7 @@ impl Previewer {
         };
         let span = tracing::info_span!("preview", commit = %a.commit.short());
         let _guard = span.enter();
-        let objects = match self
-            .reader
-            .read(&a.repo_url, &a.commit, &a.path, stop)
-            .await
-        {
+        let objects = match self.reader.read(&a, stop).await {
             Ok(r) => r.objects,
             Err(Unread::Stopped) => return failed(req.id, "the agent is stopping".into()),
             Err(Unread::Git(why)) => return failed(req.id, why),

@@ -3,10 +3,11 @@
 //! builds, rendering to objects, and the signature check. Shared by the
 //! sync loop and previews, each with its own Git cache.
 
+use crate::helm;
 use crate::render::{self, Object, Problem};
 use crate::source::{self, Source};
-use ferry_proto::Commit;
 use ferry_proto::verify::{Mode, Policy, Signer};
+use ferry_proto::{Assignment, Commit};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -41,17 +42,16 @@ pub struct Reader {
     pub source: Source,
     /// The command that builds a kustomization, given its directory last.
     pub kustomize: Vec<String>,
+    /// A `helm template`-compatible command, for Helm sources.
+    pub helm: Vec<String>,
+    /// This cluster's name (per-cluster values of Helm sources).
+    pub cluster: String,
 }
 
 impl Reader {
-    /// The objects of `path` at `commit` of `url`.
-    pub async fn read(
-        &self,
-        url: &str,
-        commit: &Commit,
-        path: &str,
-        stop: &CancellationToken,
-    ) -> Result<Read, Unread> {
+    /// The objects of the assignment's directory at its commit.
+    pub async fn read(&self, a: &Assignment, stop: &CancellationToken) -> Result<Read, Unread> {
+        let (url, commit, path) = (a.repo_url.as_str(), &a.commit, a.path.as_str());
         let source = self.source.clone();
         let (u, p, c) = (url.to_string(), path.to_string(), commit.clone());
         let started = Instant::now();
@@ -78,6 +78,20 @@ impl Reader {
                 });
             }
         };
+        if helm::is_chart(&files) {
+            return match self.helm(a, files).await {
+                Ok(objects) => Ok(Read { objects, fetched }),
+                Err(problems) => Err(Unread::Invalid {
+                    message: format!(
+                        "the Helm source {} at {} does not render ({}): nothing was applied",
+                        path,
+                        commit.short(),
+                        problems.first().map(|p| p.to_string()).unwrap_or_default()
+                    ),
+                    problems,
+                }),
+            };
+        }
         let files = if render::is_kustomization(&files) {
             match self.kustomize(url, commit, path).await {
                 Ok(f) => vec![f],
@@ -103,6 +117,46 @@ impl Reader {
                 problems,
             }),
         }
+    }
+
+    /// Renders a Helm source from an export of the tree.
+    async fn helm(
+        &self,
+        a: &Assignment,
+        files: Vec<source::File>,
+    ) -> Result<Vec<Object>, Vec<Problem>> {
+        let source = self.source.clone();
+        let command = self.helm.clone();
+        let cluster = self.cluster.clone();
+        let a = a.clone();
+        let label = format!("helm template {}", a.path);
+        let one = move |message: String| {
+            vec![Problem {
+                source: label.clone(),
+                object: String::new(),
+                message,
+            }]
+        };
+        let rendered = tokio::task::spawn_blocking(move || {
+            let tree = tempfile::tempdir().map_err(|e| one(e.to_string()))?;
+            source
+                .export(&a.repo_url, &a.commit, &a.path, tree.path())
+                .map_err(|e| one(e.to_string()))?;
+            let who = helm::For {
+                cluster: &cluster,
+                labels: &a.labels,
+            };
+            let release = helm::release(&files, &a.path, tree.path(), &who).map_err(|p| vec![p])?;
+            helm::render(&command, tree.path(), &release)
+        })
+        .await;
+        rendered.unwrap_or_else(|e| {
+            Err(vec![Problem {
+                source: "helm template".into(),
+                object: String::new(),
+                message: e.to_string(),
+            }])
+        })
     }
 
     /// Builds a kustomization from an export of the tree.

@@ -113,23 +113,44 @@ pub fn kustomize(command: &[String], dir: &std::path::Path, label: &str) -> Resu
         object: String::new(),
         message,
     };
-    let (program, args) = command
+    let data = run_tool(
+        command,
+        &[dir.as_os_str().to_owned()],
+        &[],
+        "install kustomize (or kubectl), or set --kustomize",
+    )
+    .map_err(problem)?;
+    Ok(File {
+        path: format!("kustomize build {label}.yaml"),
+        data,
+    })
+}
+
+/// Runs an external renderer (`command`, then `args`) and returns what it
+/// printed: at most [`MAX_BUILD_BYTES`], both pipes read at once, its
+/// error output in the error. `hint` says what to do when it is missing.
+pub fn run_tool(
+    command: &[String],
+    args: &[std::ffi::OsString],
+    env: &[(&str, &std::path::Path)],
+    hint: &str,
+) -> Result<Vec<u8>, String> {
+    let (program, fixed) = command
         .split_first()
-        .ok_or_else(|| problem("no kustomize command is configured".into()))?;
+        .ok_or_else(|| format!("no command is configured: {hint}"))?;
     let mut child = std::process::Command::new(program)
+        .args(fixed)
         .args(args)
-        .arg(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                problem(format!(
-                    "{program} not found: install kustomize (or kubectl), or set --kustomize"
-                ))
+                format!("{program} not found: {hint}")
             } else {
-                problem(format!("running {program}: {e}"))
+                format!("running {program}: {e}")
             }
         })?;
     // Read both pipes at once (a full stderr pipe would stall the build),
@@ -150,25 +171,22 @@ pub fn kustomize(command: &[String], dir: &std::path::Path, label: &str) -> Resu
     if data.len() as u64 > MAX_BUILD_BYTES {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(problem(format!(
+        return Err(format!(
             "its output is over {MAX_BUILD_BYTES} bytes; nothing was applied"
-        )));
+        ));
     }
     let status = child
         .wait()
-        .map_err(|e| problem(format!("running {program}: {e}")))?;
+        .map_err(|e| format!("running {program}: {e}"))?;
     let err = errors.join().unwrap_or_default();
     if let Err(e) = read {
-        return Err(problem(format!("reading its output: {e}")));
+        return Err(format!("reading its output: {e}"));
     }
     if !status.success() {
         let err = String::from_utf8_lossy(&err);
-        return Err(problem(format!("failed: {}", err.trim())));
+        return Err(format!("failed: {}", err.trim()));
     }
-    Ok(File {
-        path: format!("kustomize build {label}.yaml"),
-        data,
-    })
+    Ok(data)
 }
 
 fn counts(path: &str) -> bool {

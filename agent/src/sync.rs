@@ -20,6 +20,7 @@ use ferry_proto::v1::{Health, ObjectProblem, Phase, StatusReport};
 use ferry_proto::verify::Signer;
 use ferry_proto::{Assignment, Commit, now_unix_ms};
 use kube::discovery::ApiResource;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -80,6 +81,10 @@ pub struct Outputs {
     pub inventory: watch::Sender<Vec<crate::state::InventoryEntry>>,
 }
 
+/// What a rendering depends on: repository, commit, directory, labels
+/// (per-cluster values of Helm sources).
+type RenderKey = (String, Commit, String, BTreeMap<String, String>);
+
 /// The loop's own state. The sync loop is its only owner.
 pub struct Syncer {
     cfg: Config,
@@ -90,8 +95,8 @@ pub struct Syncer {
     states: StateStore,
     reader: Reader,
     state: State,
-    /// The rendered objects of the last (url, commit, path) read.
-    rendered: Option<((String, Commit, String), Vec<Object>)>,
+    /// The rendered objects of the last directory read.
+    rendered: Option<(RenderKey, Vec<Object>)>,
     status: watch::Sender<StatusReport>,
     drift_corrections: u64,
     last_sync_ms: i64,
@@ -144,6 +149,8 @@ impl Syncer {
                     .with_auth(cfg.git_auth.clone())
                     .with_max_bytes(cfg.git_cache_bytes),
                 kustomize: cfg.kustomize.clone(),
+                helm: cfg.helm.clone(),
+                cluster: cfg.cluster.clone(),
             },
             cfg,
             states,
@@ -389,9 +396,12 @@ impl Syncer {
             source.cached_files(&url, &c, &path, &render::wanted)
         })
         .await;
-        // Kustomizations are not held: building one needs the whole tree.
+        // Kustomizations and Helm sources are not held: building one needs
+        // the whole tree.
         let objects = match cached {
-            Ok(Ok(Some(files))) if !render::is_kustomization(&files) => {
+            Ok(Ok(Some(files)))
+                if !render::is_kustomization(&files) && !crate::helm::is_chart(&files) =>
+            {
                 match render::render(&files) {
                     Ok(o) => o,
                     Err(_) => return Some(Pass::failed(why, vec![])),
@@ -448,7 +458,12 @@ impl Syncer {
         a: &Assignment,
         stop: &CancellationToken,
     ) -> Result<Vec<Object>, Option<Pass>> {
-        let key = (a.repo_url.clone(), a.commit.clone(), a.path.clone());
+        let key = (
+            a.repo_url.clone(),
+            a.commit.clone(),
+            a.path.clone(),
+            a.labels.clone(),
+        );
         if let Some((k, objects)) = &self.rendered
             && *k == key
         {
@@ -465,11 +480,7 @@ impl Syncer {
                 },
             );
         }
-        match self
-            .reader
-            .read(&a.repo_url, &a.commit, &a.path, stop)
-            .await
-        {
+        match self.reader.read(a, stop).await {
             Ok(read) => {
                 if let Some(took) = read.fetched {
                     self.metrics.fetch_duration.observe(took.as_secs_f64());

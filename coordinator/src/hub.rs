@@ -204,6 +204,7 @@ impl Hub {
             generation: *generation,
             allow_mass_prune: c.allow_mass_prune,
             rollout: c.pin_rollout.clone(),
+            labels: c.labels.clone(),
         })
     }
 

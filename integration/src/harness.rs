@@ -55,6 +55,19 @@ pub fn tool(name: &str) -> PathBuf {
     name.into()
 }
 
+/// The `helm template`-compatible command the tests give agents: Helm's
+/// own engine through `integration/helm/helm-template.py` (no Helm binary
+/// can be installed here).
+pub fn helm_template() -> Vec<String> {
+    let root = workspace_root();
+    vec![
+        root.join(".venv/bin/python").display().to_string(),
+        root.join("integration/helm/helm-template.py")
+            .display()
+            .to_string(),
+    ]
+}
+
 /// A binary of this workspace (`package`'s `name`), built once per test
 /// process with the profile the tests were built with, so a test never runs
 /// a stale one. Built as `./test.sh` builds them (every binary of the

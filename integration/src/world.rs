@@ -651,6 +651,8 @@ impl World {
             cfg.resync.as_secs().max(1).to_string(),
             "--kustomize".into(),
             cfg.kustomize.join(" "),
+            "--helm".into(),
+            cfg.helm.join(" "),
         ];
         if let Some(t) = &cfg.join_token {
             args.extend(["--join-token".into(), t.clone()]);
@@ -687,6 +689,7 @@ impl World {
             crate::harness::kubectl().display().to_string(),
             "kustomize".into(),
         ];
+        cfg.helm = crate::harness::helm_template();
         cfg
     }
 

@@ -5,6 +5,7 @@
 use crate::domain::{Commit, Invalid};
 use crate::v1;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A directory of a repository at a pinned commit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct Assignment {
     /// The rollout that moved this pin, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<String>,
+    /// The cluster's labels (per-cluster values of Helm sources).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An assignment the wire carried that an agent must not act on.
@@ -81,6 +85,7 @@ impl TryFrom<v1::Assignment> for Assignment {
             generation: a.generation,
             allow_mass_prune: a.options.is_some_and(|o| o.allow_mass_prune),
             rollout: (!a.rollout.is_empty()).then_some(a.rollout),
+            labels: a.labels.into_iter().collect(),
         })
     }
 }
@@ -96,6 +101,7 @@ impl From<&Assignment> for v1::Assignment {
                 allow_mass_prune: a.allow_mass_prune,
             }),
             rollout: a.rollout.clone().unwrap_or_default(),
+            labels: a.labels.clone().into_iter().collect(),
         }
     }
 }
@@ -114,6 +120,7 @@ mod tests {
                 allow_mass_prune: true,
             }),
             rollout: "r4".into(),
+            labels: [("region".to_string(), "eu".to_string())].into(),
         }
     }
 

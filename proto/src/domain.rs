@@ -24,7 +24,7 @@ pub enum Invalid {
     },
     /// A path template naming a label the cluster does not have.
     #[error(
-        "the path template {template:?} needs label {label:?}, which cluster {cluster} does not have"
+        "the template {template:?} needs label {label:?}, which cluster {cluster} does not have"
     )]
     MissingLabel {
         template: String,
@@ -35,7 +35,7 @@ pub enum Invalid {
     #[error("label selector {selector:?}: {reason}")]
     Selector { selector: String, reason: String },
     /// A path template with an unknown placeholder or an unsafe path.
-    #[error("bad path template {0:?}: {1}")]
+    #[error("bad template {0:?}: {1}")]
     Template(String, String),
 }
 
@@ -185,8 +185,9 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), Invalid> {
 /// The default path template.
 pub const DEFAULT_PATH_TEMPLATE: &str = "clusters/{cluster}";
 
-/// Renders a path template with `{cluster}` and `{label.KEY}` placeholders.
-pub fn render_path(
+/// Replaces `{cluster}` and `{label.KEY}` in `template` (path templates,
+/// per-cluster values of Helm sources).
+pub fn substitute(
     template: &str,
     cluster: &str,
     labels: &BTreeMap<String, String>,
@@ -213,6 +214,17 @@ pub fn render_path(
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
+    Ok(out)
+}
+
+/// Renders a path template with `{cluster}` and `{label.KEY}` placeholders.
+pub fn render_path(
+    template: &str,
+    cluster: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<String, Invalid> {
+    let bad = |why: &str| Invalid::Template(template.to_string(), why.to_string());
+    let out = substitute(template, cluster, labels)?;
     let path = out.trim_matches('/').to_string();
     if path.split('/').any(|seg| seg == ".." || seg == ".") || path.contains("//") {
         return Err(bad(&format!("resolves to an unsafe path {path:?}")));

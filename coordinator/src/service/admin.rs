@@ -320,6 +320,7 @@ impl Admin for AdminService {
                     commit: commit.to_string(),
                     path,
                     allow_mass_prune: false,
+                    labels: c.labels.clone().into_iter().collect(),
                 };
                 hub.preview(&c.name, req, deadline).await
             }

@@ -360,7 +360,26 @@ async fn run(args: Args) -> Result<()> {
     settle(&world, &mut view, &all, &first, deadline).await?;
 
     let second = commit_all(&world, "storefront 2.0", "2.0", signing.as_deref())?;
-    view.say(format!("step 2: committed {} (storefront 2.0); a staged rollout: canaries, then eu, then the rest, 3s bake each", &second[..8]));
+    view.say(format!(
+        "step 2: committed {} (storefront 2.0); first, what it would change (each agent dry-runs it in its own cluster; nothing is written):",
+        &second[..8]
+    ));
+    let canaries = world
+        .ferry(&["diff", "--selector", "ring=canary", "--commit", "main"])
+        .await?;
+    let rest = world
+        .ferry(&[
+            "diff",
+            "--selector",
+            "ring!=canary",
+            "--commit",
+            "main",
+            "--summary",
+        ])
+        .await?;
+    println!("\n$ ferry diff --selector ring=canary --commit main\n{canaries}");
+    println!("$ ferry diff --selector 'ring!=canary' --commit main --summary\n{rest}");
+    view.say("step 3: a staged rollout: canaries, then eu, then the rest, 3s bake each");
     let started = world
         .ferry(&[
             "rollout",
@@ -499,6 +518,7 @@ fn suggestions(world: &World, dir: &Path, id: &str, first: &str, second: &str) -
         suggest(Ferry, &["cluster", "show", "eu-1"]),
         suggest(Ferry, &["history"]),
         suggest(Ferry, &["rollout", "status", id]),
+        suggest(Ferry, &["diff", "eu-1", "us-1", "--commit", &first[..8]]),
         suggest(
             Ferry,
             &[

@@ -4,6 +4,7 @@ mod emulator;
 mod faults;
 mod fleet;
 mod git_access;
+mod helm_sources;
 mod images;
 mod inputs;
 mod install;

@@ -237,6 +237,11 @@ fn the_sandbox_finishes_and_every_command_it_prints_works() {
     );
     for expected in [
         "succeeded: every cluster runs",
+        // what 2.0 would change, before the rollout, and going back to 1.0
+        "canary-eu: 0 to create, 2 to change, 0 to prune, 2 unchanged",
+        "spec.template.spec.containers[0].image: \"example.com/storefront:1.0\" -> \"example.com/storefront:2.0\"",
+        "us-2: 0 to create, 2 to change, 0 to prune, 2 unchanged",
+        "Preview of ",
         "export FERRY_ADDR=",
         // `ferry clusters`, `rollout status --watch`, `pin`, `kubectl get
         // all`, `git log`: each one's own output.
