@@ -95,7 +95,7 @@ impl Previewer {
         let objects = match self.reader.read(&a, stop).await {
             Ok(r) => r.objects,
             Err(Unread::Stopped) => return failed(req.id, "the agent is stopping".into()),
-            Err(Unread::Git(why)) => return failed(req.id, why),
+            Err(Unread::Git(why) | Unread::Lagging(why)) => return failed(req.id, why),
             Err(Unread::Invalid { message, problems }) => {
                 return Preview {
                     id: req.id,

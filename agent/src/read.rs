@@ -22,6 +22,9 @@ pub enum Unread {
     Stopped,
     /// Git could not give the commit (down, refused, missing, too slow).
     Git(String),
+    /// The site's mirror does not hold the commit yet: the mirror lags,
+    /// which is not a failure of this cluster.
+    Lagging(String),
     /// What the directory holds is not valid: nothing may be applied.
     Invalid {
         message: String,
@@ -70,6 +73,13 @@ impl Reader {
                 )));
             }
             Ok(Ok(Ok((files, fetched)))) => (files, fetched.then(|| started.elapsed())),
+            Ok(Ok(Err(e @ source::Error::UnknownCommit { .. }))) if a.site.is_some() => {
+                return Err(Unread::Lagging(format!(
+                    "waiting for mirror {} to hold {} ({e})",
+                    a.site.as_deref().unwrap_or_default(),
+                    commit.short()
+                )));
+            }
             Ok(Ok(Err(e))) => return Err(Unread::Git(e.to_string())),
             Ok(Err(e)) => {
                 return Err(Unread::Invalid {

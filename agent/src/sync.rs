@@ -336,7 +336,8 @@ impl Syncer {
                 });
             }
             let delay = match (pass.phase, pass.health) {
-                (Phase::Failed, _) => {
+                // Failed, or waiting for a site's mirror to hold the commit.
+                (Phase::Failed | Phase::Pending, _) => {
                     failures += 1;
                     (self.cfg.min_backoff * 2u32.saturating_pow(failures.min(8)))
                         .min(self.cfg.resync)
@@ -491,6 +492,14 @@ impl Syncer {
             }
             Err(Unread::Stopped) => Err(None),
             Err(Unread::Git(why)) => Err(self.hold_last(a, why, stop).await),
+            Err(Unread::Lagging(why)) => {
+                // Not a failure: the cluster keeps what it runs and waits.
+                let mut pass = self.hold_last(a, why, stop).await;
+                if let Some(p) = pass.as_mut().filter(|p| p.phase == Phase::Failed) {
+                    p.phase = Phase::Pending;
+                }
+                Err(pass)
+            }
             Err(Unread::Invalid { message, problems }) => {
                 Err(Some(Pass::failed(message, wire(problems))))
             }

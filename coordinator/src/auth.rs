@@ -9,6 +9,9 @@ use tonic::{Request, Status};
 /// What a token may do; each role includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// Only reports what a site's Git mirror holds (`ferry mirror sync`,
+    /// bundle imports); reads nothing.
+    Mirror,
     /// Reads clusters, pins, rollouts, the ledger and events.
     Viewer,
     /// Also pins and runs rollouts.
@@ -20,6 +23,7 @@ pub enum Role {
 impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "mirror" => Some(Role::Mirror),
             "viewer" => Some(Role::Viewer),
             "operator" => Some(Role::Operator),
             "admin" => Some(Role::Admin),
@@ -28,6 +32,7 @@ impl Role {
     }
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Mirror => "mirror",
             Role::Viewer => "viewer",
             Role::Operator => "operator",
             Role::Admin => "admin",

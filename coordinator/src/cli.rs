@@ -6,9 +6,11 @@ mod cluster;
 mod dial;
 mod diff;
 mod ledger;
+mod mirror;
 pub mod output;
 pub mod rollout;
 mod serve;
+mod site;
 mod token;
 
 pub use dial::{Admin, admin, all_clusters, status};
@@ -120,6 +122,15 @@ pub enum Command {
         #[command(flatten)]
         ask: rollout::Ask,
     },
+    /// List sites: each one's Git mirror, clusters, newest ref, last report.
+    Sites,
+    /// One site: add, remove or show it. A site's clusters fetch from its
+    /// Git mirror instead of the repository.
+    #[command(subcommand)]
+    Site(site::SiteCommand),
+    /// Feed a site's Git mirror from the upstream repository.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
     /// API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -159,12 +170,18 @@ pub async fn run(args: Args) -> Result<()> {
 
 /// Runs a client command and returns what it would print.
 pub async fn execute(args: Args) -> Result<String> {
+    // Mirror commands reach the coordinator only when asked to report.
+    if let Command::Mirror(cmd) = &args.command {
+        return mirror::execute(&args, cmd).await;
+    }
     let mut client = admin(&args).await?;
     let json = args.output == Output::Json;
     match args.command {
-        Command::Serve(_) | Command::Completion { .. } => {
+        Command::Serve(_) | Command::Completion { .. } | Command::Mirror(_) => {
             anyhow::bail!("not a client command")
         }
+        Command::Sites => site::list(&mut client, json).await,
+        Command::Site(cmd) => site::execute(&mut client, cmd, json).await,
         Command::Clusters { page_size } => cluster::list(&mut client, page_size, json).await,
         Command::Cluster(cmd) => cluster::execute(&mut client, cmd, json).await,
         Command::Pin(a) => ledger::pin(&mut client, a, json).await,

@@ -210,11 +210,42 @@ impl Driver {
                     applied: Commit::parse(&s.applied_commit).ok(),
                     phase: Phase::try_from(s.phase).unwrap_or_default(),
                     health: Health::try_from(s.health).unwrap_or_default(),
+                    site: self.hub.site_of(&c.labels).map(|s| s.0),
                     labels: c.labels,
                 };
                 (c.name, o)
             })
             .collect())
+    }
+
+    /// What the sites' mirrors hold of a rollout's commit.
+    async fn mirrors(&self, spec: &Spec) -> Result<rollout::Mirrors> {
+        let sites = self.store.sites().await?;
+        if sites.is_empty() {
+            return Ok(rollout::Mirrors::default());
+        }
+        let holding = self.store.sites_holding(&spec.commit).await?;
+        let branch = format!("refs/heads/{}", spec.reference);
+        let at = sites
+            .into_iter()
+            .map(|s| {
+                let tip = s
+                    .refs
+                    .get(&branch)
+                    .or_else(|| s.refs.get(&spec.reference))
+                    .map(|c| format!("mirror at {}", &c[..c.len().min(8)]));
+                let text = match (tip, s.reported_ms) {
+                    (_, 0) => "never reported".to_string(),
+                    (Some(t), _) => t,
+                    (None, _) => format!("mirror has no {}", spec.reference),
+                };
+                (s.name, text)
+            })
+            .collect();
+        Ok(rollout::Mirrors {
+            holding: holding.into_iter().collect(),
+            at,
+        })
     }
 
     /// Persists a transition of `before` to `after` with its pins and
@@ -400,7 +431,8 @@ impl Driver {
         for id in ids {
             let current = self.active[&id].clone();
             let mut state = current.state.clone();
-            let actions = rollout::step(&current.spec, &mut state, &observed, now);
+            let mirrors = self.mirrors(&current.spec).await?;
+            let actions = rollout::step_with(&current.spec, &mut state, &observed, &mirrors, now);
             if state == current.state && actions.is_empty() {
                 continue;
             }

@@ -4,7 +4,7 @@
 //! so stopping the coordinator ends and waits for all of them.
 
 use crate::metrics::Metrics;
-use crate::store::{PinnedCluster, Store};
+use crate::store::{PinnedCluster, SiteRecord, Store};
 use ferry_proto::Assignment;
 use ferry_proto::v1::{CoordinatorMessage, Preview, PreviewRequest, coordinator_message};
 use std::collections::BTreeMap;
@@ -40,7 +40,13 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Previews asked of agents and not answered yet: id -> (cluster, answer).
     previews: Mutex<HashMap<String, (String, oneshot::Sender<Preview>)>>,
+    /// Sites by name: (mirror URL, selector). A copy of the store's, set
+    /// at start and on every change, read for every assignment.
+    sites: std::sync::RwLock<Vec<(String, String, ferry_proto::LabelSelector)>>,
 }
+
+/// The site a cluster's labels put it in: (site, mirror URL).
+pub type SiteOf = Option<(String, String)>;
 
 impl Hub {
     pub fn new(
@@ -52,6 +58,7 @@ impl Hub {
         Hub {
             metrics,
             previews: Mutex::new(HashMap::new()),
+            sites: Default::default(),
             store,
             repo_url,
             path_template,
@@ -61,6 +68,29 @@ impl Hub {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Replaces the sites assignments use.
+    pub fn set_sites(&self, sites: &[SiteRecord]) {
+        let parsed = sites
+            .iter()
+            .filter_map(|s| {
+                let sel = ferry_proto::LabelSelector::parse(&s.selector).ok()?;
+                Some((s.name.clone(), s.mirror_url.clone(), sel))
+            })
+            .collect();
+        *self.sites.write().unwrap_or_else(|p| p.into_inner()) = parsed;
+    }
+
+    /// The site (and its mirror URL) whose selector picks these labels:
+    /// the first by name (`site add` refuses overlapping sites).
+    pub fn site_of(&self, labels: &BTreeMap<String, String>) -> SiteOf {
+        self.sites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, _, sel)| sel.matches(labels))
+            .map(|(name, url, _)| (name.clone(), url.clone()))
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -197,8 +227,12 @@ impl Hub {
                 return None;
             }
         };
+        let site = self.site_of(&c.labels);
         Some(Assignment {
-            repo_url: self.repo_url.clone(),
+            repo_url: site
+                .as_ref()
+                .map_or_else(|| self.repo_url.clone(), |s| s.1.clone()),
+            site: site.map(|s| s.0),
             commit: commit.clone(),
             path,
             generation: *generation,

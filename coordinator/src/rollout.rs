@@ -26,6 +26,18 @@ pub struct Observed {
     pub applied: Option<Commit>,
     pub phase: Phase,
     pub health: Health,
+    /// The site whose Git mirror the cluster reads from, if any.
+    pub site: Option<String>,
+}
+
+/// What the sites' mirrors hold of one rollout's commit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mirrors {
+    /// Sites whose mirror holds the commit.
+    pub holding: BTreeSet<String>,
+    /// Where each other site's mirror is, for the wait message
+    /// ("mirror at 9c1d…", "never reported").
+    pub at: BTreeMap<String, String>,
 }
 
 /// What the driver must do, in order, together with persisting the state.
@@ -108,6 +120,11 @@ pub fn plan(spec: &Spec, clusters: &BTreeMap<String, Observed>) -> Result<State,
     })
 }
 
+/// The site whose mirror lacks the rollout's commit, for a cluster in one.
+fn lacks<'o>(o: &'o Observed, mirrors: &Mirrors) -> Option<&'o str> {
+    o.site.as_deref().filter(|s| !mirrors.holding.contains(*s))
+}
+
 fn at_target_healthy(o: &Observed, commit: &Commit) -> bool {
     o.observed_generation >= o.generation
         && o.applied.as_ref() == Some(commit)
@@ -149,11 +166,24 @@ pub fn rollback(spec: &Spec, state: &mut State, why: &str) -> Vec<Action> {
     actions
 }
 
-/// One step of the rollout at `now_ms`.
+/// One step of the rollout at `now_ms`, with no site mirrors.
 pub fn step(
     spec: &Spec,
     state: &mut State,
     observed: &BTreeMap<String, Observed>,
+    now_ms: i64,
+) -> Vec<Action> {
+    step_with(spec, state, observed, &Mirrors::default(), now_ms)
+}
+
+/// One step of the rollout at `now_ms`. A cluster whose site's mirror lacks
+/// the commit is not pinned: its wave waits for the mirror (or skips or
+/// fails it, as the wave's mirror-lag policy says).
+pub fn step_with(
+    spec: &Spec,
+    state: &mut State,
+    observed: &BTreeMap<String, Observed>,
+    mirrors: &Mirrors,
     now_ms: i64,
 ) -> Vec<Action> {
     let mut actions = vec![];
@@ -230,6 +260,22 @@ pub fn step(
                             message: format!("failed: {}", c.reason),
                         });
                     }
+                }
+                ClusterPhase::Waiting
+                    if lacks(&o, mirrors).is_some()
+                        && now_ms - state.wave_started_ms > p.deadline_ms =>
+                {
+                    let site = lacks(&o, mirrors).expect("checked");
+                    c.phase = ClusterPhase::Failed;
+                    c.reason = format!(
+                        "mirror {site} did not hold {} within the {}s deadline",
+                        spec.commit.short(),
+                        p.deadline_ms / 1000
+                    );
+                    actions.push(Action::Event {
+                        cluster: c.name.clone(),
+                        message: format!("failed: {}", c.reason),
+                    });
                 }
                 ClusterPhase::Waiting
                     if !o.connected && now_ms - state.wave_started_ms > p.deadline_ms =>
@@ -315,8 +361,44 @@ pub fn step(
                     }
                 }
             }
+            if let Some(site) = lacks(&o, mirrors) {
+                let waiting = format!(
+                    "waiting for mirror {site} to hold {} ({})",
+                    spec.commit.short(),
+                    mirrors
+                        .at
+                        .get(site)
+                        .map_or("never reported", String::as_str)
+                );
+                match p.mirror_lag {
+                    Offline::Wait => {
+                        if c.reason != waiting {
+                            c.reason = waiting.clone();
+                            actions.push(Action::Event {
+                                cluster: c.name.clone(),
+                                message: waiting,
+                            });
+                        }
+                        continue;
+                    }
+                    Offline::Skip => {
+                        c.phase = ClusterPhase::Skipped;
+                        c.reason = format!("mirror {site} lacks {}: skipped", spec.commit.short());
+                    }
+                    Offline::Fail => {
+                        c.phase = ClusterPhase::Failed;
+                        c.reason = format!("mirror {site} lacks {}", spec.commit.short());
+                    }
+                }
+                actions.push(Action::Event {
+                    cluster: c.name.clone(),
+                    message: c.reason.clone(),
+                });
+                continue;
+            }
             c.phase = ClusterPhase::Pinned;
             c.pinned_ms = now_ms;
+            c.reason.clear();
             room -= 1;
             actions.push(Action::Pin {
                 cluster: c.name.clone(),
@@ -389,6 +471,7 @@ mod tests {
                         applied: Some(old()),
                         phase: Phase::Synced,
                         health: Health::Healthy,
+                        site: None,
                     },
                 )
             })
@@ -556,6 +639,66 @@ mod tests {
             let done = st.phase == RolloutPhase::Succeeded;
             assert_eq!(done, policy != Offline::Wait, "{policy:?}: {:?}", st.phase);
         }
+    }
+
+    #[test]
+    fn a_wave_waits_for_its_sites_mirror_then_moves_on() {
+        let mut obs = fleet(&[("a", "x"), ("b", "x")]);
+        obs.get_mut("b").unwrap().site = Some("dmz".into());
+        let s = spec(vec![(Selector::Percent(100), Policy::default())], false);
+        let mut st = plan(&s, &obs).unwrap();
+        let lagging = Mirrors {
+            holding: BTreeSet::new(),
+            at: [("dmz".to_string(), "mirror at 9c1d2e3f".to_string())].into(),
+        };
+        let a = step_with(&s, &mut st, &obs, &lagging, 0);
+        assert_eq!(pins(&a), ["a"]);
+        assert_eq!(
+            st.clusters[1].reason,
+            "waiting for mirror dmz to hold 11111111 (mirror at 9c1d2e3f)"
+        );
+        agents(&mut obs, &a, true);
+        step_with(&s, &mut st, &obs, &lagging, 10);
+        assert_eq!(st.phase, RolloutPhase::Running, "the wave waits");
+        let fed = Mirrors {
+            holding: ["dmz".to_string()].into(),
+            ..Mirrors::default()
+        };
+        let a = step_with(&s, &mut st, &obs, &fed, 20);
+        assert_eq!(pins(&a), ["b"], "the mirror holds it now");
+        agents(&mut obs, &a, true);
+        step_with(&s, &mut st, &obs, &fed, 30);
+        assert_eq!(st.phase, RolloutPhase::Succeeded);
+
+        // Skip, fail, and waiting past the deadline.
+        for (policy, want) in [
+            (Offline::Skip, ClusterPhase::Skipped),
+            (Offline::Fail, ClusterPhase::Failed),
+        ] {
+            let p = Policy {
+                mirror_lag: policy,
+                max_failures: Budget::Count(1),
+                ..Policy::default()
+            };
+            let s = spec(vec![(Selector::Percent(100), p)], false);
+            let mut st = plan(&s, &obs).unwrap();
+            step_with(&s, &mut st, &obs, &lagging, 0);
+            assert_eq!(st.clusters[1].phase, want, "{policy:?}");
+        }
+        let p = Policy {
+            deadline_ms: 1000,
+            ..Policy::default()
+        };
+        let s = spec(vec![(Selector::Percent(100), p)], false);
+        let mut st = plan(&s, &obs).unwrap();
+        step_with(&s, &mut st, &obs, &lagging, 1);
+        step_with(&s, &mut st, &obs, &lagging, 2000);
+        assert_eq!(st.clusters[1].phase, ClusterPhase::Failed);
+        assert!(
+            st.clusters[1].reason.contains("did not hold"),
+            "{}",
+            st.clusters[1].reason
+        );
     }
 
     #[test]

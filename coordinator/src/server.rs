@@ -267,12 +267,14 @@ impl Coordinator {
             repo = repo.with_verify(dir.clone(), cfg.verify_mode);
         }
         let repo = Arc::new(repo);
+        let sites = store.sites().await.map_err(store_err)?;
         let hub = Arc::new(Hub::new(
             store,
             cfg.repo_url.clone(),
             cfg.path_template.clone(),
             metrics,
         ));
+        hub.set_sites(&sites);
         let (driver, driver_handle) = Driver::new(hub.clone(), repo.clone(), cfg.event_buffer);
 
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -17,9 +17,10 @@ use tonic::{Request, Status};
 /// A store error as the status a client can act on.
 pub(crate) fn store_status(e: store::Error) -> Status {
     match e {
-        store::Error::UnknownCluster(_) | store::Error::UnknownRollout(_) => {
-            Status::not_found(e.to_string())
-        }
+        store::Error::UnknownCluster(_)
+        | store::Error::UnknownRollout(_)
+        | store::Error::UnknownSite(_) => Status::not_found(e.to_string()),
+        store::Error::SiteExists(_) => Status::already_exists(e.to_string()),
         store::Error::Overlap { .. } | store::Error::InRollout { .. } => {
             Status::failed_precondition(e.to_string())
         }

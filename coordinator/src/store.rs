@@ -63,6 +63,12 @@ pub enum Error {
     /// A rollout id that does not exist.
     #[error("unknown rollout {0:?}")]
     UnknownRollout(String),
+    /// A site name that does not exist.
+    #[error("unknown site {0:?} (see `ferry sites`)")]
+    UnknownSite(String),
+    /// A site name already taken.
+    #[error("site {0:?} exists already (remove it first to change it)")]
+    SiteExists(String),
     /// The database was written by a newer coordinator.
     #[error("the database schema is version {found}, newer than this coordinator's {known}")]
     TooNew { found: i64, known: i64 },
@@ -110,6 +116,21 @@ pub struct PinnedCluster {
     pub allow_mass_prune: bool,
     /// The rollout that made the pin, if one did.
     pub pin_rollout: Option<String>,
+}
+
+/// A site: the clusters its selector picks fetch from its Git mirror.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SiteRecord {
+    pub name: String,
+    pub mirror_url: String,
+    pub selector: String,
+    /// The mirror's refs as last reported (name -> commit).
+    pub refs: BTreeMap<String, String>,
+    /// How many commits it was reported to hold.
+    pub commits: u64,
+    /// 0: never reported.
+    pub reported_ms: i64,
+    pub reported_by: String,
 }
 
 /// A requested pin change.
@@ -241,6 +262,29 @@ pub trait Store: Send + Sync + 'static {
     /// Records who signed a commit, as the coordinator's verify keys named
     /// the key; the ledger shows it beside pins of that commit.
     async fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()>;
+
+    /// Creates a site (refused if the name is taken).
+    async fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()>;
+
+    /// Removes a site and what it knew of its mirror.
+    async fn remove_site(&self, name: &str) -> Result<SiteRecord>;
+
+    /// Every site, by name.
+    async fn sites(&self) -> Result<Vec<SiteRecord>>;
+
+    /// Replaces what a site's mirror is known to hold: its refs and every
+    /// commit (newest first), as `how` reported them.
+    async fn report_mirror(
+        &self,
+        site: &str,
+        refs: BTreeMap<String, String>,
+        commits: Vec<String>,
+        how: &str,
+        now_ms: i64,
+    ) -> Result<SiteRecord>;
+
+    /// The sites whose mirror holds `commit`.
+    async fn sites_holding(&self, commit: &Commit) -> Result<Vec<String>>;
 
     /// The fleet counted: clusters by their last phase and health, rollouts
     /// by phase (for metrics; cheap at any fleet size).

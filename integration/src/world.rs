@@ -527,6 +527,22 @@ impl World {
         ferry_coordinator::cli::execute(parsed).await
     }
 
+    /// Runs a `ferry` CLI command acting with `token` (not the admin's).
+    pub async fn ferry_as(&self, token: &str, args: &[&str]) -> Result<String> {
+        let mut argv: Vec<String> = vec!["ferry".into()];
+        let mut flags = self.cli_flags();
+        let at = flags
+            .iter()
+            .position(|f| f == "--token")
+            .expect("has a token")
+            + 1;
+        flags[at] = token.to_string();
+        argv.extend(flags);
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let parsed = <ferry_coordinator::cli::Args as clap::Parser>::try_parse_from(argv)?;
+        ferry_coordinator::cli::execute(parsed).await
+    }
+
     /// An Admin client acting with `token`.
     pub async fn admin_as(&self, token: &str) -> Result<ferry_coordinator::cli::Admin> {
         let channel = self.operator_dial().endpoint()?.connect().await?;

@@ -25,6 +25,10 @@ pub struct Assignment {
     /// The cluster's labels (per-cluster values of Helm sources).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The site whose mirror `repo_url` is: a missing commit there is the
+    /// mirror lagging, not a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// An assignment the wire carried that an agent must not act on.
@@ -86,6 +90,7 @@ impl TryFrom<v1::Assignment> for Assignment {
             allow_mass_prune: a.options.is_some_and(|o| o.allow_mass_prune),
             rollout: (!a.rollout.is_empty()).then_some(a.rollout),
             labels: a.labels.into_iter().collect(),
+            site: (!a.site.is_empty()).then_some(a.site),
         })
     }
 }
@@ -102,6 +107,7 @@ impl From<&Assignment> for v1::Assignment {
             }),
             rollout: a.rollout.clone().unwrap_or_default(),
             labels: a.labels.clone().into_iter().collect(),
+            site: a.site.clone().unwrap_or_default(),
         }
     }
 }
@@ -121,6 +127,7 @@ mod tests {
             }),
             rollout: "r4".into(),
             labels: [("region".to_string(), "eu".to_string())].into(),
+            site: "dmz".into(),
         }
     }
 

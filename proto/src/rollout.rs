@@ -80,6 +80,10 @@ impl From<Offline> for v1::OfflinePolicy {
 }
 
 impl Offline {
+    pub fn is_wait(&self) -> bool {
+        *self == Offline::Wait
+    }
+
     /// The policy a wire value names; `None` for unspecified (the default applies).
     pub fn from_wire(v: v1::OfflinePolicy) -> Option<Offline> {
         match v {
@@ -148,6 +152,11 @@ pub struct Policy {
     pub offline: Offline,
     /// An operator approves the wave before it starts.
     pub approval: bool,
+    /// Clusters whose site's mirror lacks the target: wait, skip or fail.
+    /// (Stored only when not `wait`, so specs stored before it read back
+    /// the same.)
+    #[serde(default, skip_serializing_if = "Offline::is_wait")]
+    pub mirror_lag: Offline,
 }
 
 impl Default for Policy {
@@ -159,6 +168,7 @@ impl Default for Policy {
             max_failures: Budget::Count(0),
             offline: Offline::Wait,
             approval: false,
+            mirror_lag: Offline::Wait,
         }
     }
 }
@@ -194,6 +204,14 @@ impl Policy {
             })?;
             if let Some(o) = Offline::from_wire(wire) {
                 out.offline = o;
+            }
+        }
+        if let Some(v) = p.mirror_lag {
+            let wire = v1::OfflinePolicy::try_from(v).map_err(|_| {
+                PlanError::Policy(format!("mirror lag policy {v}: wait, skip or fail"))
+            })?;
+            if let Some(o) = Offline::from_wire(wire) {
+                out.mirror_lag = o;
             }
         }
         if let Some(v) = p.approval {

@@ -232,6 +232,7 @@ fn what_an_old_agent_sends_reads_whole_and_what_a_new_coordinator_sends_reads_wh
                 }),
                 rollout: "r1".into(),
                 labels: [("region".to_string(), "eu".to_string())].into(),
+                site: "dmz".into(),
             },
         )),
     };

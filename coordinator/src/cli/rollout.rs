@@ -11,6 +11,7 @@
 //!   deadline: 10m           # a cluster not Healthy this long after its pin fails
 //!   maxFailures: 0          # or "10%" of the wave
 //!   offline: wait           # wait | skip | fail
+//!   mirrorLag: wait         # a site's mirror lacks the commit: wait | skip | fail
 //!   maxParallel: 0          # clusters moved at once; 0 = the whole wave
 //!   approval: false         # wait for `ferry rollout approve` before the wave
 //! waves:
@@ -99,6 +100,9 @@ pub struct PolicyArgs {
     /// Offline clusters: wait, skip or fail.
     #[arg(long)]
     pub offline: Option<String>,
+    /// Clusters whose site's mirror lacks the commit: wait, skip or fail.
+    #[arg(long)]
+    pub mirror_lag: Option<String>,
     /// Clusters of a wave moved at once (0: all).
     #[arg(long)]
     pub max_parallel: Option<u32>,
@@ -141,6 +145,7 @@ impl PolicyArgs {
             deadline_seconds: self.deadline.as_deref().map(seconds).transpose()?,
             max_failures: self.max_failures.clone(),
             offline: offline(self.offline.as_deref())?,
+            mirror_lag: offline(self.mirror_lag.as_deref())?,
             approval: self.approval.then_some(true),
         })
     }
@@ -197,6 +202,7 @@ struct PolicyFile {
     deadline: Option<NumOrText>,
     max_failures: Option<NumOrText>,
     offline: Option<String>,
+    mirror_lag: Option<String>,
     max_parallel: Option<u32>,
     approval: Option<bool>,
 }
@@ -213,6 +219,7 @@ impl PolicyFile {
                 .transpose()?,
             max_failures: self.max_failures.as_ref().map(NumOrText::text),
             offline: offline(self.offline.as_deref())?,
+            mirror_lag: offline(self.mirror_lag.as_deref())?,
             approval: self.approval,
         })
     }
@@ -230,6 +237,7 @@ struct WaveFile {
     deadline: Option<NumOrText>,
     max_failures: Option<NumOrText>,
     offline: Option<String>,
+    mirror_lag: Option<String>,
     max_parallel: Option<u32>,
     approval: Option<bool>,
 }
@@ -290,6 +298,7 @@ pub fn read_plan(path: &PathBuf) -> Result<RolloutPlan> {
             deadline: w.deadline.as_ref().map(|v| NumOrText::Text(v.text())),
             max_failures: w.max_failures.as_ref().map(|v| NumOrText::Text(v.text())),
             offline: w.offline.clone(),
+            mirror_lag: w.mirror_lag.clone(),
             max_parallel: w.max_parallel,
             approval: w.approval,
         }
@@ -314,6 +323,7 @@ fn overlay(base: &mut WavePolicy, over: WavePolicy) {
     base.deadline_seconds = over.deadline_seconds.or(base.deadline_seconds);
     base.max_failures = over.max_failures.or(base.max_failures.take());
     base.offline = over.offline.or(base.offline.take());
+    base.mirror_lag = over.mirror_lag.or(base.mirror_lag.take());
     base.approval = over.approval.or(base.approval);
 }
 

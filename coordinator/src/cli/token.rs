@@ -10,7 +10,7 @@ use serde_json::json;
 pub enum TokenCommand {
     /// Create an API token (admin); it is shown once.
     Create {
-        /// viewer, operator or admin.
+        /// mirror (reports what a site mirror holds, nothing else), viewer, operator or admin.
         #[arg(long)]
         role: String,
         /// Who or what it is for: the actor in the ledger.

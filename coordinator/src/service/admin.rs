@@ -6,7 +6,7 @@ use crate::auth::{self, Role};
 use crate::driver::DriverHandle;
 use crate::hub::Hub;
 use crate::repo::Repo;
-use crate::store::{ClusterRecord, PinChange};
+use crate::store::{ClusterRecord, PinChange, SiteRecord};
 use ferry_proto::v1::admin_server::Admin;
 /// The most clusters one `Diff` asks.
 const MAX_DIFF_CLUSTERS: usize = 1000;
@@ -18,6 +18,10 @@ use ferry_proto::v1::{
     ListRolloutsRequest, ListRolloutsResponse, PinRequest, PinResponse, Preview, PreviewRequest,
     RevokeClusterRequest, Rollout, RolloutControl, SetClusterPathRequest, StartRolloutRequest,
     WatchEventsRequest,
+};
+use ferry_proto::v1::{
+    AddSiteRequest, ListSitesRequest, ListSitesResponse, RemoveSiteRequest, ReportMirrorRequest,
+    Site,
 };
 use ferry_proto::{now_unix_ms, validate_cluster_name};
 use std::collections::BTreeMap;
@@ -84,8 +88,224 @@ impl AdminService {
     }
 }
 
+/// The most commits one mirror report may name.
+const MAX_MIRROR_COMMITS: usize = 100_000;
+
+impl AdminService {
+    /// Refuses a pin of `commit` for clusters whose site's mirror lacks it.
+    async fn refuse_mirror_lag(
+        &self,
+        clusters: &[String],
+        commit: &ferry_proto::Commit,
+    ) -> Result<(), Status> {
+        let pinned = self
+            .hub
+            .store
+            .pinned(clusters.to_vec())
+            .await
+            .map_err(store_status)?;
+        let mut lacking = vec![];
+        let mut holding: Option<Vec<String>> = None;
+        for c in &pinned {
+            let Some((site, _)) = self.hub.site_of(&c.labels) else {
+                continue;
+            };
+            if holding.is_none() {
+                holding = Some(
+                    self.hub
+                        .store
+                        .sites_holding(commit)
+                        .await
+                        .map_err(store_status)?,
+                );
+            }
+            if !holding.as_ref().is_some_and(|h| h.contains(&site)) {
+                lacking.push(format!("{} (site {site})", c.name));
+            }
+        }
+        if lacking.is_empty() {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "the mirror of {} does not hold {} yet: feed it (`ferry mirror sync`, a bundle) and pin again, or pin with --force (recorded in the ledger)",
+            lacking.join(", "),
+            commit.short()
+        )))
+    }
+
+    /// A site as the CLI shows it, with the clusters it selects.
+    fn site_proto(&self, s: SiteRecord, clusters: &[ClusterRecord]) -> Site {
+        let selected = ferry_proto::LabelSelector::parse(&s.selector)
+            .map(|sel| {
+                clusters
+                    .iter()
+                    .filter(|c| sel.matches(&c.labels))
+                    .map(|c| c.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Site {
+            name: s.name,
+            mirror_url: ferry_proto::redact(&s.mirror_url),
+            selector: s.selector,
+            refs: s.refs.into_iter().collect(),
+            commits: s.commits,
+            reported_unix_ms: s.reported_ms,
+            reported_by: s.reported_by,
+            clusters: selected,
+            upstream: Default::default(),
+        }
+    }
+
+    /// Reloads the hub's sites and sends new assignments to `clusters`.
+    async fn sites_changed(&self, clusters: &[String]) -> Result<(), Status> {
+        let sites = self.hub.store.sites().await.map_err(store_status)?;
+        self.hub.set_sites(&sites);
+        self.hub
+            .push_many(clusters.iter().map(String::as_str))
+            .await;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn add_site(&self, req: Request<AddSiteRequest>) -> Result<Response<Site>, Status> {
+        let caller = self.require(&req, Role::Admin, "adding a site").await?;
+        let r = req.into_inner();
+        validate_cluster_name(&r.name)
+            .map_err(|e| Status::invalid_argument(format!("site name: {e}")))?;
+        if r.mirror_url.trim().is_empty() {
+            return Err(Status::invalid_argument("a mirror URL is required"));
+        }
+        if ferry_proto::redact(&r.mirror_url) != r.mirror_url {
+            return Err(Status::invalid_argument(
+                "the mirror URL carries a password: credentials belong in each cluster's Git Secret",
+            ));
+        }
+        if r.selector.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "a selector is required (the clusters the site holds)",
+            ));
+        }
+        let sel = ferry_proto::LabelSelector::parse(&r.selector)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let picked: Vec<String> = clusters
+            .iter()
+            .filter(|c| sel.matches(&c.labels))
+            .map(|c| c.name.clone())
+            .collect();
+        // A cluster is in one site at most.
+        for c in clusters.iter().filter(|c| sel.matches(&c.labels)) {
+            if let Some((other, _)) = self.hub.site_of(&c.labels) {
+                return Err(Status::failed_precondition(format!(
+                    "cluster {} would be in sites {other} and {}: a cluster reads from one mirror; narrow the selector",
+                    c.name, r.name
+                )));
+            }
+        }
+        let site = SiteRecord {
+            name: r.name.clone(),
+            mirror_url: r.mirror_url,
+            selector: r.selector,
+            ..SiteRecord::default()
+        };
+        self.hub
+            .store
+            .add_site(site.clone(), now_unix_ms())
+            .await
+            .map_err(store_status)?;
+        tracing::info!(site = %r.name, by = %caller.name, clusters = picked.len(), "site added");
+        self.sites_changed(&picked).await?;
+        Ok(Response::new(self.site_proto(site, &clusters)))
+    }
+
+    async fn remove_site(&self, req: Request<RemoveSiteRequest>) -> Result<Response<Site>, Status> {
+        let caller = self.require(&req, Role::Admin, "removing a site").await?;
+        let name = req.into_inner().name;
+        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let site = self
+            .hub
+            .store
+            .remove_site(&name)
+            .await
+            .map_err(store_status)?;
+        let shown = self.site_proto(site, &clusters);
+        tracing::warn!(site = %name, by = %caller.name, "site removed; its clusters read from the repository again");
+        self.sites_changed(&shown.clusters).await?;
+        Ok(Response::new(shown))
+    }
+
+    async fn list_sites(
+        &self,
+        req: Request<ListSitesRequest>,
+    ) -> Result<Response<ListSitesResponse>, Status> {
+        self.require(&req, Role::Viewer, "listing sites").await?;
+        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let sites = self.hub.store.sites().await.map_err(store_status)?;
+        Ok(Response::new(ListSitesResponse {
+            sites: sites
+                .into_iter()
+                .map(|s| self.site_proto(s, &clusters))
+                .collect(),
+        }))
+    }
+
+    async fn report_mirror(
+        &self,
+        req: Request<ReportMirrorRequest>,
+    ) -> Result<Response<Site>, Status> {
+        let caller = self
+            .require(&req, Role::Mirror, "reporting a mirror")
+            .await?;
+        let r = req.into_inner();
+        if r.commits.len() > MAX_MIRROR_COMMITS {
+            return Err(Status::invalid_argument(format!(
+                "a report names at most {MAX_MIRROR_COMMITS} commits"
+            )));
+        }
+        for c in r.refs.values().chain(r.commits.iter()) {
+            ferry_proto::Commit::parse(c).map_err(|e| {
+                Status::invalid_argument(format!("mirror report for site {}: {e}", r.site))
+            })?;
+        }
+        for name in r.refs.keys() {
+            if name.len() > 255 || name.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(Status::invalid_argument(format!(
+                    "mirror report for site {}: ref {name:?} is not a ref name",
+                    r.site
+                )));
+            }
+        }
+        let how = format!(
+            "{} by {}",
+            r.how
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>(),
+            caller.name
+        );
+        let site = self
+            .hub
+            .store
+            .report_mirror(
+                &r.site,
+                r.refs.into_iter().collect(),
+                r.commits,
+                &how,
+                now_unix_ms(),
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(site = %site.name, commits = site.commits, how = %how, "mirror reported");
+        // Rollouts waiting for this mirror look again now.
+        self.hub.status_changed.notify_waiters();
+        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        Ok(Response::new(self.site_proto(site, &clusters)))
+    }
+
     async fn list_clusters(
         &self,
         req: Request<ListClustersRequest>,
@@ -159,6 +379,9 @@ impl Admin for AdminService {
                 .map_err(store_status)?;
         }
         let resolved = t.elapsed();
+        if !r.force {
+            self.refuse_mirror_lag(&r.clusters, &commit).await?;
+        }
         // Whether a cluster inside an active rollout may be pinned is
         // decided in the pin's own transaction.
         let entries = self
@@ -316,7 +539,9 @@ impl Admin for AdminService {
                 };
                 let req = PreviewRequest {
                     id: String::new(),
-                    repo_url: hub.repo_url.clone(),
+                    repo_url: hub
+                        .site_of(&c.labels)
+                        .map_or_else(|| hub.repo_url.clone(), |s| s.1),
                     commit: commit.to_string(),
                     path,
                     allow_mass_prune: false,
@@ -540,7 +765,10 @@ impl Admin for AdminService {
         let caller = self.require(&req, Role::Admin, "creating tokens").await?;
         let r = req.into_inner();
         let role = Role::parse(&r.role).ok_or_else(|| {
-            Status::invalid_argument(format!("role {:?}: viewer, operator or admin", r.role))
+            Status::invalid_argument(format!(
+                "role {:?}: mirror, viewer, operator or admin",
+                r.role
+            ))
         })?;
         if r.name.trim().is_empty() {
             return Err(Status::invalid_argument(

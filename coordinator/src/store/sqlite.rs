@@ -9,8 +9,8 @@
 //! job that fails leaves nothing behind in its batch.
 
 use super::{
-    Advance, BackendError, ClusterRecord, Error, PinChange, PinnedCluster, Result, Store, Summary,
-    rollout_number,
+    Advance, BackendError, ClusterRecord, Error, PinChange, PinnedCluster, Result, SiteRecord,
+    Store, Summary, rollout_number,
 };
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
@@ -161,7 +161,59 @@ CREATE TABLE commit_signers (
     verified_ms INTEGER NOT NULL
 );
 "#,
+    // Sites and what their mirrors hold.
+    r#"
+CREATE TABLE sites (
+    name TEXT PRIMARY KEY,
+    mirror_url TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    refs TEXT NOT NULL DEFAULT '{}',
+    commits INTEGER NOT NULL DEFAULT 0,
+    reported_ms INTEGER NOT NULL DEFAULT 0,
+    reported_by TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE mirror_commits (
+    site TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    PRIMARY KEY (commit_sha, site)
+) WITHOUT ROWID;
+"#,
 ];
+
+const SITE_COLUMNS: &str =
+    "SELECT name, mirror_url, selector, refs, commits, reported_ms, reported_by FROM sites";
+
+fn site_row(r: &rusqlite::Row) -> rusqlite::Result<Result<SiteRecord>> {
+    let refs: String = r.get(3)?;
+    let name: String = r.get(0)?;
+    let refs = match serde_json::from_str(&refs) {
+        Ok(m) => m,
+        Err(e) => {
+            return Ok(Err(Error::Corrupt {
+                what: format!("refs of site {name}"),
+                detail: e.to_string(),
+            }));
+        }
+    };
+    Ok(Ok(SiteRecord {
+        name,
+        mirror_url: r.get(1)?,
+        selector: r.get(2)?,
+        refs,
+        commits: r.get::<_, i64>(4)? as u64,
+        reported_ms: r.get(5)?,
+        reported_by: r.get(6)?,
+    }))
+}
+
+fn site_named(conn: &Connection, name: &str) -> Result<Option<SiteRecord>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached(&format!("{SITE_COLUMNS} WHERE name = ?1"))
+        .and_then(|mut st| st.query_row(params![name], site_row).optional())
+        .map_err(db("read a site"))?
+        .transpose()
+}
 
 /// What the store thread runs: a job, then (after the commit) its answer.
 type Reply = Box<dyn FnOnce(Option<&BackendError>) + Send>;
@@ -1135,6 +1187,91 @@ impl Store for Sqlite {
         .await
     }
 
+    async fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()> {
+        self.call(move |conn| {
+            let added = conn
+                .prepare_cached(
+                    "INSERT INTO sites (name, mirror_url, selector, created_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(name) DO NOTHING",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![site.name, site.mirror_url, site.selector, now_ms])
+                })
+                .map_err(db("add a site"))?;
+            if added == 0 {
+                return Err(Error::SiteExists(site.name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_site(&self, name: &str) -> Result<SiteRecord> {
+        let name = name.to_string();
+        self.call(move |conn| {
+            let site = site_named(conn, &name)?.ok_or_else(|| Error::UnknownSite(name.clone()))?;
+            conn.execute("DELETE FROM mirror_commits WHERE site = ?1", params![name])
+                .and_then(|_| conn.execute("DELETE FROM sites WHERE name = ?1", params![name]))
+                .map_err(db("remove a site"))?;
+            Ok(site)
+        })
+        .await
+    }
+
+    async fn sites(&self) -> Result<Vec<SiteRecord>> {
+        self.call(|conn| {
+            let mut st = conn
+                .prepare_cached(&format!("{SITE_COLUMNS} ORDER BY name"))
+                .map_err(db("read sites"))?;
+            let rows = st.query_map([], site_row).map_err(db("read sites"))?;
+            rows.map(|r| r.map_err(db("read sites"))?).collect()
+        })
+        .await
+    }
+
+    async fn report_mirror(
+        &self,
+        site: &str,
+        refs: BTreeMap<String, String>,
+        commits: Vec<String>,
+        how: &str,
+        now_ms: i64,
+    ) -> Result<SiteRecord> {
+        let (site, how) = (site.to_string(), how.to_string());
+        self.call(move |conn| {
+            if site_named(conn, &site)?.is_none() {
+                return Err(Error::UnknownSite(site));
+            }
+            let refs_json = serde_json::to_string(&refs).expect("a map serializes");
+            conn.execute(
+                "UPDATE sites SET refs = ?2, commits = ?3, reported_ms = ?4, reported_by = ?5 WHERE name = ?1",
+                params![site, refs_json, commits.len() as i64, now_ms, how],
+            )
+            .and_then(|_| conn.execute("DELETE FROM mirror_commits WHERE site = ?1", params![site]))
+            .map_err(db("record a mirror"))?;
+            let mut st = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO mirror_commits (commit_sha, site) VALUES (?1, ?2)",
+                )
+                .map_err(db("record a mirror"))?;
+            for c in &commits {
+                st.execute(params![c, site]).map_err(db("record a mirror"))?;
+            }
+            site_named(conn, &site)?.ok_or(Error::UnknownSite(site))
+        })
+        .await
+    }
+
+    async fn sites_holding(&self, commit: &Commit) -> Result<Vec<String>> {
+        let commit = commit.to_string();
+        self.call(move |conn| {
+            conn.prepare_cached("SELECT site FROM mirror_commits WHERE commit_sha = ?1")
+                .and_then(|mut st| st.query_map(params![commit], |r| r.get(0))?.collect())
+                .map_err(db("read mirrors"))
+        })
+        .await
+    }
+
     async fn summary(&self) -> Result<Summary> {
         self.call(|conn| {
             let mut out = Summary::default();
@@ -1219,6 +1356,56 @@ mod tests {
                 .unwrap();
         }
         s
+    }
+
+    #[tokio::test]
+    async fn sites_and_what_their_mirrors_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sqlite::open(dir.path()).await.unwrap();
+        let site = SiteRecord {
+            name: "dmz".into(),
+            mirror_url: "git://mirror/fleet.git".into(),
+            selector: "site=dmz".into(),
+            ..SiteRecord::default()
+        };
+        s.add_site(site.clone(), 1).await.unwrap();
+        assert!(matches!(
+            s.add_site(site.clone(), 2).await,
+            Err(Error::SiteExists(_))
+        ));
+        assert!(matches!(
+            s.report_mirror("nope", BTreeMap::new(), vec![], "x", 3)
+                .await,
+            Err(Error::UnknownSite(_))
+        ));
+        let refs: BTreeMap<_, _> = [("refs/heads/main".to_string(), "b".repeat(40))].into();
+        let r = s
+            .report_mirror(
+                "dmz",
+                refs.clone(),
+                vec!["b".repeat(40), "a".repeat(40)],
+                "sync",
+                4,
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.commits, r.reported_ms, r.refs), (2, 4, refs));
+        assert_eq!(s.sites_holding(&commit('a')).await.unwrap(), ["dmz"]);
+        assert!(s.sites_holding(&commit('c')).await.unwrap().is_empty());
+        // A later report replaces the earlier one (a rewrite drops commits).
+        s.report_mirror("dmz", BTreeMap::new(), vec!["c".repeat(40)], "sync", 5)
+            .await
+            .unwrap();
+        assert!(s.sites_holding(&commit('a')).await.unwrap().is_empty());
+        drop(s);
+        let s = Sqlite::open(dir.path()).await.unwrap();
+        assert_eq!(s.sites().await.unwrap()[0].commits, 1);
+        assert_eq!(s.remove_site("dmz").await.unwrap().name, "dmz");
+        assert!(s.sites_holding(&commit('c')).await.unwrap().is_empty());
+        assert!(matches!(
+            s.remove_site("dmz").await,
+            Err(Error::UnknownSite(_))
+        ));
     }
 
     #[tokio::test]

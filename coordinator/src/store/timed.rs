@@ -2,7 +2,7 @@
 //! `ferry_store_operation_duration_seconds` histogram. Backend-agnostic:
 //! whatever database is behind, the figures mean the same.
 
-use super::{Advance, ClusterRecord, PinChange, PinnedCluster, Result, Store, Summary};
+use super::{Advance, ClusterRecord, PinChange, PinnedCluster, Result, SiteRecord, Store, Summary};
 use crate::metrics::{Metrics, OperationLabels};
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
@@ -69,4 +69,16 @@ timed! {
     fn events(&self, rollout: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>>;
     fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()>;
     fn summary(&self) -> Result<Summary>;
+    fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()>;
+    fn remove_site(&self, name: &str) -> Result<SiteRecord>;
+    fn sites(&self) -> Result<Vec<SiteRecord>>;
+    fn report_mirror(
+        &self,
+        site: &str,
+        refs: BTreeMap<String, String>,
+        commits: Vec<String>,
+        how: &str,
+        now_ms: i64
+    ) -> Result<SiteRecord>;
+    fn sites_holding(&self, commit: &Commit) -> Result<Vec<String>>;
 }

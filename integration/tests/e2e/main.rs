@@ -15,3 +15,4 @@ mod rollouts;
 mod scale;
 mod security;
 mod signatures;
+mod sites;
