@@ -2,6 +2,7 @@
 //! subcommand is a client of its Admin API. One module per group of
 //! commands; `output` renders everything they print and `dial` connects.
 
+mod bundle;
 mod cluster;
 mod dial;
 mod diff;
@@ -131,6 +132,10 @@ pub enum Command {
     /// Feed a site's Git mirror from the upstream repository.
     #[command(subcommand)]
     Mirror(mirror::MirrorCommand),
+    /// Carry commits across an air gap: signed bundle files, imported into
+    /// a site's mirror.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
     /// API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -174,10 +179,16 @@ pub async fn execute(args: Args) -> Result<String> {
     if let Command::Mirror(cmd) = &args.command {
         return mirror::execute(&args, cmd).await;
     }
+    if let Command::Bundle(cmd) = &args.command {
+        return bundle::execute(&args, cmd).await;
+    }
     let mut client = admin(&args).await?;
     let json = args.output == Output::Json;
     match args.command {
-        Command::Serve(_) | Command::Completion { .. } | Command::Mirror(_) => {
+        Command::Serve(_)
+        | Command::Completion { .. }
+        | Command::Mirror(_)
+        | Command::Bundle(_) => {
             anyhow::bail!("not a client command")
         }
         Command::Sites => site::list(&mut client, json).await,

@@ -12,6 +12,7 @@
 //! See docs/architecture.md.
 
 pub mod auth;
+pub mod bundle;
 pub mod cli;
 pub mod driver;
 pub mod hub;

@@ -70,6 +70,25 @@ pub fn git(dir: Option<&Path>, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The branches and tags of a repository: name -> object (an annotated
+/// tag's own object, not its commit).
+pub fn raw_refs(repo: &Path) -> Result<BTreeMap<String, String>> {
+    let out = git(
+        Some(repo),
+        &[
+            "for-each-ref",
+            "--format=%(refname) %(objectname)",
+            "refs/heads",
+            "refs/tags",
+        ],
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, o)| (n.to_string(), o.to_string()))
+        .collect())
+}
+
 /// The branches and tags of a repository: name -> commit (tags peeled).
 pub fn refs(repo: &Path) -> Result<BTreeMap<String, String>> {
     let out = git(

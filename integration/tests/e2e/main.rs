@@ -1,5 +1,6 @@
 //! Ferry's end-to-end suite: one test binary, built once per run.
 
+mod bundles;
 mod emulator;
 mod faults;
 mod fleet;
