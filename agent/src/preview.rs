@@ -84,6 +84,7 @@ impl Previewer {
                 allow_mass_prune: req.allow_mass_prune,
             }),
             labels: req.labels.clone(),
+            site: req.site.clone(),
             ..Default::default()
         };
         let a = match Assignment::try_from(wire) {

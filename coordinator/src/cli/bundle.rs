@@ -303,6 +303,7 @@ fn import(
             .arg(into)
             .args(["update-ref", "--stdin"])
             .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .context("running git update-ref")?;

@@ -91,7 +91,12 @@ pub fn counts(p: &Preview) -> (usize, usize, usize) {
 pub fn summary_line(c: &ClusterDiff) -> String {
     let p = c.preview.clone().unwrap_or_default();
     if !c.previewed {
-        return format!("{}: {}", c.cluster, clean(&p.error));
+        let why = clean(&p.error);
+        return if why.starts_with("not previewed") {
+            format!("{}: {why}", c.cluster)
+        } else {
+            format!("{}: not previewed: {why}", c.cluster)
+        };
     }
     let (create, change, prune) = counts(&p);
     let mut s = format!(

@@ -537,11 +537,13 @@ impl Admin for AdminService {
                     Ok(p) => p,
                     Err(e) => return Err(format!("not previewed: its path does not resolve: {e}")),
                 };
+                let site = hub.site_of(&c.labels);
                 let req = PreviewRequest {
                     id: String::new(),
-                    repo_url: hub
-                        .site_of(&c.labels)
-                        .map_or_else(|| hub.repo_url.clone(), |s| s.1),
+                    repo_url: site
+                        .as_ref()
+                        .map_or_else(|| hub.repo_url.clone(), |s| s.1.clone()),
+                    site: site.map(|s| s.0).unwrap_or_default(),
                     commit: commit.to_string(),
                     path,
                     allow_mass_prune: false,

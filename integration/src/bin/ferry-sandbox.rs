@@ -1,11 +1,12 @@
 //! `ferry-sandbox`: Ferry's main job on embedded defaults. A fleet repository
 //! served by a real `git daemon`, a coordinator with mTLS on a SQLite data
-//! dir, six emulated clusters with their agents, and a commit moved through
+//! dir, seven emulated clusters with their agents (one on a ship, reading
+//! a local Git mirror fed by signed bundles), and a commit moved through
 //! them in steps, canaries first, with a live view.
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use ferry_integration::world::{World, WorldConfig};
+use ferry_integration::world::{GitServer, World, WorldConfig};
 use ferry_proto::v1::{GetRolloutRequest, Health, ListClustersRequest, Phase};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -31,13 +32,15 @@ struct Args {
     run_suggestions: bool,
 }
 
-const CLUSTERS: [(&str, &str, &str); 6] = [
+const CLUSTERS: [(&str, &str, &str); 7] = [
     ("canary-eu", "canary", "eu"),
     ("canary-us", "canary", "us"),
     ("eu-1", "main", "eu"),
     ("eu-2", "main", "eu"),
     ("us-1", "main", "us"),
     ("us-2", "main", "us"),
+    // On a ship: no route to the Git server, a mirror aboard fed by bundles.
+    ("ship-1", "main", "sea"),
 ];
 
 fn manifests(cluster: &str, region: &str, version: &str) -> String {
@@ -236,6 +239,100 @@ impl View {
     }
 }
 
+/// The ship: a site whose mirror is fed only by signed bundles.
+struct Ship {
+    mirror: GitServer,
+    key: PathBuf,
+    /// The last bundle carried aboard, and its id.
+    last: PathBuf,
+    last_id: String,
+    /// Commits the mirror holds (by the bundles imported).
+    held: Vec<String>,
+}
+
+impl Ship {
+    async fn start(world: &World, dir: &Path) -> Result<Ship> {
+        let mirror = GitServer::start(&dir.join("ship"))?;
+        let key = dir.join("bundle-signing.key");
+        if !key.exists() {
+            world
+                .ferry(&["bundle", "keygen", "--out", &key.display().to_string()])
+                .await?;
+        }
+        world
+            .ferry(&[
+                "site",
+                "add",
+                "ship",
+                "--mirror",
+                &mirror.url,
+                "--selector",
+                "site=ship",
+            ])
+            .await?;
+        let mut ship = Ship {
+            mirror,
+            key,
+            last: PathBuf::new(),
+            last_id: String::new(),
+            held: vec![],
+        };
+        ship.carry(world, dir).await?;
+        Ok(ship)
+    }
+
+    fn fed(&self, commit: &str) -> bool {
+        self.held.iter().any(|c| c == commit)
+    }
+
+    /// Makes the next bundle ashore and imports it aboard.
+    async fn carry(&mut self, world: &World, dir: &Path) -> Result<String> {
+        let n = self.held.len() + 1;
+        let file = dir.join(format!("ship-{n}.ferry"));
+        let (repo, key, out) = (
+            world.git.bare.display().to_string(),
+            self.key.display().to_string(),
+            file.display().to_string(),
+        );
+        let last = self.last.display().to_string();
+        let mut create = vec![
+            "bundle", "create", "--repo", &repo, "--ref", "main", "--key", &key, "--out", &out,
+        ];
+        if n > 1 {
+            create.extend(["--since-bundle", last.as_str()]);
+        }
+        let made = world.ferry(&create).await?;
+        self.last_id = made
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        let trust = format!("{key}.pub");
+        let said = world
+            .ferry(&[
+                "bundle",
+                "import",
+                &out,
+                "--into",
+                &self.mirror.bare.display().to_string(),
+                "--trust",
+                &trust,
+                "--site",
+                "ship",
+            ])
+            .await?;
+        let head = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.mirror.bare)
+            .args(["rev-parse", "main"])
+            .output()?;
+        self.held
+            .push(String::from_utf8_lossy(&head.stdout).trim().to_string());
+        self.last = file;
+        Ok(said)
+    }
+}
+
 async fn pin(world: &World, clusters: &[&str], reference: &str, reason: &str) -> Result<()> {
     let mut args = vec!["pin"];
     args.extend(clusters);
@@ -344,9 +441,11 @@ async fn run(args: Args) -> Result<()> {
         "  no ssh-keygen here: commits are unsigned and nothing verifies them"
     });
     for (name, ring, region) in CLUSTERS {
-        world
-            .add_cluster(name, &[("ring", ring), ("region", region)])
-            .await?;
+        let mut labels = vec![("ring", ring), ("region", region)];
+        if region == "sea" {
+            labels.push(("site", "ship"));
+        }
+        world.add_cluster(name, &labels).await?;
     }
     let all: Vec<&str> = CLUSTERS.iter().map(|c| c.0).collect();
     view.say(format!(
@@ -354,6 +453,15 @@ async fn run(args: Args) -> Result<()> {
         all.len()
     ));
     world.wait_connected(&all).await;
+    // The ship's Git mirror, its own git daemon; commits reach it only in
+    // signed bundle files.
+    let mut ship = Ship::start(&world, &dir).await?;
+    view.say(format!(
+        "  site ship: ship-1 reads the mirror {} aboard; bundle {} carried {} there",
+        ship.mirror.url,
+        ship.last_id,
+        &first[..8]
+    ));
 
     view.say(format!("step 1: pin every cluster to {}", &first[..8]));
     pin(&world, &all, &first, "sandbox: initial release").await?;
@@ -402,9 +510,25 @@ async fn run(args: Args) -> Result<()> {
         .nth(2)
         .unwrap_or_default()
         .to_string();
+    let mut waited_since: Option<Instant> = None;
     loop {
         let status = world.ferry(&["rollout", "status", &id]).await?;
         view.draw_rollout(&status);
+        // The ship's wave waits for its mirror; a while later the next
+        // bundle crosses and is imported, and the wave moves on.
+        if status.contains("waiting for mirror ship") {
+            let since = *waited_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) && !ship.fed(&second) {
+                let said = ship.carry(&world, &dir).await?;
+                view.say(format!(
+                    "  the ship's wave waited for its mirror; bundle {} crossed and was imported:",
+                    ship.last_id
+                ));
+                for l in said.lines() {
+                    view.say(format!("    {l}"));
+                }
+            }
+        }
         let phase = world
             .admin()
             .await?
@@ -519,6 +643,8 @@ fn suggestions(world: &World, dir: &Path, id: &str, first: &str, second: &str) -
         suggest(Ferry, &["history"]),
         suggest(Ferry, &["rollout", "status", id]),
         suggest(Ferry, &["diff", "eu-1", "us-1", "--commit", &first[..8]]),
+        suggest(Ferry, &["sites"]),
+        suggest(Ferry, &["site", "show", "ship"]),
         suggest(
             Ferry,
             &[

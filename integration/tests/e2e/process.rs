@@ -241,6 +241,11 @@ fn the_sandbox_finishes_and_every_command_it_prints_works() {
         "canary-eu: 0 to create, 2 to change, 0 to prune, 2 unchanged",
         "spec.template.spec.containers[0].image: \"example.com/storefront:1.0\" -> \"example.com/storefront:2.0\"",
         "us-2: 0 to create, 2 to change, 0 to prune, 2 unchanged",
+        // the ship: its mirror lags, its wave waits, a bundle crosses
+        "ship-1: not previewed: waiting for mirror ship to hold",
+        "waiting for mirror ship to hold",
+        "crossed and was imported",
+        "site ship holds 2 commit(s)",
         "Preview of ",
         "export FERRY_ADDR=",
         // `ferry clusters`, `rollout status --watch`, `pin`, `kubectl get
