@@ -54,6 +54,36 @@ impl Repo {
         self
     }
 
+    /// How far a mirror at `mirror_tip` of `branch` lags the repository:
+    /// fetched once per call of [`Repo::refresh`], then read from the cache.
+    pub fn lag(&self, branch: &str, mirror_tip: &str) -> String {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let up = match self.source.cached_tip(&self.url, branch) {
+            Ok(Some(c)) => c,
+            Ok(None) => return "not upstream".into(),
+            Err(e) => return format!("upstream unknown: {e}"),
+        };
+        let Ok(mirror) = Commit::parse(mirror_tip) else {
+            return "?".into();
+        };
+        if up == mirror {
+            return "in step".into();
+        }
+        match self.source.commits_ahead(&self.url, &up, &mirror, 100_000) {
+            Ok(Some(0)) => "ahead of upstream".into(),
+            Ok(Some(n)) => format!("{n} commit(s) behind (upstream at {})", up.short()),
+            Ok(None) => format!("diverged (upstream at {})", up.short()),
+            Err(e) => format!("upstream unknown: {e}"),
+        }
+    }
+
+    /// Fetches every branch and tag (for [`Repo::lag`]).
+    pub fn refresh(&self) -> Result<()> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.source.fetch_refs(&self.url)?;
+        Ok(())
+    }
+
     /// Resolves a branch, tag, full or short commit to a full commit,
     /// fetching first so branches are current; a full commit id already in
     /// the cache needs no fetch, so rolling back to a known commit works

@@ -639,6 +639,63 @@ impl Source {
         Commit::parse(&commit.id.to_string()).map_err(|_| unknown())
     }
 
+    /// A branch or tag of `url` as the cache has it (no fetch).
+    pub fn cached_tip(&self, url: &str, reference: &str) -> Result<Option<Commit>> {
+        let repo = self.open(url, vec![])?;
+        let Ok(id) = repo.rev_parse_single(reference) else {
+            return Ok(None);
+        };
+        let commit = id.object().ok().and_then(|o| o.peel_to_commit().ok());
+        Ok(commit.and_then(|c| Commit::parse(&c.id.to_string()).ok()))
+    }
+
+    /// How many commits `tip` has that `base` does not, both read from the
+    /// cache (counting stops at `limit`); `None` when the cache lacks
+    /// `base` (it is not in the repository's history).
+    pub fn commits_ahead(
+        &self,
+        url: &str,
+        tip: &Commit,
+        base: &Commit,
+        limit: usize,
+    ) -> Result<Option<usize>> {
+        let repo = self.open(url, vec![])?;
+        let (tip, base) = (object_id(tip)?, object_id(base)?);
+        if !repo.has_object(base) {
+            return Ok(None);
+        }
+        let ancestors = |start: gix::ObjectId, bound: usize| {
+            let mut seen = std::collections::HashSet::new();
+            let mut todo = vec![start];
+            while let Some(id) = todo.pop() {
+                if seen.len() >= bound || !seen.insert(id) {
+                    continue;
+                }
+                if let Ok(c) = repo.find_commit(id) {
+                    todo.extend(c.parent_ids().map(|p| p.detach()));
+                }
+            }
+            seen
+        };
+        let behind = ancestors(base, 1_000_000);
+        let mut count = 0;
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![tip];
+        while let Some(id) = todo.pop() {
+            if behind.contains(&id) || !seen.insert(id) {
+                continue;
+            }
+            count += 1;
+            if count >= limit {
+                break;
+            }
+            if let Ok(c) = repo.find_commit(id) {
+                todo.extend(c.parent_ids().map(|p| p.detach()));
+            }
+        }
+        Ok(Some(count))
+    }
+
     /// Keeps the cache within its bound: other repositories go first, then
     /// this one is rebuilt with only `id`. Returns the repository to use.
     fn bound(

@@ -39,17 +39,21 @@ fn site_json(s: &Site) -> Value {
         "commits": s.commits,
         "reportedUnixMs": s.reported_unix_ms,
         "reportedBy": s.reported_by,
+        "upstream": s.upstream,
     })
 }
 
 /// The ref people care about first: main, master, then any branch.
-fn headline(s: &Site) -> String {
-    let pick = ["refs/heads/main", "refs/heads/master"]
+fn first_ref(s: &Site) -> Option<(&String, &String)> {
+    ["refs/heads/main", "refs/heads/master"]
         .iter()
         .find_map(|r| s.refs.get_key_value(*r))
         .or_else(|| s.refs.iter().find(|(k, _)| k.starts_with("refs/heads/")))
-        .or_else(|| s.refs.iter().next());
-    match pick {
+        .or_else(|| s.refs.iter().next())
+}
+
+fn headline(s: &Site) -> String {
+    match first_ref(s) {
         Some((r, c)) => format!(
             "{}@{}",
             r.trim_start_matches("refs/heads/")
@@ -70,6 +74,10 @@ fn sites_table(list: &[Site]) -> String {
                 s.selector.clone(),
                 s.clusters.len().to_string(),
                 headline(s),
+                first_ref(s)
+                    .and_then(|(r, _)| s.upstream.get(r))
+                    .cloned()
+                    .unwrap_or_else(|| "-".into()),
                 s.commits.to_string(),
                 ago(s.reported_unix_ms),
             ]
@@ -77,7 +85,7 @@ fn sites_table(list: &[Site]) -> String {
         .collect();
     table(
         &[
-            "SITE", "MIRROR", "SELECTOR", "CLUSTERS", "AT", "COMMITS", "REPORTED",
+            "SITE", "MIRROR", "SELECTOR", "CLUSTERS", "AT", "LAG", "COMMITS", "REPORTED",
         ],
         &rows,
     )
@@ -113,7 +121,14 @@ fn details(s: &Site) -> String {
         let mut refs: Vec<_> = s.refs.iter().collect();
         refs.sort();
         for (r, c) in refs {
-            let _ = writeln!(out, "  {}  {}", short(c), clean(r));
+            match s.upstream.get(r) {
+                Some(lag) => {
+                    let _ = writeln!(out, "  {}  {}  ({})", short(c), clean(r), clean(lag));
+                }
+                None => {
+                    let _ = writeln!(out, "  {}  {}", short(c), clean(r));
+                }
+            }
         }
     }
     out

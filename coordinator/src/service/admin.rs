@@ -244,10 +244,49 @@ impl Admin for AdminService {
         self.require(&req, Role::Viewer, "listing sites").await?;
         let clusters = self.hub.store.clusters().await.map_err(store_status)?;
         let sites = self.hub.store.sites().await.map_err(store_status)?;
+        // How far each mirror's branches lag the repository: one fetch,
+        // then the coordinator's own copy of the history.
+        let branches: Vec<Vec<(String, String)>> = sites
+            .iter()
+            .map(|s| {
+                s.refs
+                    .iter()
+                    .filter(|(r, _)| r.starts_with("refs/heads/"))
+                    .map(|(r, c)| (r.clone(), c.clone()))
+                    .collect()
+            })
+            .collect();
+        let repo = self.repo.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            let fetched = if branches.iter().any(|b| !b.is_empty()) {
+                repo.refresh()
+                    .err()
+                    .map(|e| format!("upstream unknown: {e}"))
+            } else {
+                None
+            };
+            branches
+                .into_iter()
+                .map(|refs| {
+                    refs.into_iter()
+                        .map(|(r, tip)| {
+                            let lag = fetched.clone().unwrap_or_else(|| repo.lag(&r, &tip));
+                            (r, lag)
+                        })
+                        .collect::<std::collections::HashMap<_, _>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ListSitesResponse {
             sites: sites
                 .into_iter()
-                .map(|s| self.site_proto(s, &clusters))
+                .zip(lags)
+                .map(|(s, lag)| Site {
+                    upstream: lag,
+                    ..self.site_proto(s, &clusters)
+                })
                 .collect(),
         }))
     }

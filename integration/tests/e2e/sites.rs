@@ -125,7 +125,9 @@ async fn a_semi_connected_site_is_rolled_out_through_its_mirror() {
     }
     let sites = world.ferry(&["sites"]).await.unwrap();
     assert!(
-        sites.contains("dmz") && sites.contains(&format!("main@{}", &a[..8])),
+        sites.contains("dmz")
+            && sites.contains(&format!("main@{}", &a[..8]))
+            && sites.contains("in step"),
         "{sites}"
     );
 
@@ -148,6 +150,11 @@ async fn a_semi_connected_site_is_rolled_out_through_its_mirror() {
         s.contains(&waiting).then_some(())
     })
     .await;
+    let sites = world.ferry(&["sites"]).await.unwrap();
+    assert!(
+        sites.contains(&format!("1 commit(s) behind (upstream at {})", &b[..8])),
+        "{sites}"
+    );
     // Forced past the refusal, a cluster waits for its mirror as its own
     // state, not as a failure, and keeps running what it has.
     let forced = world
