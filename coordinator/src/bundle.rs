@@ -37,8 +37,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}: not a Ferry bundle (no \"{MAGIC}\" header)")]
-    NotABundle(PathBuf),
+    #[error("{0}: not a Ferry bundle (no \"{1}\" header)")]
+    NotABundle(PathBuf, &'static str),
     #[error("{path}: the manifest is unreadable: {why}")]
     Manifest { path: PathBuf, why: String },
     #[error("{path}: signed by key {key}, which is not among the trusted keys ({trusted})")]
@@ -90,6 +90,10 @@ pub struct Manifest {
     /// the prerequisites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_bundle: Option<String>,
+    /// A rollout plan (YAML, as `ferry rollout start -f` reads) for the
+    /// site's own coordinator to run once the bundle is imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     pub payload_bytes: u64,
     pub payload_sha256: String,
     pub created_by: String,
@@ -187,18 +191,200 @@ impl SigningKey {
     }
 }
 
-/// The signed part of a bundle: the header line and the manifest.
-fn signed_text(manifest_json: &str) -> String {
-    format!("{MAGIC}\n{manifest_json}")
+/// The signed part of a file: its header line and its manifest.
+fn signed_text(magic: &str, manifest_json: &str) -> String {
+    format!("{magic}\n{manifest_json}")
 }
 
-/// A bundle's id: the first 12 hex digits of its signed text's sha256.
-fn id_of(manifest_json: &str) -> String {
+/// A file's id: the first 12 hex digits of its signed text's sha256.
+fn id_of(magic: &str, manifest_json: &str) -> String {
     let d = aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
-        signed_text(manifest_json).as_bytes(),
+        signed_text(magic, manifest_json).as_bytes(),
     );
     d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What every signed file's manifest says of its signer and payload.
+pub trait Signed: Serialize + serde::de::DeserializeOwned {
+    /// The header line.
+    const MAGIC: &'static str;
+    fn key(&self) -> &str;
+    /// (length, sha256 hex)
+    fn payload(&self) -> (u64, &str);
+}
+
+impl Signed for Manifest {
+    const MAGIC: &'static str = MAGIC;
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn payload(&self) -> (u64, &str) {
+        (self.payload_bytes, &self.payload_sha256)
+    }
+}
+
+/// What a site's status export carries, signed: a site coordinator's
+/// clusters and ledger (an encoded `SiteStatus` as the payload).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusManifest {
+    pub site: String,
+    pub exported_unix_ms: i64,
+    pub clusters: u64,
+    pub entries: u64,
+    pub payload_bytes: u64,
+    pub payload_sha256: String,
+    pub created_by: String,
+    pub key: String,
+}
+
+impl Signed for StatusManifest {
+    const MAGIC: &'static str = "ferry-status 1";
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn payload(&self) -> (u64, &str) {
+        (self.payload_bytes, &self.payload_sha256)
+    }
+}
+
+/// sha256 (hex) and length of a file.
+pub fn file_digest(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    digest(&mut f).map_err(io(path))
+}
+
+/// Writes `manifest`, its signature and the payload at `payload` to `out`
+/// (atomically: a temporary file beside it, renamed). Returns the id.
+pub fn write_signed<M: Signed>(
+    out: &Path,
+    manifest: &M,
+    payload: &Path,
+    key: &SigningKey,
+) -> Result<String> {
+    let json = serde_json::to_string(manifest).expect("a manifest serializes");
+    let sig = key.pair.sign(signed_text(M::MAGIC, &json).as_bytes());
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(out))?;
+    {
+        use std::io::Write;
+        let w = tmp.as_file_mut();
+        write!(
+            w,
+            "{}\n{}\n",
+            signed_text(M::MAGIC, &json),
+            STANDARD.encode(sig.as_ref())
+        )
+        .map_err(io(out))?;
+        let mut p = std::fs::File::open(payload).map_err(io(payload))?;
+        std::io::copy(&mut p, w).map_err(io(out))?;
+        w.sync_all().map_err(io(out))?;
+    }
+    tmp.persist(out).map_err(|e| Error::Io {
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(id_of(M::MAGIC, &json))
+}
+
+/// A signed file that verified.
+#[derive(Debug)]
+pub struct Checked<M> {
+    pub manifest: M,
+    /// Its id (the sha256 of its signed text, shortened).
+    pub id: String,
+    /// Where the payload starts in the file.
+    pub payload_offset: u64,
+}
+
+/// Checks a signed file against trusted keys: header, signature, payload
+/// length and sha256.
+pub fn verify_signed<M: Signed>(path: &Path, trusted: &[PublicKey]) -> Result<Checked<M>> {
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    let mut r = std::io::BufReader::new(f);
+    let mut magic = String::new();
+    r.by_ref()
+        .take(64)
+        .read_line(&mut magic)
+        .map_err(io(path))?;
+    if magic.trim_end_matches('\n') != M::MAGIC {
+        return Err(Error::NotABundle(path.to_path_buf(), M::MAGIC));
+    }
+    let mut json = String::new();
+    r.by_ref()
+        .take(MAX_MANIFEST as u64)
+        .read_line(&mut json)
+        .map_err(io(path))?;
+    let mut sig = String::new();
+    r.by_ref().take(256).read_line(&mut sig).map_err(io(path))?;
+    let offset = (magic.len() + json.len() + sig.len()) as u64;
+    let json = json.trim_end_matches('\n').to_string();
+    let manifest: M = serde_json::from_str(&json).map_err(|e| Error::Manifest {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let Some(key) = trusted.iter().find(|k| k.fingerprint() == manifest.key()) else {
+        return Err(Error::Untrusted {
+            path: path.to_path_buf(),
+            key: manifest.key().to_string(),
+            trusted: trusted
+                .iter()
+                .map(PublicKey::fingerprint)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let sig = STANDARD
+        .decode(sig.trim_end_matches('\n'))
+        .map_err(|_| Error::BadSignature {
+            path: path.to_path_buf(),
+        })?;
+    UnparsedPublicKey::new(&ED25519, &key.bytes)
+        .verify(signed_text(M::MAGIC, &json).as_bytes(), &sig)
+        .map_err(|_| Error::BadSignature {
+            path: path.to_path_buf(),
+        })?;
+    let (sha, len) = digest(&mut r).map_err(io(path))?;
+    let (want_len, want_sha) = manifest.payload();
+    if len < want_len {
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            have: len,
+            want: want_len,
+        });
+    }
+    if len > want_len {
+        return Err(Error::TooLong {
+            path: path.to_path_buf(),
+            have: len,
+            want: want_len,
+        });
+    }
+    if sha != want_sha {
+        return Err(Error::Tampered {
+            path: path.to_path_buf(),
+            have: sha,
+            want: want_sha.to_string(),
+        });
+    }
+    Ok(Checked {
+        id: id_of(M::MAGIC, &json),
+        manifest,
+        payload_offset: offset,
+    })
+}
+
+/// The payload of a verified file.
+pub fn read_payload<M>(path: &Path, v: &Checked<M>, max: u64) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(v.payload_offset)).map_err(io(path))?;
+    let mut out = vec![];
+    f.take(max).read_to_end(&mut out).map_err(io(path))?;
+    Ok(out)
 }
 
 /// sha256 (hex) and length of a stream.
@@ -281,143 +467,44 @@ pub fn write(
     out: &Path,
     payload: &Path,
     since_bundle: Option<String>,
+    plan: Option<String>,
     created_by: &str,
     key: &SigningKey,
 ) -> Result<(Manifest, String)> {
     let (refs, prerequisites) = git_header(payload)?;
-    let mut f = std::fs::File::open(payload).map_err(io(payload))?;
-    let (sha, len) = digest(&mut f).map_err(io(payload))?;
+    let (sha, len) = file_digest(payload)?;
     let manifest = Manifest {
         refs,
         prerequisites,
         since_bundle,
+        plan,
         payload_bytes: len,
         payload_sha256: sha,
         created_by: created_by.to_string(),
         created_unix_ms: ferry_proto::now_unix_ms(),
         key: key.fingerprint(),
     };
-    let json = serde_json::to_string(&manifest).expect("a manifest serializes");
-    let sig = key.pair.sign(signed_text(&json).as_bytes());
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(out))?;
-    {
-        use std::io::Write;
-        let w = tmp.as_file_mut();
-        write!(
-            w,
-            "{}\n{}\n",
-            signed_text(&json),
-            STANDARD.encode(sig.as_ref())
-        )
-        .map_err(io(out))?;
-        let mut p = std::fs::File::open(payload).map_err(io(payload))?;
-        std::io::copy(&mut p, w).map_err(io(out))?;
-        w.sync_all().map_err(io(out))?;
-    }
-    tmp.persist(out).map_err(|e| Error::Io {
-        path: out.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok((manifest, id_of(&json)))
+    let id = write_signed(out, &manifest, payload, key)?;
+    Ok((manifest, id))
 }
 
 /// A bundle that verified.
-#[derive(Debug)]
-pub struct Verified {
-    pub manifest: Manifest,
-    /// Its id (the sha256 of its signed text, shortened).
-    pub id: String,
-    /// Where the Git bundle starts in the file.
-    pub payload_offset: u64,
-}
+pub type Verified = Checked<Manifest>;
 
-/// Checks a bundle against trusted keys: header, signature, payload length
-/// and sha256, and that the Git bundle declares what the manifest says.
+/// Checks a bundle against trusted keys (as [`verify_signed`]), and that
+/// the Git bundle declares what the manifest says.
 pub fn verify(path: &Path, trusted: &[PublicKey]) -> Result<Verified> {
-    let f = std::fs::File::open(path).map_err(io(path))?;
-    let mut r = std::io::BufReader::new(f);
-    let mut magic = String::new();
-    r.by_ref()
-        .take(64)
-        .read_line(&mut magic)
-        .map_err(io(path))?;
-    if magic.trim_end_matches('\n') != MAGIC {
-        return Err(Error::NotABundle(path.to_path_buf()));
-    }
-    let mut json = String::new();
-    r.by_ref()
-        .take(MAX_MANIFEST as u64)
-        .read_line(&mut json)
-        .map_err(io(path))?;
-    let mut sig = String::new();
-    r.by_ref().take(256).read_line(&mut sig).map_err(io(path))?;
-    let offset = (magic.len() + json.len() + sig.len()) as u64;
-    let json = json.trim_end_matches('\n').to_string();
-    let manifest: Manifest = serde_json::from_str(&json).map_err(|e| Error::Manifest {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    let Some(key) = trusted.iter().find(|k| k.fingerprint() == manifest.key) else {
-        return Err(Error::Untrusted {
-            path: path.to_path_buf(),
-            key: manifest.key,
-            trusted: trusted
-                .iter()
-                .map(PublicKey::fingerprint)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    };
-    let sig = STANDARD
-        .decode(sig.trim_end_matches('\n'))
-        .map_err(|_| Error::BadSignature {
-            path: path.to_path_buf(),
-        })?;
-    UnparsedPublicKey::new(&ED25519, &key.bytes)
-        .verify(signed_text(&json).as_bytes(), &sig)
-        .map_err(|_| Error::BadSignature {
-            path: path.to_path_buf(),
-        })?;
-    let (sha, len) = digest(&mut r).map_err(io(path))?;
-    if len < manifest.payload_bytes {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            have: len,
-            want: manifest.payload_bytes,
-        });
-    }
-    if len > manifest.payload_bytes {
-        return Err(Error::TooLong {
-            path: path.to_path_buf(),
-            have: len,
-            want: manifest.payload_bytes,
-        });
-    }
-    if sha != manifest.payload_sha256 {
-        return Err(Error::Tampered {
-            path: path.to_path_buf(),
-            have: sha,
-            want: manifest.payload_sha256,
-        });
-    }
+    let v = verify_signed::<Manifest>(path, trusted)?;
     let mut f = std::fs::File::open(path).map_err(io(path))?;
-    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(io(path))?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(v.payload_offset)).map_err(io(path))?;
     let (refs, prereqs) = parse_git_header(&mut std::io::BufReader::new(f), path)?;
-    if refs != manifest.refs || prereqs != manifest.prerequisites {
+    if refs != v.manifest.refs || prereqs != v.manifest.prerequisites {
         return Err(Error::Mismatch {
             path: path.to_path_buf(),
             why: "its refs or prerequisites differ".into(),
         });
     }
-    Ok(Verified {
-        id: id_of(&json),
-        manifest,
-        payload_offset: offset,
-    })
+    Ok(v)
 }
 
 /// Copies the Git bundle out of a verified bundle file, for git to read.
@@ -463,7 +550,7 @@ mod tests {
         let (key, public) = keys(dir.path(), "k");
         let (_, other) = keys(dir.path(), "other");
         let out = dir.path().join("b.ferry");
-        let (m, id) = write(&out, &payload(dir.path()), None, "me@here", &key).unwrap();
+        let (m, id) = write(&out, &payload(dir.path()), None, None, "me@here", &key).unwrap();
         assert_eq!(m.prerequisites, ["a".repeat(40)]);
         assert_eq!(m.refs["refs/heads/main"], "b".repeat(40));
         let v = verify(&out, std::slice::from_ref(&public)).unwrap();

@@ -286,6 +286,19 @@ pub trait Store: Send + Sync + 'static {
     /// The sites whose mirror holds `commit`.
     async fn sites_holding(&self, commit: &Commit) -> Result<Vec<String>>;
 
+    /// Keeps what a site's own coordinator exported (encoded), unless an
+    /// export at least as new is kept already (then `Ok(false)`).
+    async fn import_site_status(
+        &self,
+        site: &str,
+        exported_ms: i64,
+        encoded: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    /// Every site's last imported status: (site, imported_ms, encoded).
+    async fn site_statuses(&self) -> Result<Vec<(String, i64, Vec<u8>)>>;
+
     /// The fleet counted: clusters by their last phase and health, rollouts
     /// by phase (for metrics; cheap at any fleet size).
     async fn summary(&self) -> Result<Summary>;

@@ -42,6 +42,11 @@ pub enum BundleCommand {
         /// Who made it (recorded in the manifest; default user@host).
         #[arg(long)]
         creator: Option<String>,
+        /// A rollout plan (YAML, as `rollout start -f` reads) for the
+        /// site's own coordinator, signed with the commits
+        /// (`bundle import --apply` starts it there).
+        #[arg(long)]
+        plan: Option<PathBuf>,
         /// The bundle file to write.
         #[arg(long = "out")]
         out: PathBuf,
@@ -67,8 +72,39 @@ pub enum BundleCommand {
         /// site's (a token with the `mirror` role is enough).
         #[arg(long)]
         site: Option<String>,
+        /// Start the rollout plan the bundle carries on the coordinator
+        /// (the site's own `ferry serve`; an operator token).
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Write the coordinator's clusters and ledger to one signed file (run
+    /// against a disconnected site's own coordinator), to carry back.
+    StatusExport {
+        /// The site's name, as the central coordinator knows it.
+        #[arg(long)]
+        site: String,
+        /// The signing key.
+        #[arg(long)]
+        key: PathBuf,
+        /// The file to write.
+        #[arg(long = "out")]
+        out: PathBuf,
+    },
+    /// Verify a site's status file and hand it to the coordinator (the
+    /// central one): `ferry clusters` then shows the site's clusters, with
+    /// their age.
+    StatusImport {
+        file: PathBuf,
+        /// A trusted public key (repeat).
+        #[arg(long = "trust", required = true)]
+        trust: Vec<PathBuf>,
     },
 }
+
+/// The most ledger entries a status export carries.
+const EXPORT_HISTORY: u32 = 1000;
+/// The largest status payload (one import is one gRPC message).
+const MAX_STATUS_BYTES: u64 = 3 << 20;
 
 fn trusted(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
     paths
@@ -99,6 +135,7 @@ fn full_ref(repo: &Path, r: &str) -> Result<String> {
     bail!("ref {r:?} is not a branch or tag of the repository")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn create(
     repo: &str,
     wanted: &[String],
@@ -106,9 +143,20 @@ fn create(
     since_bundle: Option<&Path>,
     key: &Path,
     by: Option<String>,
+    plan: Option<&Path>,
     out: &Path,
 ) -> Result<String> {
     let key = SigningKey::read(key)?;
+    // A plan is checked now, not when it reaches the site.
+    let plan = match plan {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            super::rollout::parse_plan(&text, &p.display().to_string())?;
+            Some(text)
+        }
+        None => None,
+    };
     // A local repository is read in place; anything else is fetched first.
     let scratch = tempfile::tempdir()?;
     let local = Path::new(repo);
@@ -168,7 +216,14 @@ fn create(
         }
         return Err(e.context("git bundle create"));
     }
-    let (m, id) = bundle::write(out, &payload, after, &by.unwrap_or_else(creator), &key)?;
+    let (m, id) = bundle::write(
+        out,
+        &payload,
+        after,
+        plan,
+        &by.unwrap_or_else(creator),
+        &key,
+    )?;
     let mut said = format!(
         "wrote bundle {id} to {} ({} bytes, signed by {})\n",
         out.display(),
@@ -185,6 +240,9 @@ fn create(
             m.prerequisites.len()
         );
     }
+    if m.plan.is_some() {
+        let _ = writeln!(said, "  carries a rollout plan for the site's coordinator");
+    }
     Ok(said)
 }
 
@@ -199,6 +257,9 @@ fn describe(v: &bundle::Verified) -> String {
     }
     if let Some(s) = &m.since_bundle {
         let _ = writeln!(out, "  follows bundle {s}");
+    }
+    if m.plan.is_some() {
+        let _ = writeln!(out, "  carries a rollout plan for the site's coordinator");
     }
     if !m.prerequisites.is_empty() {
         let _ = writeln!(
@@ -334,8 +395,92 @@ fn import(
     Ok((out, after))
 }
 
+async fn status_export(args: &Args, site: &str, key: &Path, out: &Path) -> Result<String> {
+    let key = SigningKey::read(key)?;
+    let mut client = super::admin(args).await?;
+    let clusters = super::dial::all_clusters(&mut client, 500).await?;
+    let history = client
+        .history(ferry_proto::v1::HistoryRequest {
+            cluster: String::new(),
+            limit: EXPORT_HISTORY,
+        })
+        .await
+        .map_err(super::status)?
+        .into_inner()
+        .entries;
+    let exported = ferry_proto::now_unix_ms();
+    let status = ferry_proto::v1::SiteStatus {
+        site: site.to_string(),
+        exported_unix_ms: exported,
+        clusters,
+        history,
+        how: String::new(),
+    };
+    let bytes = prost::Message::encode_to_vec(&status);
+    if bytes.len() as u64 > MAX_STATUS_BYTES {
+        bail!(
+            "the status of {} clusters is {} bytes, over the {MAX_STATUS_BYTES} one import takes",
+            status.clusters.len(),
+            bytes.len()
+        );
+    }
+    let scratch = tempfile::tempdir()?;
+    let payload = scratch.path().join("status.pb");
+    std::fs::write(&payload, &bytes)?;
+    let (sha, len) = bundle::file_digest(&payload)?;
+    let manifest = bundle::StatusManifest {
+        site: site.to_string(),
+        exported_unix_ms: exported,
+        clusters: status.clusters.len() as u64,
+        entries: status.history.len() as u64,
+        payload_bytes: len,
+        payload_sha256: sha,
+        created_by: creator(),
+        key: key.fingerprint(),
+    };
+    let id = bundle::write_signed(out, &manifest, &payload, &key)?;
+    Ok(format!(
+        "wrote status {id} of site {site} to {}: {} cluster(s), {} ledger entries, signed by {}\n",
+        out.display(),
+        manifest.clusters,
+        manifest.entries,
+        manifest.key
+    ))
+}
+
+async fn status_import(args: &Args, file: &Path, keys: &[PublicKey]) -> Result<String> {
+    let v = bundle::verify_signed::<bundle::StatusManifest>(file, keys)?;
+    let bytes = bundle::read_payload(file, &v, MAX_STATUS_BYTES)?;
+    let mut status: ferry_proto::v1::SiteStatus = prost::Message::decode(bytes.as_slice())
+        .with_context(|| format!("{}: the status inside does not decode", file.display()))?;
+    if status.site != v.manifest.site || status.exported_unix_ms != v.manifest.exported_unix_ms {
+        bail!(
+            "{}: the status inside does not match its manifest",
+            file.display()
+        );
+    }
+    status.how = format!("status export {}", v.id);
+    let mut client = super::admin(args).await?;
+    let site = client
+        .import_site_status(status)
+        .await
+        .map_err(super::status)?
+        .into_inner();
+    Ok(format!(
+        "site {}: {} cluster(s) and {} ledger entries as of {}\n",
+        site.name,
+        v.manifest.clusters,
+        v.manifest.entries,
+        super::output::ago(v.manifest.exported_unix_ms)
+    ))
+}
+
 pub async fn execute(args: &Args, cmd: &BundleCommand) -> Result<String> {
     match cmd {
+        BundleCommand::StatusExport { site, key, out } => status_export(args, site, key, out).await,
+        BundleCommand::StatusImport { file, trust } => {
+            status_import(args, file, &trusted(trust)?).await
+        }
         BundleCommand::Keygen { out } => {
             if out.exists() {
                 bail!("{} exists: not overwriting a key", out.display());
@@ -370,6 +515,7 @@ pub async fn execute(args: &Args, cmd: &BundleCommand) -> Result<String> {
             since_bundle,
             key,
             creator,
+            plan,
             out,
         } => create(
             repo,
@@ -378,6 +524,7 @@ pub async fn execute(args: &Args, cmd: &BundleCommand) -> Result<String> {
             since_bundle.as_deref(),
             key,
             creator.clone(),
+            plan.as_deref(),
             out,
         ),
         BundleCommand::Verify { file, trust } => {
@@ -389,8 +536,11 @@ pub async fn execute(args: &Args, cmd: &BundleCommand) -> Result<String> {
             into,
             trust,
             site,
+            apply,
         } => {
-            let (mut out, after) = import(file, into, &trusted(trust)?)?;
+            let keys = trusted(trust)?;
+            let (mut out, after) = import(file, into, &keys)?;
+            let plan = bundle::verify(file, &keys)?.manifest.plan;
             if let Some(site) = site {
                 let held = commits(into)?;
                 let how = format!(
@@ -398,6 +548,31 @@ pub async fn execute(args: &Args, cmd: &BundleCommand) -> Result<String> {
                     file.file_name().unwrap_or_default().to_string_lossy()
                 );
                 out.push_str(&report(args, site, after, held, how).await?);
+            }
+            match (plan, apply) {
+                (Some(text), true) => {
+                    let plan = super::rollout::parse_plan(&text, "the bundle's plan")?;
+                    let mut client = super::admin(args).await?;
+                    let r = client
+                        .start_rollout(ferry_proto::v1::StartRolloutRequest {
+                            plan: Some(plan),
+                            dry_run: false,
+                        })
+                        .await
+                        .map_err(super::status)?
+                        .into_inner();
+                    let _ = writeln!(
+                        out,
+                        "started rollout {} of {} from the bundle's plan",
+                        r.id,
+                        short(&r.commit)
+                    );
+                }
+                (Some(_), false) => out.push_str(
+                    "  the bundle carries a rollout plan: --apply starts it on this site's coordinator\n",
+                ),
+                (None, true) => out.push_str("  the bundle carries no plan: nothing to apply\n"),
+                (None, false) => {}
             }
             Ok(out)
         }

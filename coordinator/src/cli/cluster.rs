@@ -34,7 +34,27 @@ pub enum ClusterCommand {
 
 /// `ferry clusters`, every page of it.
 pub async fn list(client: &mut Admin, page_size: u32, json: bool) -> Result<String> {
-    let list = super::dial::all_clusters(client, page_size).await?;
+    let mut list = super::dial::all_clusters(client, page_size).await?;
+    // Clusters of disconnected sites, as their coordinator last exported
+    // them: named SITE/CLUSTER, never connected here, with their age.
+    let sites = client
+        .list_sites(ferry_proto::v1::ListSitesRequest { lag: false })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .sites;
+    for site in sites {
+        let Some(st) = site.status else { continue };
+        let age = super::output::ago(st.exported_unix_ms);
+        for mut c in st.clusters {
+            c.name = format!("{}/{}", site.name, c.name);
+            c.connected = false;
+            if let Some(s) = &mut c.status {
+                s.message = format!("as of {age} (site {}): {}", site.name, s.message);
+            }
+            list.push(c);
+        }
+    }
     listing(json, &list, cluster_json, clusters_table)
 }
 

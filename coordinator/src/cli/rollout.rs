@@ -258,8 +258,14 @@ struct PlanFile {
 pub fn read_plan(path: &PathBuf) -> Result<RolloutPlan> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_plan(&text, &path.display().to_string())
+}
+
+/// A YAML plan's text (`label` names it in errors).
+pub fn parse_plan(text: &str, label: &str) -> Result<RolloutPlan> {
+    let path = std::path::Path::new(label);
     let f: PlanFile =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut waves = vec![];
     for (i, w) in f.waves.iter().enumerate() {
         let picked = [

@@ -40,6 +40,8 @@ fn site_json(s: &Site) -> Value {
         "reportedUnixMs": s.reported_unix_ms,
         "reportedBy": s.reported_by,
         "upstream": s.upstream,
+        "statusExportedUnixMs": s.status.as_ref().map(|st| st.exported_unix_ms),
+        "statusClusters": s.status.as_ref().map(|st| st.clusters.len()),
     })
 }
 
@@ -116,6 +118,27 @@ fn details(s: &Site) -> String {
         }
     );
     let _ = writeln!(out, "Commits:   {}", s.commits);
+    if let Some(st) = &s.status {
+        let _ = writeln!(
+            out,
+            "Status:    {} cluster(s) as of {} ({}), imported {}",
+            st.clusters.len(),
+            ago(st.exported_unix_ms),
+            clean(&st.how),
+            ago(s.status_imported_unix_ms)
+        );
+        for e in st.history.iter().take(5) {
+            let _ = writeln!(
+                out,
+                "  {}  {}  {} -> {}  {}",
+                ago(e.at_unix_ms),
+                clean(&e.cluster),
+                short(&e.from_commit),
+                short(&e.to_commit),
+                clean(&e.reason)
+            );
+        }
+    }
     if !s.refs.is_empty() {
         let _ = writeln!(out, "Refs:");
         let mut refs: Vec<_> = s.refs.iter().collect();
@@ -136,7 +159,7 @@ fn details(s: &Site) -> String {
 
 pub async fn list(client: &mut Admin, json: bool) -> Result<String> {
     let sites = client
-        .list_sites(ListSitesRequest {})
+        .list_sites(ListSitesRequest { lag: true })
         .await
         .map_err(status)?
         .into_inner()
@@ -186,7 +209,7 @@ pub async fn execute(client: &mut Admin, cmd: SiteCommand, json: bool) -> Result
         }
         SiteCommand::Show { name } => {
             let s = client
-                .list_sites(ListSitesRequest {})
+                .list_sites(ListSitesRequest { lag: true })
                 .await
                 .map_err(status)?
                 .into_inner()

@@ -21,7 +21,7 @@ use ferry_proto::v1::{
 };
 use ferry_proto::v1::{
     AddSiteRequest, ListSitesRequest, ListSitesResponse, RemoveSiteRequest, ReportMirrorRequest,
-    Site,
+    Site, SiteStatus,
 };
 use ferry_proto::{now_unix_ms, validate_cluster_name};
 use std::collections::BTreeMap;
@@ -90,6 +90,9 @@ impl AdminService {
 
 /// The most commits one mirror report may name.
 const MAX_MIRROR_COMMITS: usize = 100_000;
+/// What one site status import may carry.
+const MAX_SITE_CLUSTERS: usize = 10_000;
+const MAX_SITE_HISTORY: usize = 1_000;
 
 impl AdminService {
     /// Refuses a pin of `commit` for clusters whose site's mirror lacks it.
@@ -154,7 +157,79 @@ impl AdminService {
             reported_by: s.reported_by,
             clusters: selected,
             upstream: Default::default(),
+            status: None,
+            status_imported_unix_ms: 0,
         }
+    }
+
+    /// Every site as the CLI shows it: clusters, how far its mirror lags,
+    /// its last imported status.
+    async fn sites_view(&self, lag: bool) -> Result<Vec<Site>, Status> {
+        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let sites = self.hub.store.sites().await.map_err(store_status)?;
+        // How far each mirror's branches lag the repository: one fetch,
+        // then the coordinator's own copy of the history.
+        let branches: Vec<Vec<(String, String)>> = sites
+            .iter()
+            .map(|s| {
+                s.refs
+                    .iter()
+                    .filter(|(r, _)| r.starts_with("refs/heads/"))
+                    .map(|(r, c)| (r.clone(), c.clone()))
+                    .collect()
+            })
+            .collect();
+        let repo = self.repo.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            if !lag {
+                return vec![Default::default(); branches.len()];
+            }
+            let fetched = if branches.iter().any(|b| !b.is_empty()) {
+                repo.refresh()
+                    .err()
+                    .map(|e| format!("upstream unknown: {e}"))
+            } else {
+                None
+            };
+            branches
+                .into_iter()
+                .map(|refs| {
+                    refs.into_iter()
+                        .map(|(r, tip)| {
+                            let lag = fetched.clone().unwrap_or_else(|| repo.lag(&r, &tip));
+                            (r, lag)
+                        })
+                        .collect::<std::collections::HashMap<_, _>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let mut statuses: std::collections::HashMap<String, (i64, SiteStatus)> = self
+            .hub
+            .store
+            .site_statuses()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .filter_map(|(site, at, bytes)| {
+                let s = <SiteStatus as prost::Message>::decode(bytes.as_slice()).ok()?;
+                Some((site, (at, s)))
+            })
+            .collect();
+        Ok(sites
+            .into_iter()
+            .zip(lags)
+            .map(|(s, lag)| {
+                let status = statuses.remove(&s.name);
+                Site {
+                    upstream: lag,
+                    status_imported_unix_ms: status.as_ref().map_or(0, |s| s.0),
+                    status: status.map(|s| s.1),
+                    ..self.site_proto(s, &clusters)
+                }
+            })
+            .collect())
     }
 
     /// Reloads the hub's sites and sends new assignments to `clusters`.
@@ -242,53 +317,80 @@ impl Admin for AdminService {
         req: Request<ListSitesRequest>,
     ) -> Result<Response<ListSitesResponse>, Status> {
         self.require(&req, Role::Viewer, "listing sites").await?;
-        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
-        let sites = self.hub.store.sites().await.map_err(store_status)?;
-        // How far each mirror's branches lag the repository: one fetch,
-        // then the coordinator's own copy of the history.
-        let branches: Vec<Vec<(String, String)>> = sites
-            .iter()
-            .map(|s| {
-                s.refs
-                    .iter()
-                    .filter(|(r, _)| r.starts_with("refs/heads/"))
-                    .map(|(r, c)| (r.clone(), c.clone()))
-                    .collect()
-            })
-            .collect();
-        let repo = self.repo.clone();
-        let lags = tokio::task::spawn_blocking(move || {
-            let fetched = if branches.iter().any(|b| !b.is_empty()) {
-                repo.refresh()
-                    .err()
-                    .map(|e| format!("upstream unknown: {e}"))
-            } else {
-                None
-            };
-            branches
-                .into_iter()
-                .map(|refs| {
-                    refs.into_iter()
-                        .map(|(r, tip)| {
-                            let lag = fetched.clone().unwrap_or_else(|| repo.lag(&r, &tip));
-                            (r, lag)
-                        })
-                        .collect::<std::collections::HashMap<_, _>>()
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        let lag = req.get_ref().lag;
         Ok(Response::new(ListSitesResponse {
-            sites: sites
-                .into_iter()
-                .zip(lags)
-                .map(|(s, lag)| Site {
-                    upstream: lag,
-                    ..self.site_proto(s, &clusters)
-                })
-                .collect(),
+            sites: self.sites_view(lag).await?,
         }))
+    }
+
+    async fn import_site_status(&self, req: Request<SiteStatus>) -> Result<Response<Site>, Status> {
+        let caller = self
+            .require(&req, Role::Mirror, "importing a site's status")
+            .await?;
+        let mut r = req.into_inner();
+        if r.clusters.len() > MAX_SITE_CLUSTERS || r.history.len() > MAX_SITE_HISTORY {
+            return Err(Status::invalid_argument(format!(
+                "site {}: at most {MAX_SITE_CLUSTERS} clusters and {MAX_SITE_HISTORY} ledger entries",
+                r.site
+            )));
+        }
+        // Kept small and plain: names checked, problems dropped, messages cut.
+        let cut = |s: &mut String| {
+            if s.len() > 1024 {
+                let end = (0..=1024)
+                    .rev()
+                    .find(|i| s.is_char_boundary(*i))
+                    .unwrap_or(0);
+                s.truncate(end);
+            }
+        };
+        for c in &mut r.clusters {
+            validate_cluster_name(&c.name)
+                .map_err(|e| Status::invalid_argument(format!("site {}: {e}", r.site)))?;
+            if let Some(st) = &mut c.status {
+                st.problems.clear();
+                cut(&mut st.message);
+            }
+            cut(&mut c.path_error);
+        }
+        for e in &mut r.history {
+            cut(&mut e.reason);
+        }
+        r.how = format!(
+            "{} by {}",
+            r.how
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>(),
+            caller.name
+        );
+        let exported = r.exported_unix_ms;
+        let kept = self
+            .hub
+            .store
+            .import_site_status(
+                &r.site,
+                exported,
+                prost::Message::encode_to_vec(&r),
+                now_unix_ms(),
+            )
+            .await
+            .map_err(store_status)?;
+        if !kept {
+            return Err(Status::failed_precondition(format!(
+                "site {}: an export at least as new is imported already; nothing changed",
+                r.site
+            )));
+        }
+        tracing::info!(site = %r.site, clusters = r.clusters.len(), how = %r.how, "site status imported");
+        let name = r.site.clone();
+        self.sites_view(false)
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("unknown site {name:?}")))
     }
 
     async fn report_mirror(

@@ -178,6 +178,12 @@ CREATE TABLE mirror_commits (
     commit_sha TEXT NOT NULL,
     PRIMARY KEY (commit_sha, site)
 ) WITHOUT ROWID;
+CREATE TABLE site_status (
+    site TEXT PRIMARY KEY,
+    exported_ms INTEGER NOT NULL,
+    imported_ms INTEGER NOT NULL,
+    encoded BLOB NOT NULL
+);
 "#,
 ];
 
@@ -1211,6 +1217,9 @@ impl Store for Sqlite {
         self.call(move |conn| {
             let site = site_named(conn, &name)?.ok_or_else(|| Error::UnknownSite(name.clone()))?;
             conn.execute("DELETE FROM mirror_commits WHERE site = ?1", params![name])
+                .and_then(|_| {
+                    conn.execute("DELETE FROM site_status WHERE site = ?1", params![name])
+                })
                 .and_then(|_| conn.execute("DELETE FROM sites WHERE name = ?1", params![name]))
                 .map_err(db("remove a site"))?;
             Ok(site)
@@ -1268,6 +1277,45 @@ impl Store for Sqlite {
             conn.prepare_cached("SELECT site FROM mirror_commits WHERE commit_sha = ?1")
                 .and_then(|mut st| st.query_map(params![commit], |r| r.get(0))?.collect())
                 .map_err(db("read mirrors"))
+        })
+        .await
+    }
+
+    async fn import_site_status(
+        &self,
+        site: &str,
+        exported_ms: i64,
+        encoded: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let site = site.to_string();
+        self.call(move |conn| {
+            if site_named(conn, &site)?.is_none() {
+                return Err(Error::UnknownSite(site));
+            }
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO site_status (site, exported_ms, imported_ms, encoded) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(site) DO UPDATE SET exported_ms = ?2, imported_ms = ?3, encoded = ?4
+                     WHERE site_status.exported_ms < ?2",
+                )
+                .and_then(|mut st| st.execute(params![site, exported_ms, now_ms, encoded]))
+                .map_err(db("import a site's status"))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn site_statuses(&self) -> Result<Vec<(String, i64, Vec<u8>)>> {
+        self.call(|conn| {
+            conn.prepare_cached(
+                "SELECT s.site, s.imported_ms, s.encoded FROM site_status s JOIN sites t ON t.name = s.site ORDER BY s.site",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(db("read sites' status"))
         })
         .await
     }

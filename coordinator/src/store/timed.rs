@@ -81,4 +81,12 @@ timed! {
         now_ms: i64
     ) -> Result<SiteRecord>;
     fn sites_holding(&self, commit: &Commit) -> Result<Vec<String>>;
+    fn import_site_status(
+        &self,
+        site: &str,
+        exported_ms: i64,
+        encoded: Vec<u8>,
+        now_ms: i64
+    ) -> Result<bool>;
+    fn site_statuses(&self) -> Result<Vec<(String, i64, Vec<u8>)>>;
 }

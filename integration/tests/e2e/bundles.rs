@@ -418,3 +418,144 @@ async fn a_disconnected_site_fed_by_bundles_is_rolled_out() {
         "{shown}"
     );
 }
+
+/// A site with no link at all: its own coordinator, fed a bundle carrying
+/// commits and a rollout plan; its clusters' status and ledger carried
+/// back in a signed file show up centrally, with their age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fully_disconnected_site_runs_a_carried_plan_and_reports_back() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let central = World::start(&dir.path().join("central"), WorldConfig::default())
+        .await
+        .unwrap();
+    // Aboard: a coordinator of its own, whose repository is the mirror.
+    let mut aboard = World::start(&dir.path().join("aboard"), WorldConfig::default())
+        .await
+        .unwrap();
+    aboard.add_cluster("s1", &[("ring", "ship")]).await.unwrap();
+    aboard.wait_connected(&["s1"]).await;
+
+    let key = dir.path().join("release.key");
+    ferry(&["bundle", "keygen", "--out", &s(&key)])
+        .await
+        .unwrap();
+    let trust = format!("{}.pub", s(&key));
+    let a = central
+        .git
+        .commit(
+            "A",
+            &[("clusters/s1/app.yaml", Some(app("s1", "1.0").as_str()))],
+        )
+        .unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, "ref: main\nwaves:\n  - selector: ring=ship\n").unwrap();
+    let b1 = dir.path().join("b1.ferry");
+    let made = ferry(&[
+        "bundle",
+        "create",
+        "--repo",
+        &s(&central.git.bare),
+        "--ref",
+        "main",
+        "--plan",
+        &s(&plan),
+        "--key",
+        &s(&key),
+        "--out",
+        &s(&b1),
+    ])
+    .await
+    .unwrap();
+    assert!(made.contains("carries a rollout plan"), "{made}");
+    let applied = aboard
+        .ferry(&[
+            "bundle",
+            "import",
+            &s(&b1),
+            "--into",
+            &s(&aboard.git.bare),
+            "--trust",
+            &trust,
+            "--apply",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        applied.contains(&format!("started rollout r1 of {}", &a[..8])),
+        "{applied}"
+    );
+    aboard.wait_healthy_at("s1", &a).await;
+
+    // Back ashore: the site's status, signed.
+    let st = dir.path().join("ship-status.ferry");
+    let exported = aboard
+        .ferry(&[
+            "bundle",
+            "status-export",
+            "--site",
+            "ship",
+            "--key",
+            &s(&key),
+            "--out",
+            &s(&st),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        exported.contains("1 cluster(s), 1 ledger entries"),
+        "{exported}"
+    );
+    central
+        .ferry(&[
+            "site",
+            "add",
+            "ship",
+            "--mirror",
+            "file:///ship/fleet.git",
+            "--selector",
+            "site=ship",
+        ])
+        .await
+        .unwrap();
+    let mut tampered = std::fs::read(&st).unwrap();
+    let last = tampered.len() - 3;
+    tampered[last] ^= 0x10;
+    let bad = dir.path().join("bad-status.ferry");
+    std::fs::write(&bad, tampered).unwrap();
+    let refused = central
+        .ferry(&["bundle", "status-import", &s(&bad), "--trust", &trust])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("sha256"), "{refused}");
+    let imported = central
+        .ferry(&["bundle", "status-import", &s(&st), "--trust", &trust])
+        .await
+        .unwrap();
+    assert!(
+        imported.contains("site ship: 1 cluster(s) and 1 ledger entries"),
+        "{imported}"
+    );
+    let again = central
+        .ferry(&["bundle", "status-import", &s(&st), "--trust", &trust])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("at least as new"), "{again}");
+    let clusters = central.ferry(&["clusters"]).await.unwrap();
+    let row = clusters
+        .lines()
+        .find(|l| l.starts_with("ship/s1"))
+        .unwrap_or_else(|| panic!("no ship/s1 in:\n{clusters}"));
+    // Last seen (by the site's coordinator) is the age of what is shown.
+    assert!(
+        row.contains(&a[..8]) && row.contains("Healthy") && row.contains(" ago"),
+        "{row}"
+    );
+    let shown = central.ferry(&["site", "show", "ship"]).await.unwrap();
+    assert!(
+        shown.contains("Status:    1 cluster(s) as of") && shown.contains("s1"),
+        "{shown}"
+    );
+}
