@@ -167,6 +167,10 @@ fn control_verb(c: RolloutControl) -> &'static str {
 pub struct Driver {
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
+    repo: Arc<Repo>,
+    /// How many commits a rollout's target is ahead of a mirror's tip:
+    /// (target, mirror tip) -> count, from the coordinator's own history.
+    behind: std::collections::HashMap<(Commit, String), Option<usize>>,
     active: BTreeMap<String, Rollout>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
@@ -180,6 +184,8 @@ impl Driver {
         let (tx, commands) = mpsc::channel(64);
         let store = hub.store.clone();
         let driver = Driver {
+            repo: repo.clone(),
+            behind: Default::default(),
             store: store.clone(),
             hub,
             active: BTreeMap::new(),
@@ -219,33 +225,53 @@ impl Driver {
     }
 
     /// What the sites' mirrors hold of a rollout's commit.
-    async fn mirrors(&self, spec: &Spec) -> Result<rollout::Mirrors> {
-        let sites = self.store.sites().await?;
-        if sites.is_empty() {
+    async fn mirrors(&mut self, spec: &Spec) -> Result<rollout::Mirrors> {
+        if !self.hub.has_sites() {
             return Ok(rollout::Mirrors::default());
         }
-        let holding = self.store.sites_holding(&spec.commit).await?;
-        let branch = format!("refs/heads/{}", spec.reference);
-        let at = sites
+        let sites = self.store.sites().await?;
+        let holding: std::collections::BTreeSet<String> = self
+            .store
+            .sites_holding(&spec.commit)
+            .await?
             .into_iter()
-            .map(|s| {
-                let tip = s
-                    .refs
-                    .get(&branch)
-                    .or_else(|| s.refs.get(&spec.reference))
-                    .map(|c| format!("mirror at {}", &c[..c.len().min(8)]));
-                let text = match (tip, s.reported_ms) {
-                    (_, 0) => "never reported".to_string(),
-                    (Some(t), _) => t,
-                    (None, _) => format!("mirror has no {}", spec.reference),
-                };
-                (s.name, text)
-            })
             .collect();
-        Ok(rollout::Mirrors {
-            holding: holding.into_iter().collect(),
-            at,
-        })
+        let branch = format!("refs/heads/{}", spec.reference);
+        let mut at = BTreeMap::new();
+        for s in sites {
+            let tip = s
+                .refs
+                .get(&branch)
+                .or_else(|| s.refs.get(&spec.reference))
+                .cloned();
+            let text = match (tip, s.reported_ms) {
+                (_, 0) => "never reported".to_string(),
+                (Some(t), _) => {
+                    let mut text = format!("mirror at {}", &t[..t.len().min(8)]);
+                    if !holding.contains(&s.name) {
+                        let key = (spec.commit.clone(), t.clone());
+                        if !self.behind.contains_key(&key) {
+                            let (repo, target) = (self.repo.clone(), spec.commit.clone());
+                            let n = tokio::task::spawn_blocking(move || repo.behind(&target, &t))
+                                .await
+                                .ok()
+                                .flatten();
+                            self.behind.insert(key.clone(), n);
+                        }
+                        if let Some(Some(n)) = self.behind.get(&key) {
+                            text.push_str(&format!(", {n} commit(s) behind"));
+                        }
+                    }
+                    text
+                }
+                (None, _) => format!("mirror has no {}", spec.reference),
+            };
+            at.insert(s.name, text);
+        }
+        if self.behind.len() > 10_000 {
+            self.behind.clear();
+        }
+        Ok(rollout::Mirrors { holding, at })
     }
 
     /// Persists a transition of `before` to `after` with its pins and

@@ -82,6 +82,15 @@ impl Hub {
         *self.sites.write().unwrap_or_else(|p| p.into_inner()) = parsed;
     }
 
+    /// Whether any site exists.
+    pub fn has_sites(&self) -> bool {
+        !self
+            .sites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// The site (and its mirror URL) whose selector picks these labels:
     /// the first by name (`site add` refuses overlapping sites).
     pub fn site_of(&self, labels: &BTreeMap<String, String>) -> SiteOf {

@@ -77,6 +77,17 @@ impl Repo {
         }
     }
 
+    /// How many commits `target` has that `mirror_tip` lacks, from the
+    /// cache (no fetch); `None` when unknown.
+    pub fn behind(&self, target: &Commit, mirror_tip: &str) -> Option<usize> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let tip = Commit::parse(mirror_tip).ok()?;
+        self.source
+            .commits_ahead(&self.url, target, &tip, 100_000)
+            .ok()
+            .flatten()
+    }
+
     /// Fetches every branch and tag (for [`Repo::lag`]).
     pub fn refresh(&self) -> Result<()> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());

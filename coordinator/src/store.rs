@@ -222,6 +222,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every cluster, by name.
     async fn clusters(&self) -> Result<Vec<ClusterRecord>>;
 
+    /// Every cluster's name and labels (cheap: no status), by name.
+    async fn cluster_labels(&self) -> Result<Vec<(String, BTreeMap<String, String>)>>;
+
     /// Up to `limit` clusters named after `after` (by name).
     async fn clusters_page(&self, after: &str, limit: u32) -> Result<Vec<ClusterRecord>>;
 

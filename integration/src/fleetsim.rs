@@ -106,7 +106,18 @@ where
     let token = admin
         .add_cluster(ferry_proto::v1::AddClusterRequest {
             name: name.to_string(),
-            labels: Default::default(),
+            // One of 100 sites (ferry-bench's rollout with sites).
+            labels: [(
+                "site".to_string(),
+                format!(
+                    "s{:02}",
+                    name.trim_start_matches(|c: char| !c.is_ascii_digit())
+                        .parse::<usize>()
+                        .unwrap_or(0)
+                        % 100
+                ),
+            )]
+            .into(),
             token_ttl_seconds: 3600,
         })
         .await

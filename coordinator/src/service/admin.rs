@@ -88,6 +88,9 @@ impl AdminService {
     }
 }
 
+/// A cluster's name and labels.
+type Labelled = (String, BTreeMap<String, String>);
+
 /// The most commits one mirror report may name.
 const MAX_MIRROR_COMMITS: usize = 100_000;
 /// What one site status import may carry.
@@ -95,12 +98,15 @@ const MAX_SITE_CLUSTERS: usize = 10_000;
 const MAX_SITE_HISTORY: usize = 1_000;
 
 impl AdminService {
-    /// Refuses a pin of `commit` for clusters whose site's mirror lacks it.
-    async fn refuse_mirror_lag(
+    /// The clusters (`NAME (site S)`) whose site's mirror lacks `commit`.
+    async fn mirror_lacks(
         &self,
         clusters: &[String],
         commit: &ferry_proto::Commit,
-    ) -> Result<(), Status> {
+    ) -> Result<Vec<String>, Status> {
+        if !self.hub.has_sites() {
+            return Ok(vec![]);
+        }
         let pinned = self
             .hub
             .store
@@ -126,24 +132,17 @@ impl AdminService {
                 lacking.push(format!("{} (site {site})", c.name));
             }
         }
-        if lacking.is_empty() {
-            return Ok(());
-        }
-        Err(Status::failed_precondition(format!(
-            "the mirror of {} does not hold {} yet: feed it (`ferry mirror sync`, a bundle) and pin again, or pin with --force (recorded in the ledger)",
-            lacking.join(", "),
-            commit.short()
-        )))
+        Ok(lacking)
     }
 
     /// A site as the CLI shows it, with the clusters it selects.
-    fn site_proto(&self, s: SiteRecord, clusters: &[ClusterRecord]) -> Site {
+    fn site_proto(&self, s: SiteRecord, clusters: &[Labelled]) -> Site {
         let selected = ferry_proto::LabelSelector::parse(&s.selector)
             .map(|sel| {
                 clusters
                     .iter()
-                    .filter(|c| sel.matches(&c.labels))
-                    .map(|c| c.name.clone())
+                    .filter(|c| sel.matches(&c.1))
+                    .map(|c| c.0.clone())
                     .collect()
             })
             .unwrap_or_default();
@@ -165,7 +164,12 @@ impl AdminService {
     /// Every site as the CLI shows it: clusters, how far its mirror lags,
     /// its last imported status.
     async fn sites_view(&self, lag: bool) -> Result<Vec<Site>, Status> {
-        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let clusters = self
+            .hub
+            .store
+            .cluster_labels()
+            .await
+            .map_err(store_status)?;
         let sites = self.hub.store.sites().await.map_err(store_status)?;
         // How far each mirror's branches lag the repository: one fetch,
         // then the coordinator's own copy of the history.
@@ -265,18 +269,23 @@ impl Admin for AdminService {
         }
         let sel = ferry_proto::LabelSelector::parse(&r.selector)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let clusters = self
+            .hub
+            .store
+            .cluster_labels()
+            .await
+            .map_err(store_status)?;
         let picked: Vec<String> = clusters
             .iter()
-            .filter(|c| sel.matches(&c.labels))
-            .map(|c| c.name.clone())
+            .filter(|c| sel.matches(&c.1))
+            .map(|c| c.0.clone())
             .collect();
         // A cluster is in one site at most.
-        for c in clusters.iter().filter(|c| sel.matches(&c.labels)) {
-            if let Some((other, _)) = self.hub.site_of(&c.labels) {
+        for c in clusters.iter().filter(|c| sel.matches(&c.1)) {
+            if let Some((other, _)) = self.hub.site_of(&c.1) {
                 return Err(Status::failed_precondition(format!(
                     "cluster {} would be in sites {other} and {}: a cluster reads from one mirror; narrow the selector",
-                    c.name, r.name
+                    c.0, r.name
                 )));
             }
         }
@@ -299,7 +308,12 @@ impl Admin for AdminService {
     async fn remove_site(&self, req: Request<RemoveSiteRequest>) -> Result<Response<Site>, Status> {
         let caller = self.require(&req, Role::Admin, "removing a site").await?;
         let name = req.into_inner().name;
-        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let clusters = self
+            .hub
+            .store
+            .cluster_labels()
+            .await
+            .map_err(store_status)?;
         let site = self
             .hub
             .store
@@ -443,7 +457,12 @@ impl Admin for AdminService {
         tracing::info!(site = %site.name, commits = site.commits, how = %how, "mirror reported");
         // Rollouts waiting for this mirror look again now.
         self.hub.status_changed.notify_waiters();
-        let clusters = self.hub.store.clusters().await.map_err(store_status)?;
+        let clusters = self
+            .hub
+            .store
+            .cluster_labels()
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(self.site_proto(site, &clusters)))
     }
 
@@ -520,8 +539,20 @@ impl Admin for AdminService {
                 .map_err(store_status)?;
         }
         let resolved = t.elapsed();
-        if !r.force {
-            self.refuse_mirror_lag(&r.clusters, &commit).await?;
+        let lacking = self.mirror_lacks(&r.clusters, &commit).await?;
+        let mut reason = r.reason;
+        if !lacking.is_empty() {
+            if !r.force {
+                return Err(Status::failed_precondition(format!(
+                    "the mirror of {} does not hold {} yet: feed it (`ferry mirror sync`, a bundle) and pin again, or pin with --force (recorded in the ledger)",
+                    lacking.join(", "),
+                    commit.short()
+                )));
+            }
+            reason = format!(
+                "{reason} [forced: the mirror of {} lacked it]",
+                lacking.join(", ")
+            );
         }
         // Whether a cluster inside an active rollout may be pinned is
         // decided in the pin's own transaction.
@@ -533,7 +564,7 @@ impl Admin for AdminService {
                     clusters: r.clusters,
                     commit: commit.clone(),
                     actor: actor.clone(),
-                    reason: r.reason,
+                    reason,
                     rollout: None,
                     force: r.force,
                     allow_mass_prune: r.allow_mass_prune,

@@ -1227,6 +1227,23 @@ impl Store for Sqlite {
         .await
     }
 
+    async fn cluster_labels(&self) -> Result<Vec<(String, BTreeMap<String, String>)>> {
+        self.call(|conn| {
+            conn.prepare_cached(
+                "SELECT name, labels FROM clusters WHERE revoked_ms IS NULL ORDER BY name",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    let labels: String = r.get(1)?;
+                    Ok((r.get(0)?, serde_json::from_str(&labels).unwrap_or_default()))
+                })?
+                .collect()
+            })
+            .map_err(db("read cluster labels"))
+        })
+        .await
+    }
+
     async fn sites(&self) -> Result<Vec<SiteRecord>> {
         self.call(|conn| {
             let mut st = conn

@@ -72,6 +72,7 @@ timed! {
     fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()>;
     fn remove_site(&self, name: &str) -> Result<SiteRecord>;
     fn sites(&self) -> Result<Vec<SiteRecord>>;
+    fn cluster_labels(&self) -> Result<Vec<(String, BTreeMap<String, String>)>>;
     fn report_mirror(
         &self,
         site: &str,

@@ -67,6 +67,8 @@ struct Args {
     skip_agent: bool,
     #[arg(long)]
     skip_git: bool,
+    #[arg(long)]
+    skip_airgap: bool,
     /// Objects for the agent figures.
     #[arg(long, default_value_t = 1000)]
     agent_objects: usize,
@@ -249,6 +251,145 @@ fn index(name: &str) -> Option<usize> {
     name.strip_prefix("sim-")?.parse().ok()
 }
 
+/// A three-wave rollout over the whole fleet, end to end: seconds, and
+/// each wave's fan-out (rows and JSON).
+async fn rollout(
+    c: &Coord,
+    fleet: &Fleet,
+    n: usize,
+    target: &str,
+) -> Result<(f64, Vec<(String, String)>, Vec<Value>)> {
+    eprintln!("three-wave rollout over {n} clusters…");
+    let target = target.to_string();
+    let wave = |name: &str, percent: u32| WavePlan {
+        name: name.into(),
+        select: Some(wave_plan::Select::Percent(percent)),
+        policy: None,
+    };
+    let t0 = ferry_proto::now_unix_ms();
+    let t = Instant::now();
+    let rollout = c
+        .admin
+        .clone()
+        .start_rollout(StartRolloutRequest {
+            dry_run: false,
+            plan: Some(RolloutPlan {
+                r#ref: target.clone(),
+                waves: vec![wave("canary", 1), wave("early", 10), wave("rest", 100)],
+                defaults: Some(WavePolicy {
+                    bake_seconds: Some(0),
+                    deadline_seconds: Some(600),
+                    ..WavePolicy::default()
+                }),
+                auto_rollback: true,
+            }),
+        })
+        .await?
+        .into_inner();
+    // Follow the rollout's events: when each wave started, when it ended.
+    let mut events = c
+        .admin
+        .clone()
+        .watch_events(WatchEventsRequest {
+            rollout: rollout.id.clone(),
+            after_id: 0,
+        })
+        .await?
+        .into_inner();
+    let mut wave_started: std::collections::HashMap<String, i64> = Default::default();
+    let ended = tokio::time::timeout(Duration::from_secs(900), async {
+        while let Some(e) = events.message().await? {
+            if !e.cluster.is_empty() {
+                continue;
+            }
+            if let Some(w) = e
+                .message
+                .strip_prefix("wave ")
+                .and_then(|m| m.strip_suffix(" started"))
+            {
+                wave_started.insert(w.to_string(), e.at_unix_ms);
+            }
+            if e.message.starts_with("every wave runs") {
+                return Ok::<_, anyhow::Error>(true);
+            }
+            let m = e.message.to_lowercase();
+            if m.contains("rolled back") || m.contains("aborted") || m.contains("failed") {
+                return Ok(false);
+            }
+        }
+        Ok(false)
+    })
+    .await
+    .context("the rollout did not end within 900 s")??;
+    let rollout_s = t.elapsed().as_secs_f64();
+    let done = c
+        .admin
+        .clone()
+        .get_rollout(GetRolloutRequest {
+            id: rollout.id.clone(),
+        })
+        .await?
+        .into_inner();
+    if !ended || done.phase != ferry_proto::v1::RolloutPhase::Succeeded as i32 {
+        bail!("the rollout ended {}: {}", done.phase, done.message);
+    }
+    let mut wave_rows = vec![];
+    let mut wave_json = vec![];
+    for w in &done.waves {
+        let start = wave_started.get(&w.name).copied().unwrap_or(t0);
+        let lat: Vec<f64> = w
+            .clusters
+            .iter()
+            .filter_map(|cl| index(&cl.name))
+            .map(|i| (fleet.tally.received_ms[i].load(Ordering::Relaxed) - start) as f64)
+            .collect();
+        let (cell, j) = spread(lat);
+        wave_rows.push((
+            format!(
+                "  wave {} ({} clusters): start to assignment p50/p99/max",
+                w.name,
+                w.clusters.len()
+            ),
+            cell,
+        ));
+        wave_json.push(json!({"wave": w.name, "clusters": w.clusters.len(), "fan_out": j}));
+    }
+    Ok((rollout_s, wave_rows, wave_json))
+}
+
+/// 100 sites, every cluster in one (`site=sNN` from enrollment), each
+/// mirror reported holding every commit; returns how long that took.
+async fn with_sites(c: &Coord, commits: &[String]) -> Result<f64> {
+    let t = Instant::now();
+    let mut admin = c.admin.clone();
+    for i in 0..SITES {
+        let site = format!("s{i:02}");
+        admin
+            .add_site(ferry_proto::v1::AddSiteRequest {
+                name: site.clone(),
+                mirror_url: format!("git://mirror-{site}.invalid/fleet.git"),
+                selector: format!("site={site}"),
+            })
+            .await?;
+        admin
+            .report_mirror(ferry_proto::v1::ReportMirrorRequest {
+                site,
+                refs: [(
+                    "refs/heads/main".to_string(),
+                    commits.last().expect("commits").clone(),
+                )]
+                .into(),
+                commits: commits.iter().rev().cloned().collect(),
+                how: "ferry-bench".into(),
+            })
+            .await?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Sites in the bench's second rollout.
+const SITES: usize = 100;
+
 /// Enrolls clusters `from..to` through join tokens and starts their agents.
 async fn grow(c: &Coord, fleet: &mut Fleet, from: usize, to: usize, args: &Args) -> Result<f64> {
     let t = Instant::now();
@@ -375,7 +516,7 @@ async fn scrape(c: &Coord) -> Result<(usize, usize, f64)> {
 async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
     let git = GitServer::start(&dir.join("git"))?;
     let mut commits = vec![];
-    for i in 0..(args.clusters.len() + 2) {
+    for i in 0..(args.clusters.len() + 3) {
         commits.push(git.commit(
             &format!("c{i}"),
             &[("clusters/README", Some(&format!("revision {i}\n")))],
@@ -471,102 +612,14 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
     let reports_per_s = (n as u64 * args.burst_reports) as f64 / burst_s;
     let rss_after_burst = rss_mib(pid);
 
-    // A three-wave rollout over the whole fleet.
-    eprintln!("three-wave rollout over {n} clusters…");
-    let target = commits.last().expect("commits").clone();
-    let wave = |name: &str, percent: u32| WavePlan {
-        name: name.into(),
-        select: Some(wave_plan::Select::Percent(percent)),
-        policy: None,
-    };
-    let t0 = ferry_proto::now_unix_ms();
-    let t = Instant::now();
-    let rollout = c
-        .admin
-        .clone()
-        .start_rollout(StartRolloutRequest {
-            dry_run: false,
-            plan: Some(RolloutPlan {
-                r#ref: target.clone(),
-                waves: vec![wave("canary", 1), wave("early", 10), wave("rest", 100)],
-                defaults: Some(WavePolicy {
-                    bake_seconds: Some(0),
-                    deadline_seconds: Some(600),
-                    ..WavePolicy::default()
-                }),
-                auto_rollback: true,
-            }),
-        })
-        .await?
-        .into_inner();
-    // Follow the rollout's events: when each wave started, when it ended.
-    let mut events = c
-        .admin
-        .clone()
-        .watch_events(WatchEventsRequest {
-            rollout: rollout.id.clone(),
-            after_id: 0,
-        })
-        .await?
-        .into_inner();
-    let mut wave_started: std::collections::HashMap<String, i64> = Default::default();
-    let ended = tokio::time::timeout(Duration::from_secs(900), async {
-        while let Some(e) = events.message().await? {
-            if !e.cluster.is_empty() {
-                continue;
-            }
-            if let Some(w) = e
-                .message
-                .strip_prefix("wave ")
-                .and_then(|m| m.strip_suffix(" started"))
-            {
-                wave_started.insert(w.to_string(), e.at_unix_ms);
-            }
-            if e.message.starts_with("every wave runs") {
-                return Ok::<_, anyhow::Error>(true);
-            }
-            let m = e.message.to_lowercase();
-            if m.contains("rolled back") || m.contains("aborted") || m.contains("failed") {
-                return Ok(false);
-            }
-        }
-        Ok(false)
-    })
-    .await
-    .context("the rollout did not end within 900 s")??;
-    let rollout_s = t.elapsed().as_secs_f64();
-    let done = c
-        .admin
-        .clone()
-        .get_rollout(GetRolloutRequest {
-            id: rollout.id.clone(),
-        })
-        .await?
-        .into_inner();
-    if !ended || done.phase != ferry_proto::v1::RolloutPhase::Succeeded as i32 {
-        bail!("the rollout ended {}: {}", done.phase, done.message);
-    }
-    let mut wave_rows = vec![];
-    let mut wave_json = vec![];
-    for w in &done.waves {
-        let start = wave_started.get(&w.name).copied().unwrap_or(t0);
-        let lat: Vec<f64> = w
-            .clusters
-            .iter()
-            .filter_map(|cl| index(&cl.name))
-            .map(|i| (fleet.tally.received_ms[i].load(Ordering::Relaxed) - start) as f64)
-            .collect();
-        let (cell, j) = spread(lat);
-        wave_rows.push((
-            format!(
-                "  wave {} ({} clusters): start to assignment p50/p99/max",
-                w.name,
-                w.clusters.len()
-            ),
-            cell,
-        ));
-        wave_json.push(json!({"wave": w.name, "clusters": w.clusters.len(), "fan_out": j}));
-    }
+    // A three-wave rollout over the whole fleet; then the same with 100
+    // sites, each cluster in one, whose mirrors hold the target.
+    let (rollout_s, wave_rows, wave_json) =
+        rollout(&c, &fleet, n, &commits[commits.len() - 2]).await?;
+    eprintln!("100 sites, their mirrors reported…");
+    let sites_s = with_sites(&c, &commits).await?;
+    let (sites_rollout_s, _, sites_wave_json) =
+        rollout(&c, &fleet, n, commits.last().expect("commits")).await?;
     let final_rss = rss_mib(pid);
 
     let mut rows = vec![(
@@ -665,6 +718,10 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
     ));
     rows.extend(wave_rows);
     rows.push((
+        format!("  the same with {SITES} sites (mirrors reported; {sites_s:.1} s to add)"),
+        format!("{sites_rollout_s:.1} s"),
+    ));
+    rows.push((
         "coordinator RSS at the end".into(),
         format!("{final_rss:.1} MiB"),
     ));
@@ -677,6 +734,7 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         "status_reports_per_s": reports_per_s, "burst_s": burst_s,
         "rss_after_burst_mib": rss_after_burst,
         "rollout": {"clusters": n, "seconds": rollout_s, "waves": wave_json},
+        "rollout_with_sites": {"sites": SITES, "seconds": sites_rollout_s, "setup_s": sites_s, "waves": sites_wave_json},
         "final_rss_mib": final_rss,
         "simulated_reports_sent": fleet.tally.reports.load(Ordering::Relaxed),
     });
@@ -841,6 +899,209 @@ fn git_bench(dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
     ))
 }
 
+/// Commits for the air-gap bench, through `git fast-import` into `repo`:
+/// `commits` commits on main after `from` (or a first one adding `files`
+/// files), each changing 10 files.
+fn fast_import(
+    repo: &std::path::Path,
+    from: Option<&str>,
+    files: usize,
+    commits: usize,
+    seed: usize,
+) -> Result<()> {
+    use std::io::Write;
+    let mut input = String::new();
+    let file = |i: usize, rev: usize| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: f{i}}}\ndata: {{rev: \"{rev}\", pad: \"{}\"}}\n",
+            "x".repeat(120)
+        )
+    };
+    for c in 0..commits {
+        let n = seed + c;
+        let msg = format!("commit {n}");
+        input.push_str(&format!(
+            "commit refs/heads/main\ncommitter Bench <bench@example.com> {} +0000\ndata {}\n{msg}\n",
+            1_700_000_000 + n,
+            msg.len()
+        ));
+        match (c, from) {
+            (0, Some(f)) => input.push_str(&format!("from {f}\n")),
+            (0, None) => {}
+            _ => {}
+        }
+        let changed: Vec<usize> = if c == 0 && from.is_none() {
+            (0..files).collect()
+        } else {
+            (0..10).map(|k| (n * 10 + k) % files).collect()
+        };
+        for i in changed {
+            let data = file(i, n);
+            input.push_str(&format!(
+                "M 100644 inline clusters/c{}/f{i}.yaml\ndata {}\n{data}\n",
+                i % 50,
+                data.len()
+            ));
+        }
+        input.push('\n');
+    }
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["fast-import", "--quiet"])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("git fast-import failed");
+    }
+    Ok(())
+}
+
+/// Bundles across an air gap: `ferry bundle create` + `import` against
+/// `git bundle create` + `git fetch` from the bundle, on a repository of
+/// 10,000 files and 1,000 commits; then an incremental bundle.
+fn airgap_bench(dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
+    let ferry = binary("ferry", BUILD)?;
+    std::fs::create_dir_all(dir)?;
+    let up = dir.join("up.git");
+    git(
+        dir,
+        &[
+            "init",
+            "-q",
+            "--bare",
+            "-b",
+            "main",
+            up.to_str().context("utf-8")?,
+        ],
+    )?;
+    fast_import(&up, None, 10_000, 1_000, 0)?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(&ferry).args(args).output()?;
+        if !out.status.success() {
+            bail!("ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let p = |x: &std::path::Path| x.display().to_string();
+    let key = dir.join("bench.key");
+    run(&["bundle", "keygen", "--out", &p(&key)])?;
+    let trust = format!("{}.pub", p(&key));
+    let runs = 3;
+    let mut k = 0;
+    let git_full = median(runs, || {
+        k += 1;
+        let b = dir.join(format!("git-{k}.bundle"));
+        git(&up, &["bundle", "create", "-q", &p(&b), "main"])?;
+        let m = dir.join(format!("git-mirror-{k}.git"));
+        git(dir, &["init", "-q", "--bare", &p(&m)])?;
+        git(&m, &["fetch", "-q", &p(&b), "refs/heads/*:refs/heads/*"])?;
+        Ok(())
+    })?;
+    let ferry_full = median(runs, || {
+        k += 1;
+        let f = dir.join(format!("full-{k}.ferry"));
+        run(&[
+            "bundle",
+            "create",
+            "--repo",
+            &p(&up),
+            "--ref",
+            "main",
+            "--key",
+            &p(&key),
+            "--out",
+            &p(&f),
+        ])?;
+        run(&[
+            "bundle",
+            "import",
+            &p(&f),
+            "--into",
+            &p(&dir.join(format!("mirror-{k}.git"))),
+            "--trust",
+            &trust,
+        ])?;
+        Ok(())
+    })?;
+    // The last full bundle and its mirror, then ten more commits.
+    let full = dir.join(format!("full-{k}.ferry"));
+    let mirror = dir.join(format!("mirror-{k}.git"));
+    let full_bytes = std::fs::metadata(&full)?.len();
+    let head = git(&up, &["rev-parse", "main"])?;
+    fast_import(&up, Some(&head), 10_000, 10, 1_000)?;
+    let inc = dir.join("inc.ferry");
+    let t = Instant::now();
+    run(&[
+        "bundle",
+        "create",
+        "--repo",
+        &p(&up),
+        "--ref",
+        "main",
+        "--since-bundle",
+        &p(&full),
+        "--key",
+        &p(&key),
+        "--out",
+        &p(&inc),
+    ])?;
+    run(&[
+        "bundle",
+        "import",
+        &p(&inc),
+        "--into",
+        &p(&mirror),
+        "--trust",
+        &trust,
+    ])?;
+    let inc_ms = ms(t.elapsed());
+    let inc_bytes = std::fs::metadata(&inc)?.len();
+    let rows = vec![
+        (
+            "repository".to_string(),
+            "10,000 files, 1,000 commits".to_string(),
+        ),
+        (
+            "git bundle create + git fetch from it (median of 3)".to_string(),
+            format!("{git_full:.0} ms"),
+        ),
+        (
+            "ferry bundle create + import (signed, verified; median of 3)".to_string(),
+            format!("{ferry_full:.0} ms"),
+        ),
+        (
+            "  ratio ferry / git".to_string(),
+            format!("{:.2}", ferry_full / git_full),
+        ),
+        (
+            "full bundle".to_string(),
+            format!("{:.1} MiB", full_bytes as f64 / 1048576.0),
+        ),
+        (
+            "incremental bundle: 10 commits, 100 files changed".to_string(),
+            format!("{:.1} KiB", inc_bytes as f64 / 1024.0),
+        ),
+        (
+            "  its create + import".to_string(),
+            format!("{inc_ms:.0} ms"),
+        ),
+    ];
+    Ok((
+        rows,
+        json!({
+            "files": 10_000, "commits": 1_000, "runs": runs,
+            "git_ms": git_full, "ferry_ms": ferry_full, "ratio": ferry_full / git_full,
+            "full_bytes": full_bytes, "incremental_bytes": inc_bytes, "incremental_ms": inc_ms,
+        }),
+    ))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -871,6 +1132,12 @@ async fn main() -> Result<()> {
         let (rows, j) = tokio::task::spawn_blocking(move || git_bench(&dir)).await??;
         print_table("Git (git daemon, 2,000 files; median of 15)", &rows);
         out.insert("git".into(), j);
+    }
+    if !args.skip_airgap {
+        let dir = tmp.path().join("airgap");
+        let (rows, j) = tokio::task::spawn_blocking(move || airgap_bench(&dir)).await??;
+        print_table("Air gap (signed bundles into a mirror)", &rows);
+        out.insert("airgap".into(), j);
     }
     if !args.skip_agent {
         let (objects, steady) = (args.agent_objects, args.agent_steady_seconds);

@@ -141,7 +141,7 @@ async fn a_semi_connected_site_is_rolled_out_through_its_mirror() {
         .unwrap();
     world.wait_healthy_at("c1", &b).await;
     let waiting = format!(
-        "waiting for mirror dmz to hold {} (mirror at {})",
+        "waiting for mirror dmz to hold {} (mirror at {}, 1 commit(s) behind)",
         &b[..8],
         &a[..8]
     );
@@ -171,6 +171,11 @@ async fn a_semi_connected_site_is_rolled_out_through_its_mirror() {
     })
     .await;
     assert_eq!(setting(world.emulator("s2")).as_deref(), Some("1.0"));
+    let ledger = world.ferry(&["history", "s2"]).await.unwrap();
+    assert!(
+        ledger.contains("hotfix [forced: the mirror of s2 (site dmz) lacked it]"),
+        "{ledger}"
+    );
 
     // The upstream server goes away for good: the site never needed it.
     world.git.stop();
