@@ -178,7 +178,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), Error> 
         match states.load().await {
             Ok(s) => break s,
             Err(e) => {
-                let state::Error::Api { source, .. } = &e;
+                let source = e.source_error();
                 let shown = cluster::certificate_problem(&e).unwrap_or_else(|| e.to_string());
                 tracing::warn!(error = %shown, "reading the agent's state from the cluster; retrying");
                 if cluster::is_connection_error(source) && cluster.refresh().await {

@@ -17,6 +17,15 @@ use serde_json::json;
 /// The ConfigMap (in the agent's namespace) holding assignment and inventory.
 pub const STATE_NAME: &str = "ferry-agent-state";
 
+/// An inventory larger than this (as JSON) is kept in chunk ConfigMaps of
+/// at most [`CHUNK_BYTES`] each, named after its digest, beside the state
+/// ConfigMap that lists them: one object may hold at most 1 MiB of data
+/// (etcd refuses requests over 1.5 MiB), and 10,000 entries take ~1.5 MiB.
+pub const INLINE_BYTES: usize = 256 << 10;
+pub const CHUNK_BYTES: usize = 512 << 10;
+/// The label every inventory chunk carries (stale ones are found by it).
+const CHUNK_LABEL: &str = "ferry.dev/inventory-of";
+
 /// The field manager of every write the agent makes.
 pub const MANAGER: &str = "ferry";
 
@@ -30,6 +39,67 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Writing an inventory chunk failed (the state still names the last
+    /// complete inventory).
+    #[error("writing configmap {namespace}/{name} (inventory chunk): {source}")]
+    Chunk {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The state as the ConfigMap keeps it: a large inventory moved out to
+/// chunks.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    state: State,
+    /// Chunk ConfigMaps holding the inventory, in order (none: inline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    inventory_chunks: Vec<String>,
+    /// sha256 of the whole inventory's JSON, checked when read back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    inventory_sha256: String,
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Splits an inventory into JSON arrays of at most `max` bytes each.
+fn split(inventory: &[InventoryEntry], max: usize) -> Vec<String> {
+    let mut chunks = vec![];
+    let mut cur: Vec<String> = vec![];
+    let mut size = 2;
+    for e in inventory {
+        let j = serde_json::to_string(e).expect("an entry serializes");
+        if !cur.is_empty() && size + j.len() + 1 > max {
+            chunks.push(format!("[{}]", cur.join(",")));
+            cur.clear();
+            size = 2;
+        }
+        size += j.len() + 1;
+        cur.push(j);
+    }
+    if !cur.is_empty() {
+        chunks.push(format!("[{}]", cur.join(",")));
+    }
+    chunks
+}
+
+impl Error {
+    /// The API error underneath.
+    pub fn source_error(&self) -> &kube::Error {
+        match self {
+            Error::Api { source, .. } | Error::Chunk { source, .. } => source,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -143,16 +213,55 @@ impl StateStore {
         let text = cm
             .and_then(|cm| cm.data)
             .and_then(|d| d.get("state.json").cloned());
-        let state = match text.map(|t| serde_json::from_str::<State>(&t)) {
-            Some(Ok(s)) => s.upgraded(),
+        let mut state = match text.map(|t| serde_json::from_str::<Stored>(&t)) {
+            Some(Ok(s)) => s,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "the kept state does not parse; starting from none");
-                State::default()
+                self.saved = Some(State::default());
+                return Ok(State::default());
             }
-            None => State::default(),
+            None => {
+                self.saved = Some(State::default());
+                return Ok(State::default());
+            }
         };
+        if !state.inventory_chunks.is_empty() {
+            state.state.inventory = self.read_chunks(&state).await?.unwrap_or_else(|| {
+                tracing::warn!(
+                    chunks = state.inventory_chunks.len(),
+                    "the kept inventory's chunks are missing or do not match its digest: starting with none (nothing is pruned until the next complete sync)"
+                );
+                vec![]
+            });
+        }
+        let state = state.state.upgraded();
         self.saved = Some(state.clone());
         Ok(state)
+    }
+
+    /// The inventory from its chunks; `None` when one is missing or the
+    /// whole does not match its digest.
+    async fn read_chunks(&self, stored: &Stored) -> Result<Option<Vec<InventoryEntry>>> {
+        let mut parts = vec![];
+        for name in &stored.inventory_chunks {
+            let cm = self
+                .api()
+                .get_opt(name)
+                .await
+                .map_err(self.err("reading"))?;
+            let Some(text) = cm
+                .and_then(|c| c.data)
+                .and_then(|mut d| d.remove("inventory.json"))
+            else {
+                return Ok(None);
+            };
+            let Ok(entries) = serde_json::from_str::<Vec<InventoryEntry>>(&text) else {
+                return Ok(None);
+            };
+            parts.extend(entries);
+        }
+        let whole = serde_json::to_string(&parts).expect("entries serialize");
+        Ok((sha256_hex(whole.as_bytes()) == stored.inventory_sha256).then_some(parts))
     }
 
     /// Writes the state, only when it changed. Returns whether it wrote.
@@ -164,11 +273,46 @@ impl StateStore {
         ensure_namespace(&self.client, &self.namespace)
             .await
             .map_err(self.err("writing"))?;
+        // A large inventory goes to chunks first, named after its digest;
+        // the state names them only once they are all written.
+        let whole = serde_json::to_string(&state.inventory).expect("entries serialize");
+        let mut stored = Stored {
+            state: state.clone(),
+            inventory_chunks: vec![],
+            inventory_sha256: String::new(),
+        };
+        if whole.len() > INLINE_BYTES {
+            let sha = sha256_hex(whole.as_bytes());
+            for (i, chunk) in split(&state.inventory, CHUNK_BYTES).into_iter().enumerate() {
+                let name = format!("{STATE_NAME}-inventory-{}-{i}", &sha[..12]);
+                let cm = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": self.namespace,
+                        "labels": {"app.kubernetes.io/managed-by": "ferry-agent", CHUNK_LABEL: STATE_NAME}},
+                    "data": {"inventory.json": chunk},
+                });
+                self.api()
+                    .patch(
+                        &name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&cm),
+                    )
+                    .await
+                    .map_err(|source| Error::Chunk {
+                        namespace: self.namespace.clone(),
+                        name: name.clone(),
+                        source,
+                    })?;
+                stored.inventory_chunks.push(name);
+            }
+            stored.inventory_sha256 = sha;
+            stored.state.inventory.clear();
+        }
         let cm = json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": STATE_NAME, "namespace": self.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "ferry-agent"}},
-            "data": {"state.json": serde_json::to_string(state).expect("state serializes")},
+            "data": {"state.json": serde_json::to_string(&stored).expect("state serializes")},
         });
         self.api()
             .patch(
@@ -184,7 +328,27 @@ impl StateStore {
                 self.err("writing")(e)
             })?;
         self.saved = Some(state.clone());
+        self.remove_stale_chunks(&stored.inventory_chunks).await;
         Ok(true)
+    }
+
+    /// Deletes inventory chunks the state no longer names (an older
+    /// inventory's, or one a crash left half-written). Best effort.
+    async fn remove_stale_chunks(&self, keep: &[String]) {
+        let lp = kube::api::ListParams::default().labels(&format!("{CHUNK_LABEL}={STATE_NAME}"));
+        let Ok(list) = self.api().list_metadata(&lp).await else {
+            return;
+        };
+        for cm in list.items {
+            let Some(name) = cm.metadata.name else {
+                continue;
+            };
+            if !keep.contains(&name)
+                && let Err(e) = self.api().delete(&name, &Default::default()).await
+            {
+                tracing::debug!(chunk = %name, error = %e, "could not delete a stale inventory chunk");
+            }
+        }
     }
 }
 
@@ -208,6 +372,29 @@ pub async fn ensure_namespace(client: &kube::Client, ns: &str) -> kube::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inventories_split_into_bounded_chunks_in_order() {
+        let entries: Vec<InventoryEntry> = (0..1000)
+            .map(|i| InventoryEntry {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                namespace: Some("ns".into()),
+                name: format!("cm-{i:05}"),
+                uid: format!("{i:036}"),
+                hash: "h".repeat(32),
+            })
+            .collect();
+        let chunks = split(&entries, 10_000);
+        assert!(chunks.len() > 10);
+        assert!(chunks.iter().all(|c| c.len() <= 10_000));
+        let back: Vec<InventoryEntry> = chunks
+            .iter()
+            .flat_map(|c| serde_json::from_str::<Vec<InventoryEntry>>(c).unwrap())
+            .collect();
+        assert_eq!(back, entries);
+        assert_eq!(split(&[], 10).len(), 0);
+    }
 
     #[test]
     fn reads_what_older_agents_kept() {

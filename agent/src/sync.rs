@@ -551,8 +551,7 @@ impl Syncer {
                     inventory: applied.inventory,
                 };
                 if let Err(e) = self.states.save(&next).await {
-                    let crate::state::Error::Api { source, .. } = &e;
-                    if cluster::is_connection_error(source) {
+                    if cluster::is_connection_error(e.source_error()) {
                         self.cluster.refresh().await;
                     }
                     return Some(Pass::failed(

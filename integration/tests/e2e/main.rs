@@ -9,6 +9,7 @@ mod helm_sources;
 mod images;
 mod inputs;
 mod install;
+mod inventory;
 mod operations;
 mod preview;
 mod process;
