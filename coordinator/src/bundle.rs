@@ -115,26 +115,36 @@ impl PublicKey {
 
     /// Reads a `ferry-bundle-ed25519 BASE64` file.
     pub fn read(path: &Path) -> Result<PublicKey> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
-        let bad = |why: &str| Error::Key {
-            path: path.to_path_buf(),
-            why: why.to_string(),
-        };
-        let b64 = text
-            .trim()
-            .strip_prefix(PUBLIC)
-            .map(str::trim)
-            .ok_or_else(|| {
-                bad("not a Ferry bundle public key (ferry bundle keygen writes them)")
-            })?;
-        let bytes = STANDARD
-            .decode(b64)
-            .map_err(|_| bad("the key is not base64"))?;
+        let bytes = key_file(path, PUBLIC, "public key")?;
         if bytes.len() != 32 {
-            return Err(bad("not an Ed25519 public key"));
+            return Err(Error::Key {
+                path: path.to_path_buf(),
+                why: "not an Ed25519 public key".into(),
+            });
         }
         Ok(PublicKey { bytes })
     }
+}
+
+/// The bytes of a `PREFIX BASE64` key file (`ferry bundle keygen`'s).
+fn key_file(path: &Path, prefix: &str, what: &str) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let bad = |why: String| Error::Key {
+        path: path.to_path_buf(),
+        why,
+    };
+    let b64 = text
+        .trim()
+        .strip_prefix(prefix)
+        .map(str::trim)
+        .ok_or_else(|| {
+            bad(format!(
+                "not a Ferry bundle {what} (ferry bundle keygen writes them)"
+            ))
+        })?;
+    STANDARD
+        .decode(b64)
+        .map_err(|_| bad("the key is not base64".into()))
 }
 
 fn fingerprint(public: &[u8]) -> String {
@@ -160,23 +170,11 @@ impl SigningKey {
     }
 
     pub fn read(path: &Path) -> Result<SigningKey> {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
-        let bad = |why: &str| Error::Key {
+        let der = key_file(path, PRIVATE, "signing key")?;
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| Error::Key {
             path: path.to_path_buf(),
-            why: why.to_string(),
-        };
-        let b64 = text
-            .trim()
-            .strip_prefix(PRIVATE)
-            .map(str::trim)
-            .ok_or_else(|| {
-                bad("not a Ferry bundle signing key (ferry bundle keygen writes them)")
-            })?;
-        let der = STANDARD
-            .decode(b64)
-            .map_err(|_| bad("the key is not base64"))?;
-        let pair =
-            Ed25519KeyPair::from_pkcs8(&der).map_err(|_| bad("not an Ed25519 private key"))?;
+            why: "not an Ed25519 private key".into(),
+        })?;
         Ok(SigningKey { pair })
     }
 

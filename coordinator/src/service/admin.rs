@@ -88,6 +88,13 @@ impl AdminService {
     }
 }
 
+/// How a report came, as stored and shown: its own words (control
+/// characters dropped, cut short) and who sent it.
+fn provenance(how: &str, caller: &str) -> String {
+    let how: String = how.chars().filter(|c| !c.is_control()).take(200).collect();
+    format!("{how} by {caller}")
+}
+
 /// A cluster's name and labels.
 type Labelled = (String, BTreeMap<String, String>);
 
@@ -370,15 +377,7 @@ impl Admin for AdminService {
         for e in &mut r.history {
             cut(&mut e.reason);
         }
-        r.how = format!(
-            "{} by {}",
-            r.how
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect::<String>(),
-            caller.name
-        );
+        r.how = provenance(&r.how, &caller.name);
         let exported = r.exported_unix_ms;
         let kept = self
             .hub
@@ -433,15 +432,7 @@ impl Admin for AdminService {
                 )));
             }
         }
-        let how = format!(
-            "{} by {}",
-            r.how
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect::<String>(),
-            caller.name
-        );
+        let how = provenance(&r.how, &caller.name);
         let site = self
             .hub
             .store
