@@ -102,6 +102,15 @@ impl Hub {
             .map(|(name, url, _)| (name.clone(), url.clone()))
     }
 
+    /// Where a cluster with these labels fetches from: its site's mirror,
+    /// or the repository; and the site, if any.
+    pub fn source_of(&self, labels: &BTreeMap<String, String>) -> (String, Option<String>) {
+        match self.site_of(labels) {
+            Some((site, url)) => (url, Some(site)),
+            None => (self.repo_url.clone(), None),
+        }
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -236,12 +245,10 @@ impl Hub {
                 return None;
             }
         };
-        let site = self.site_of(&c.labels);
+        let (repo_url, site) = self.source_of(&c.labels);
         Some(Assignment {
-            repo_url: site
-                .as_ref()
-                .map_or_else(|| self.repo_url.clone(), |s| s.1.clone()),
-            site: site.map(|s| s.0),
+            repo_url,
+            site,
             commit: commit.clone(),
             path,
             generation: *generation,

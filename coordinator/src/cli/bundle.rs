@@ -4,7 +4,7 @@
 //! forward.
 
 use super::Args;
-use super::mirror::{bare, commits, git, moved, raw_refs, refs, report};
+use super::mirror::{bare, commits, git, moved, ref_objects, refs, report};
 use super::output::short;
 use crate::bundle::{self, PublicKey, SigningKey};
 use anyhow::{Context, Result, bail};
@@ -275,12 +275,16 @@ fn describe(v: &bundle::Verified) -> String {
     out
 }
 
-/// Imports a verified bundle; what moved.
-fn import(
-    file: &Path,
-    into: &Path,
-    keys: &[PublicKey],
-) -> Result<(String, BTreeMap<String, String>)> {
+/// Imported: what moved (for people), the mirror's refs now, and the
+/// rollout plan the bundle carries.
+struct Imported {
+    said: String,
+    refs: BTreeMap<String, String>,
+    plan: Option<String>,
+}
+
+/// Verifies a bundle and imports it.
+fn import(file: &Path, into: &Path, keys: &[PublicKey]) -> Result<Imported> {
     let v = bundle::verify(file, keys)?;
     let m = &v.manifest;
     bare(into)?;
@@ -306,8 +310,11 @@ fn import(
                 .join(", ")
         );
     }
-    let before = refs(into)?;
-    let raw = raw_refs(into)?;
+    let held = ref_objects(into)?;
+    let before: BTreeMap<String, String> = held
+        .iter()
+        .map(|(n, r)| (n.clone(), r.commit.clone()))
+        .collect();
     // Objects first, under a namespace of their own (no ref of the mirror
     // moves yet).
     let scratch = tempfile::tempdir()?;
@@ -334,7 +341,7 @@ fn import(
     let mut tx = String::from("start\n");
     let mut refused = vec![];
     for (r, new) in &m.refs {
-        match raw.get(r) {
+        match held.get(r).map(|h| &h.object) {
             Some(old) if old == new => {}
             Some(old) => {
                 let forward = git(Some(into), &["merge-base", "--is-ancestor", old, new]).is_ok();
@@ -392,7 +399,11 @@ fn import(
     for (r, from, to) in changes {
         let _ = writeln!(out, "  {r}  {} -> {}", short(&from), short(&to));
     }
-    Ok((out, after))
+    Ok(Imported {
+        said: out,
+        refs: after,
+        plan: v.manifest.plan,
+    })
 }
 
 async fn status_export(args: &Args, site: &str, key: &Path, out: &Path) -> Result<String> {
@@ -539,8 +550,11 @@ pub async fn execute(args: &Args, cmd: &BundleCommand) -> Result<String> {
             apply,
         } => {
             let keys = trusted(trust)?;
-            let (mut out, after) = import(file, into, &keys)?;
-            let plan = bundle::verify(file, &keys)?.manifest.plan;
+            let Imported {
+                said: mut out,
+                refs: after,
+                plan,
+            } = import(file, into, &keys)?;
             if let Some(site) = site {
                 let held = commits(into)?;
                 let how = format!(

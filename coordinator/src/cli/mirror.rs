@@ -70,27 +70,16 @@ pub fn git(dir: Option<&Path>, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The branches and tags of a repository: name -> object (an annotated
-/// tag's own object, not its commit).
-pub fn raw_refs(repo: &Path) -> Result<BTreeMap<String, String>> {
-    let out = git(
-        Some(repo),
-        &[
-            "for-each-ref",
-            "--format=%(refname) %(objectname)",
-            "refs/heads",
-            "refs/tags",
-        ],
-    )?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, o)| (n.to_string(), o.to_string()))
-        .collect())
+/// A ref as a repository holds it.
+pub struct Ref {
+    /// What the ref names (an annotated tag's own object).
+    pub object: String,
+    /// The commit it leads to (a tag peeled).
+    pub commit: String,
 }
 
-/// The branches and tags of a repository: name -> commit (tags peeled).
-pub fn refs(repo: &Path) -> Result<BTreeMap<String, String>> {
+/// The branches and tags of a repository, by name.
+pub fn ref_objects(repo: &Path) -> Result<BTreeMap<String, Ref>> {
     let out = git(
         Some(repo),
         &[
@@ -106,8 +95,22 @@ pub fn refs(repo: &Path) -> Result<BTreeMap<String, String>> {
             let mut f = l.split(' ');
             let (name, object, peeled) = (f.next()?, f.next()?, f.next().unwrap_or(""));
             let commit = if peeled.is_empty() { object } else { peeled };
-            Some((name.to_string(), commit.to_string()))
+            Some((
+                name.to_string(),
+                Ref {
+                    object: object.to_string(),
+                    commit: commit.to_string(),
+                },
+            ))
         })
+        .collect())
+}
+
+/// The branches and tags of a repository: name -> commit (tags peeled).
+pub fn refs(repo: &Path) -> Result<BTreeMap<String, String>> {
+    Ok(ref_objects(repo)?
+        .into_iter()
+        .map(|(n, r)| (n, r.commit))
         .collect())
 }
 

@@ -379,6 +379,7 @@ impl Admin for AdminService {
         }
         r.how = provenance(&r.how, &caller.name);
         let exported = r.exported_unix_ms;
+        let imported = now_unix_ms();
         let kept = self
             .hub
             .store
@@ -386,7 +387,7 @@ impl Admin for AdminService {
                 &r.site,
                 exported,
                 prost::Message::encode_to_vec(&r),
-                now_unix_ms(),
+                imported,
             )
             .await
             .map_err(store_status)?;
@@ -397,13 +398,26 @@ impl Admin for AdminService {
             )));
         }
         tracing::info!(site = %r.site, clusters = r.clusters.len(), how = %r.how, "site status imported");
-        let name = r.site.clone();
-        self.sites_view(false)
-            .await?
+        let site = self
+            .hub
+            .store
+            .sites()
+            .await
+            .map_err(store_status)?
             .into_iter()
-            .find(|s| s.name == name)
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("unknown site {name:?}")))
+            .find(|s| s.name == r.site)
+            .ok_or_else(|| Status::not_found(format!("unknown site {:?}", r.site)))?;
+        let clusters = self
+            .hub
+            .store
+            .cluster_labels()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(Site {
+            status_imported_unix_ms: imported,
+            status: Some(r),
+            ..self.site_proto(site, &clusters)
+        }))
     }
 
     async fn report_mirror(
@@ -700,13 +714,11 @@ impl Admin for AdminService {
                     Ok(p) => p,
                     Err(e) => return Err(format!("not previewed: its path does not resolve: {e}")),
                 };
-                let site = hub.site_of(&c.labels);
+                let (repo_url, site) = hub.source_of(&c.labels);
                 let req = PreviewRequest {
                     id: String::new(),
-                    repo_url: site
-                        .as_ref()
-                        .map_or_else(|| hub.repo_url.clone(), |s| s.1.clone()),
-                    site: site.map(|s| s.0).unwrap_or_default(),
+                    repo_url,
+                    site: site.unwrap_or_default(),
                     commit: commit.to_string(),
                     path,
                     allow_mass_prune: false,
