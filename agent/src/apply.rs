@@ -7,7 +7,8 @@
 //! a safe share of it in one sync: never anything the agent did not create.
 //! Every wait inside a sync ends when the agent is told to stop.
 
-use crate::plan::{self, Diff, MassPrune, OWNER_LABEL, PRUNE_ANNOTATION, Planned, Scope};
+use crate::health::Verdict;
+use crate::plan::{self, Diff, MassPrune, OWNER_LABEL, PRUNE_ANNOTATION, Planned, Scope, Seen};
 use crate::render::{Object, ObjectRef, Problem};
 use crate::state::{InventoryEntry, MANAGER};
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Objects per page when the agent lists what it manages.
-const LIST_PAGE: u32 = 250;
+const LIST_PAGE: u32 = 500;
 
 /// How long a CRD in the set may take to be Established and served.
 const CRD_WAIT: Duration = Duration::from_secs(60);
@@ -101,10 +102,10 @@ fn api(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 /// The outcome of a sync.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// The live objects now applied, for health.
-    pub live: Vec<Value>,
-    /// The inventory to keep.
-    pub inventory: Vec<InventoryEntry>,
+    /// The health of each object now applied, in apply order.
+    pub health: Vec<(ObjectRef, Verdict)>,
+    /// The inventory to keep; `None`: the one the sync was given.
+    pub inventory: Option<Vec<InventoryEntry>>,
     pub writes: usize,
     pub pruned: usize,
 }
@@ -119,6 +120,140 @@ pub struct Previewed {
     pub unchanged: usize,
     pub prune_refused: Option<String>,
     pub rejected: Vec<Problem>,
+}
+
+/// A directory's objects as this applier will apply them, made once per
+/// commit and kept while what the cluster serves stays as it was.
+#[derive(Debug)]
+pub struct Plan {
+    pub objects: Vec<Planned>,
+    /// The CRDs of the set: (group, kind) -> (namespaced, the CRD's name).
+    crds: HashMap<(String, String), (bool, String)>,
+    /// The applier's discovery generation it was made under.
+    generation: u64,
+}
+
+impl Plan {
+    /// The objects planned, decoded again (to plan them anew).
+    fn rendered(&self) -> Vec<Object> {
+        self.objects.iter().map(Planned::object).collect()
+    }
+}
+
+/// One page of a LIST, its items left as text until they are needed.
+#[derive(serde::Deserialize)]
+struct Page<'a> {
+    #[serde(default)]
+    metadata: PageMeta,
+    #[serde(default, borrow)]
+    items: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// What is read of every listed object: which one, and which version of it.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    metadata: HeadMeta<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeadMeta<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    namespace: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    uid: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    resource_version: std::borrow::Cow<'a, str>,
+}
+
+/// What the last pass concluded of an object at one version of it, for
+/// one planned content: a pass that finds the same version (and the same
+/// plan) concludes the same without decoding the object again.
+#[derive(Debug)]
+struct Known {
+    resource_version: String,
+    hash: String,
+    seen: Seen,
+}
+
+/// A listed object as JSON, without `metadata.managedFields`: often the
+/// largest part of an object, never compared, and skipped while parsing
+/// instead of decoded and dropped.
+struct Listed(Value);
+
+/// Decodes a JSON object, skipping the key `skip` and, under the key
+/// `nested`, `managedFields`.
+struct Skipping {
+    skip: Option<&'static str>,
+    nested: Option<&'static str>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Skipping {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skipping {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if Some(k.as_str()) == self.skip {
+                m.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            let v = if Some(k.as_str()) == self.nested {
+                m.next_value_seed(Skipping {
+                    skip: Some("managedFields"),
+                    nested: None,
+                })?
+            } else {
+                m.next_value::<Value>()?
+            };
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Listed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::DeserializeSeed::deserialize(
+            Skipping {
+                skip: None,
+                nested: Some("metadata"),
+            },
+            d,
+        )
+        .map(Listed)
+    }
+}
+
+#[derive(Default, serde::Deserialize)]
+struct PageMeta {
+    #[serde(rename = "continue", default)]
+    continue_: Option<String>,
+}
+
+/// What a sync keeps of a live object: its uid, whether it holds what `want`
+/// sets, and its health.
+fn seen(live: &Value, want: &Planned) -> Seen {
+    Seen {
+        uid: crate::health::at(live, "/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        matches: plan::unchanged_text(live, want.body.get()),
+        health: crate::health::judge(live),
+    }
 }
 
 /// A resolved kind.
@@ -139,6 +274,12 @@ pub struct Applier {
     pub prune_share_percent: u32,
     /// How long one wave may take to become healthy before the sync fails.
     pub wave_timeout: Duration,
+    /// Moves whenever what discovery said is forgotten (plans made before
+    /// are made again).
+    generation: u64,
+    /// What the last pass saw of each object, by the version it saw, by
+    /// its place in that pass's plan (checked against the planned content).
+    known: Vec<Option<Known>>,
 }
 
 /// Sleeps `d`, unless the agent is told to stop first.
@@ -158,6 +299,8 @@ impl Applier {
             kinds: HashMap::new(),
             prune_share_percent: 50,
             wave_timeout: Duration::from_secs(300),
+            generation: 0,
+            known: Vec::new(),
         }
     }
 
@@ -175,6 +318,18 @@ impl Applier {
     /// other kinds (a rebuilt cluster lost its CRDs).
     pub fn forget_kinds(&mut self) {
         self.kinds.clear();
+        self.known.clear();
+        self.generation += 1;
+    }
+
+    /// `plan` made anew if what it was made of may have changed: discovery
+    /// was forgotten since, or some kind was not served yet (its CRD in the
+    /// set is applied by now). Otherwise `None`: it stands.
+    pub async fn refresh(&mut self, plan: &Plan) -> Option<Result<Plan>> {
+        if plan.generation == self.generation && plan.objects.iter().all(|p| p.served) {
+            return None;
+        }
+        Some(self.plan(&plan.rendered()).await)
     }
 
     async fn kind(&mut self, api_version: &str, kind: &str) -> Result<Option<Kind>> {
@@ -210,19 +365,19 @@ impl Applier {
     /// drift is reported, not repaired.
     pub async fn sync(
         &mut self,
-        objects: &[Object],
+        plan: &Plan,
         inventory: &[InventoryEntry],
         allow_mass_prune: bool,
         detect_only: bool,
         stop: &CancellationToken,
     ) -> Result<Applied> {
-        // Step 1: plan, with each kind resolved.
-        let (planned, crds) = self.plan(objects).await?;
+        // Step 1 (planning, with each kind resolved) is done: `plan`.
+        let (planned, crds) = (&plan.objects, &plan.crds);
 
         // Step 2: read what is live, then diff.
-        let mut live = self.read_live(&planned).await?;
+        let (mut live, _) = self.read_live(planned, false).await?;
         let diff = plan::diff(
-            &planned,
+            planned,
             &live,
             inventory,
             allow_mass_prune,
@@ -233,7 +388,7 @@ impl Applier {
                 diff.writes
                     .iter()
                     .map(|&i| Problem {
-                        source: planned[i].object.source.clone(),
+                        source: planned[i].source.clone(),
                         object: planned[i].reference.to_string(),
                         message: "differs from Git (self-heal is off)".into(),
                     })
@@ -243,17 +398,18 @@ impl Applier {
         let (mut writes, mut pruned) = (0, 0);
         if !diff.is_empty() {
             // Steps 3 to 5: dry-run, apply, prune.
-            self.dry_run(&planned, &diff, &live).await?;
+            self.dry_run(planned, &diff, &live).await?;
             writes = self
-                .apply_waves(&planned, &diff, &crds, &mut live, stop)
+                .apply_waves(planned, &diff, crds, &mut live, stop)
                 .await?;
             pruned = self.prune(&diff.prune).await?;
         }
         Ok(Applied {
-            inventory: plan::inventory(&planned, &live),
-            live: planned
+            inventory: plan::inventory(planned, &live, inventory),
+            health: planned
                 .iter()
-                .filter_map(|p| live.remove(&p.reference))
+                .zip(live)
+                .filter_map(|(p, l)| Some((p.reference.clone(), l?.health)))
                 .collect(),
             writes: writes + pruned,
             pruned,
@@ -262,10 +418,7 @@ impl Applier {
 
     /// Settles every object (namespace, owner label, wave, order), each
     /// kind resolved by discovery or by a CRD of the same set.
-    async fn plan(
-        &mut self,
-        objects: &[Object],
-    ) -> Result<(Vec<Planned>, HashMap<(String, String), (bool, String)>)> {
+    pub async fn plan(&mut self, objects: &[Object]) -> Result<Plan> {
         let crds = plan::crds_in(objects);
         let mut scopes = HashMap::new();
         for o in objects {
@@ -293,7 +446,11 @@ impl Applier {
             &self.namespaces,
         )
         .map_err(Error::Rejected)?;
-        Ok((planned, crds))
+        Ok(Plan {
+            objects: planned,
+            crds,
+            generation: self.generation,
+        })
     }
 
     /// What syncing to `objects` would change, asked of the API server
@@ -307,8 +464,8 @@ impl Applier {
         inventory: &[InventoryEntry],
         allow_mass_prune: bool,
     ) -> Result<Previewed> {
-        let (planned, _) = match self.plan(objects).await {
-            Ok(p) => p,
+        let planned = match self.plan(objects).await {
+            Ok(p) => p.objects,
             Err(Error::Rejected(problems)) => {
                 return Ok(Previewed {
                     rejected: problems,
@@ -317,7 +474,7 @@ impl Applier {
             }
             Err(e) => return Err(e),
         };
-        let live = self.read_live(&planned).await?;
+        let (live, before) = self.read_live(&planned, true).await?;
         let everything = plan::diff(&planned, &live, inventory, true, self.prune_share_percent)?;
         let prune_refused = plan::diff(
             &planned,
@@ -339,14 +496,11 @@ impl Applier {
         };
         for &i in &everything.writes {
             let p = &planned[i];
-            let before = live.get(&p.reference);
-            let answer = match (
-                p.served,
-                self.kind(p.object.api_version(), p.object.kind()).await?,
-            ) {
+            let before = before.get(&p.reference);
+            let answer = match (p.served, self.kind(p.api_version(), p.kind()).await?) {
                 (true, Some(kind)) => Some(
-                    self.api(&kind, p.object.namespace())
-                        .patch(p.object.name(), &dry, &Patch::Apply(&p.object.value))
+                    self.api(&kind, p.namespace())
+                        .patch(p.name(), &dry, &Patch::Apply(&p.body))
                         .await,
                 ),
                 // A kind its CRD in this set will define: nothing to ask yet.
@@ -355,7 +509,7 @@ impl Applier {
             match (answer, before) {
                 (Some(Err(e)), _) if !matches!(&e, kube::Error::Api(s) if s.code == 404) => {
                     out.rejected.push(Problem {
-                        source: p.object.source.clone(),
+                        source: p.source.clone(),
                         object: p.reference.to_string(),
                         message: api_text(&e),
                     })
@@ -380,24 +534,41 @@ impl Applier {
     /// What is live of the planned objects: one LIST per kind (by this
     /// cluster's owner label, a page at a time) instead of a GET per
     /// object; Namespaces, few and often pre-existing, are read by name.
-    async fn read_live(&mut self, planned: &[Planned]) -> Result<HashMap<ObjectRef, Value>> {
-        let mut live: HashMap<ObjectRef, Value> = HashMap::new();
+    /// Each object is compared and judged as its page arrives and only what
+    /// was seen of it is kept, so a sync holds one page of objects at a
+    /// time, never the cluster's copy of them all. With `keep`, the objects
+    /// themselves are kept too (a preview shows their fields).
+    async fn read_live(
+        &mut self,
+        planned: &[Planned],
+        keep: bool,
+    ) -> Result<(Vec<Option<Seen>>, HashMap<ObjectRef, Value>)> {
+        let index: HashMap<plan::Key, usize> = planned
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.reference.key(), i))
+            .collect();
+        let mut live: Vec<Option<Seen>> = vec![None; planned.len()];
+        let mut kept: HashMap<ObjectRef, Value> = HashMap::new();
+        let mut known: Vec<Option<Known>> = Vec::new();
+        known.resize_with(planned.len(), || None);
         let mut kinds_listed: Vec<ApiResource> = vec![];
-        for p in planned.iter().filter(|p| p.served) {
-            let Some(kind) = self.kind(p.object.api_version(), p.object.kind()).await? else {
+        for (at, p) in planned.iter().enumerate().filter(|(_, p)| p.served) {
+            let Some(kind) = self.kind(p.api_version(), p.kind()).await? else {
                 continue;
             };
-            if p.object.kind() == "Namespace" && p.object.group().is_empty() {
+            if p.kind() == "Namespace" && p.group().is_empty() {
                 if let Some(ns) = self
                     .api(&kind, None)
-                    .get_opt(p.object.name())
+                    .get_opt(p.name())
                     .await
                     .map_err(api(format!("reading {}", p.reference)))?
                 {
-                    live.insert(
-                        p.reference.clone(),
-                        serde_json::to_value(&ns).expect("object serializes"),
-                    );
+                    let v = serde_json::to_value(&ns).expect("object serializes");
+                    live[at] = Some(seen(&v, p));
+                    if keep {
+                        kept.insert(p.reference.clone(), v);
+                    }
                 }
                 continue;
             }
@@ -406,49 +577,91 @@ impl Applier {
             }
             kinds_listed.push(kind.resource.clone());
             // A namespaced agent lists in its namespaces, one by one.
-            let lists: Vec<Api<DynamicObject>> = if self.namespaces.is_empty() {
-                vec![Api::all_with(self.client.clone(), &kind.resource)]
+            let paths: Vec<String> = if self.namespaces.is_empty() {
+                vec![<DynamicObject as kube::Resource>::url_path(
+                    &kind.resource,
+                    None,
+                )]
             } else {
                 self.namespaces
                     .iter()
-                    .map(|ns| Api::namespaced_with(self.client.clone(), ns, &kind.resource))
+                    .map(|ns| <DynamicObject as kube::Resource>::url_path(&kind.resource, Some(ns)))
                     .collect()
             };
-            for list in lists {
+            let what = || {
+                format!(
+                    "listing {} in {}",
+                    kind.resource.kind, kind.resource.api_version
+                )
+            };
+            for path in paths {
                 let mut lp = kube::api::ListParams::default()
                     .labels(&format!("{OWNER_LABEL}={}", self.cluster))
                     .limit(LIST_PAGE);
                 loop {
-                    let page = list.list(&lp).await.map_err(api(format!(
-                        "listing {} in {}",
-                        kind.resource.kind, kind.resource.api_version
-                    )))?;
-                    let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-                    for o in page.items {
-                        let mut v = serde_json::to_value(&o).expect("object serializes");
-                        // List items may come without their type.
-                        v["apiVersion"] = kind.resource.api_version.clone().into();
-                        v["kind"] = kind.resource.kind.clone().into();
-                        let r = ObjectRef {
-                            group: kind.resource.group.clone(),
-                            kind: kind.resource.kind.clone(),
-                            namespace: o.metadata.namespace,
-                            name: o.metadata.name.unwrap_or_default(),
+                    let request = kube::core::Request::new(&path)
+                        .list(&lp)
+                        .map_err(|e| api(what())(kube::Error::BuildRequest(e)))?;
+                    let text = self
+                        .client
+                        .request_text(request)
+                        .await
+                        .map_err(api(what()))?;
+                    let bad = |e| api(what())(kube::Error::SerdeError(e));
+                    let page: Page = serde_json::from_str(&text).map_err(bad)?;
+                    for item in page.items {
+                        let Head { metadata: m } = serde_json::from_str(item.get()).map_err(bad)?;
+                        let key = (
+                            kind.resource.group.as_str(),
+                            kind.resource.kind.as_str(),
+                            m.namespace.as_deref(),
+                            &*m.name,
+                        );
+                        let Some(&i) = index.get(&key) else {
+                            continue;
                         };
-                        live.insert(r, v);
+                        let p = &planned[i];
+                        // The same version of the object as last pass, for
+                        // the same planned content: the same conclusion.
+                        let same = self.known.get(i).and_then(Option::as_ref).filter(|k| {
+                            !keep
+                                && k.resource_version == m.resource_version
+                                && k.seen.uid == m.uid
+                                && k.hash == p.hash
+                        });
+                        let s = match same {
+                            Some(k) => k.seen.clone(),
+                            None => {
+                                let Listed(mut v) =
+                                    serde_json::from_str(item.get()).map_err(bad)?;
+                                // List items may come without their type.
+                                v["apiVersion"] = kind.resource.api_version.clone().into();
+                                v["kind"] = kind.resource.kind.clone().into();
+                                let s = seen(&v, p);
+                                if keep {
+                                    kept.insert(p.reference.clone(), v);
+                                }
+                                s
+                            }
+                        };
+                        known[i] = Some(Known {
+                            resource_version: m.resource_version.into(),
+                            hash: p.hash.clone(),
+                            seen: s.clone(),
+                        });
+                        live[i] = Some(s);
                     }
-                    match next {
+                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
                         Some(c) => lp = lp.continue_token(&c),
                         None => break,
                     }
                 }
             }
         }
-        // Only what was planned matters.
-        let wanted: std::collections::HashSet<&ObjectRef> =
-            planned.iter().map(|p| &p.reference).collect();
-        live.retain(|r, _| wanted.contains(r));
-        Ok(live)
+        if !keep {
+            self.known = known;
+        }
+        Ok((live, kept))
     }
 
     /// Dry-runs everything that will be written. Objects in a namespace this
@@ -458,18 +671,15 @@ impl Applier {
         &mut self,
         planned: &[Planned],
         diff: &Diff,
-        live: &HashMap<ObjectRef, Value>,
+        live: &[Option<Seen>],
     ) -> Result<()> {
         let new_namespaces: std::collections::BTreeSet<&str> = diff
             .writes
             .iter()
+            .filter(|&&i| live[i].is_none())
             .map(|&i| &planned[i])
-            .filter(|p| {
-                p.object.kind() == "Namespace"
-                    && p.object.group().is_empty()
-                    && !live.contains_key(&p.reference)
-            })
-            .map(|p| p.object.name())
+            .filter(|p| p.kind() == "Namespace" && p.group().is_empty())
+            .map(|p| p.name())
             .collect();
         // Strict: a field the type does not have is a named rejection, as with
         // `kubectl apply`, not a field the server drops (and the agent would
@@ -481,23 +691,19 @@ impl Applier {
         let mut rejected = vec![];
         for &i in &diff.writes {
             let p = &planned[i];
-            if !p.served
-                || p.object
-                    .namespace()
-                    .is_some_and(|ns| new_namespaces.contains(ns))
-            {
+            if !p.served || p.namespace().is_some_and(|ns| new_namespaces.contains(ns)) {
                 continue;
             }
-            let Some(kind) = self.kind(p.object.api_version(), p.object.kind()).await? else {
+            let Some(kind) = self.kind(p.api_version(), p.kind()).await? else {
                 continue;
             };
             if let Err(e) = self
-                .api(&kind, p.object.namespace())
-                .patch(p.object.name(), &dry, &Patch::Apply(&p.object.value))
+                .api(&kind, p.namespace())
+                .patch(p.name(), &dry, &Patch::Apply(&p.body))
                 .await
             {
                 rejected.push(Problem {
-                    source: p.object.source.clone(),
+                    source: p.source.clone(),
                     object: p.reference.to_string(),
                     message: api_text(&e),
                 });
@@ -518,7 +724,7 @@ impl Applier {
         planned: &[Planned],
         diff: &Diff,
         crds: &HashMap<(String, String), (bool, String)>,
-        live: &mut HashMap<ObjectRef, Value>,
+        live: &mut [Option<Seen>],
         stop: &CancellationToken,
     ) -> Result<usize> {
         let mut writes = 0;
@@ -536,30 +742,28 @@ impl Applier {
                 self.wait_healthy(&earlier, p.wave, stop).await?;
             }
             current_wave = Some(p.wave);
-            let kind = match self.kind(p.object.api_version(), p.object.kind()).await? {
+            let kind = match self.kind(p.api_version(), p.kind()).await? {
                 Some(k) => k,
                 None => {
-                    let key = (p.object.group().to_string(), p.object.kind().to_string());
+                    let key = (p.group().to_string(), p.kind().to_string());
                     if let Some((_, crd)) = crds.get(&key) {
-                        self.wait_established(crd, &p.object, stop).await?;
+                        self.wait_established(crd, p, stop).await?;
                     }
-                    self.wait_for_kind(&p.object, stop).await?
+                    self.wait_for_kind(p, stop).await?
                 }
             };
             let applied = self
-                .api(&kind, p.object.namespace())
-                .patch(p.object.name(), &pp, &Patch::Apply(&p.object.value))
+                .api(&kind, p.namespace())
+                .patch(p.name(), &pp, &Patch::Apply(&p.body))
                 .await
                 .map_err(|source| Error::Write {
-                    object: format!("{} ({})", p.reference, p.object.source),
+                    object: format!("{} ({})", p.reference, p.source),
                     source,
                 })?;
             writes += 1;
             tracing::debug!(object = %p.reference, "applied");
-            live.insert(
-                p.reference.clone(),
-                serde_json::to_value(&applied).expect("object serializes"),
-            );
+            let applied = serde_json::to_value(&applied).expect("object serializes");
+            live[i] = Some(seen(&applied, p));
         }
         Ok(writes)
     }
@@ -577,7 +781,7 @@ impl Applier {
             let mut waiting = vec![];
             for p in objects {
                 let r = &p.reference;
-                let Some(kind) = self.kind(p.object.api_version(), p.object.kind()).await? else {
+                let Some(kind) = self.kind(p.api_version(), p.kind()).await? else {
                     continue;
                 };
                 let found = self
@@ -623,7 +827,7 @@ impl Applier {
     async fn wait_established(
         &mut self,
         crd: &str,
-        o: &Object,
+        o: &Planned,
         stop: &CancellationToken,
     ) -> Result<()> {
         let crds: Api<DynamicObject> = Api::all_with(
@@ -657,7 +861,7 @@ impl Applier {
             }
             if Instant::now() > deadline {
                 return Err(Error::NotReady {
-                    object: format!("{} ({})", o.reference(), o.source),
+                    object: format!("{} ({})", o.reference, o.source),
                     message: format!(
                         "CustomResourceDefinition {crd} was not Established within {}s",
                         CRD_WAIT.as_secs()
@@ -668,7 +872,7 @@ impl Applier {
         }
     }
 
-    async fn wait_for_kind(&mut self, o: &Object, stop: &CancellationToken) -> Result<Kind> {
+    async fn wait_for_kind(&mut self, o: &Planned, stop: &CancellationToken) -> Result<Kind> {
         let deadline = Instant::now() + CRD_WAIT;
         loop {
             if let Some(k) = self.kind(o.api_version(), o.kind()).await? {
@@ -676,7 +880,7 @@ impl Applier {
             }
             if Instant::now() > deadline {
                 return Err(Error::NotReady {
-                    object: format!("{} ({})", o.reference(), o.source),
+                    object: format!("{} ({})", o.reference, o.source),
                     message: format!(
                         "kind {} in {} was not served within {}s of applying its CRD",
                         o.kind(),
@@ -754,5 +958,42 @@ impl Applier {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn listed_objects_come_without_managed_fields_only() {
+        let page = json!({"metadata": {"continue": "c1"}, "items": [{
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "uid": "u1", "resourceVersion": "7", "labels": {"managedFields": "kept"},
+                "managedFields": [{"manager": "ferry", "fieldsV1": {"f:data": {"f:k": {}}}}]},
+            "data": {"k": "v", "managedFields": "kept"},
+        }]})
+        .to_string();
+        let page: Page = serde_json::from_str(&page).unwrap();
+        assert_eq!(page.metadata.continue_.as_deref(), Some("c1"));
+        let head: Head = serde_json::from_str(page.items[0].get()).unwrap();
+        assert_eq!(
+            (
+                &*head.metadata.name,
+                head.metadata.namespace,
+                &*head.metadata.uid,
+                &*head.metadata.resource_version
+            ),
+            ("a", None, "u1", "7")
+        );
+        let Listed(v) = serde_json::from_str(page.items[0].get()).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "uid": "u1", "resourceVersion": "7", "labels": {"managedFields": "kept"}},
+                "data": {"k": "v", "managedFields": "kept"}})
+        );
+        assert!(serde_json::from_str::<Listed>("[3]").is_err());
     }
 }

@@ -6,7 +6,7 @@ use ferry_proto::v1::Health;
 use serde_json::Value;
 
 /// One object's health and, when not healthy, why.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Verdict {
     pub health: Health,
     pub reason: String,
@@ -23,12 +23,26 @@ fn healthy() -> Verdict {
     verdict(Health::Healthy, "")
 }
 
+/// The value at a JSON pointer of plain names (no `~` escapes): what
+/// `Value::pointer` finds, without an allocation per step (health is judged
+/// for every object on every pass).
+pub fn at<'a>(v: &'a Value, pointer: &str) -> Option<&'a Value> {
+    pointer
+        .strip_prefix('/')?
+        .split('/')
+        .try_fold(v, |v, k| match v {
+            Value::Object(m) => m.get(k),
+            Value::Array(a) => a.get(k.parse::<usize>().ok()?),
+            _ => None,
+        })
+}
+
 fn int(v: &Value, p: &str) -> i64 {
-    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+    at(v, p).and_then(Value::as_i64).unwrap_or(0)
 }
 
 fn condition<'a>(v: &'a Value, kind: &str) -> Option<&'a Value> {
-    v.pointer("/status/conditions")?
+    at(v, "/status/conditions")?
         .as_array()?
         .iter()
         .find(|c| c["type"] == kind)
@@ -46,9 +60,7 @@ pub fn judge(obj: &Value) -> Verdict {
         .and_then(|a| a.rsplit_once('/'))
         .map_or("", |(g, _)| g);
     let generation = int(obj, "/metadata/generation");
-    let observed = obj
-        .pointer("/status/observedGeneration")
-        .and_then(Value::as_i64);
+    let observed = at(obj, "/status/observedGeneration").and_then(Value::as_i64);
     let stale = |what: &str| {
         verdict(
             Health::Progressing,
@@ -70,8 +82,7 @@ pub fn judge(obj: &Value) -> Verdict {
                     format!("progress deadline exceeded: {msg}"),
                 );
             }
-            let want = obj
-                .pointer("/spec/replicas")
+            let want = at(obj, "/spec/replicas")
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
             let updated = int(obj, "/status/updatedReplicas");
@@ -94,8 +105,7 @@ pub fn judge(obj: &Value) -> Verdict {
             if observed.is_none_or(|o| o < generation) {
                 return stale(&kind.to_lowercase());
             }
-            let want = obj
-                .pointer("/spec/replicas")
+            let want = at(obj, "/spec/replicas")
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
             let ready = int(obj, "/status/readyReplicas");
@@ -135,9 +145,8 @@ pub fn judge(obj: &Value) -> Verdict {
             verdict(Health::Progressing, "job running")
         }
         ("", "Service") => {
-            let lb = obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer");
-            let ingress = obj
-                .pointer("/status/loadBalancer/ingress")
+            let lb = at(obj, "/spec/type").and_then(Value::as_str) == Some("LoadBalancer");
+            let ingress = at(obj, "/status/loadBalancer/ingress")
                 .and_then(Value::as_array)
                 .is_some_and(|i| !i.is_empty());
             if lb && !ingress {
@@ -146,12 +155,11 @@ pub fn judge(obj: &Value) -> Verdict {
                 healthy()
             }
         }
-        ("", "Namespace") => match obj.pointer("/status/phase").and_then(Value::as_str) {
+        ("", "Namespace") => match at(obj, "/status/phase").and_then(Value::as_str) {
             Some("Terminating") => verdict(Health::Degraded, "namespace is terminating"),
             _ => healthy(),
         },
-        ("", "PersistentVolumeClaim") => match obj.pointer("/status/phase").and_then(Value::as_str)
-        {
+        ("", "PersistentVolumeClaim") => match at(obj, "/status/phase").and_then(Value::as_str) {
             Some("Bound") => healthy(),
             Some("Lost") => verdict(Health::Degraded, "claim lost its volume"),
             other => verdict(
@@ -205,6 +213,21 @@ pub fn aggregate(hs: impl IntoIterator<Item = Health>) -> Health {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn at_finds_what_pointer_finds() {
+        let v = serde_json::json!({"status": {"conditions": [{"type": "Ready"}], "n": 3}});
+        for p in [
+            "/status/conditions/0/type",
+            "/status/n",
+            "/status",
+            "/nope/x",
+            "/status/conditions/9",
+            "",
+        ] {
+            assert_eq!(at(&v, p), v.pointer(p).filter(|_| !p.is_empty()), "{p}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -4,8 +4,10 @@
 //! mass-prune valve holds. No I/O: `apply` reads the cluster, asks these
 //! functions, and writes.
 
+use crate::health::Verdict;
 use crate::render::{Object, ObjectRef, Problem};
 use crate::state::InventoryEntry;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 
@@ -28,12 +30,17 @@ pub enum Scope {
     Unknown,
 }
 
-/// One object as it will be applied.
-#[derive(Clone, Debug, PartialEq)]
+/// One object as it will be applied. Kept as JSON text, not decoded: a
+/// decoded object takes several times the memory of its text, and a plan
+/// lives as long as its commit is applied.
+#[derive(Clone, Debug)]
 pub struct Planned {
-    /// The object with its namespace settled and the owner label set.
-    pub object: Object,
+    /// `path/to/file.yaml#2`: the file and document it came from.
+    pub source: String,
+    pub api_version: String,
     pub reference: ObjectRef,
+    /// The object with its namespace settled and the owner label set.
+    pub body: Box<RawValue>,
     /// Content hash of what is applied.
     pub hash: String,
     pub wave: i64,
@@ -41,6 +48,79 @@ pub struct Planned {
     /// Whether the cluster serves the kind already (false: its CRD is in
     /// this set and must be Established first).
     pub served: bool,
+}
+
+impl PartialEq for Planned {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+            && self.reference == other.reference
+            && self.body.get() == other.body.get()
+            && (self.wave, self.namespaced, self.served)
+                == (other.wave, other.namespaced, other.served)
+    }
+}
+
+impl Planned {
+    /// The object applied, decoded (for the moment it is compared).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.body.get()).expect("a plan holds JSON it wrote")
+    }
+    pub fn object(&self) -> Object {
+        Object {
+            source: self.source.clone(),
+            value: self.value(),
+        }
+    }
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+    pub fn kind(&self) -> &str {
+        &self.reference.kind
+    }
+    pub fn group(&self) -> &str {
+        &self.reference.group
+    }
+    pub fn name(&self) -> &str {
+        &self.reference.name
+    }
+    pub fn namespace(&self) -> Option<&str> {
+        self.reference.namespace.as_deref()
+    }
+}
+
+/// An object's identity, borrowed: (group, kind, namespace, name).
+pub type Key<'a> = (&'a str, &'a str, Option<&'a str>, &'a str);
+
+impl ObjectRef {
+    pub fn key(&self) -> Key<'_> {
+        (
+            &self.group,
+            &self.kind,
+            self.namespace.as_deref(),
+            &self.name,
+        )
+    }
+}
+
+impl InventoryEntry {
+    pub fn key(&self) -> Key<'_> {
+        (
+            self.api_version.rsplit_once('/').map_or("", |(g, _)| g),
+            &self.kind,
+            self.namespace.as_deref(),
+            &self.name,
+        )
+    }
+}
+
+/// What a sync saw of one planned object in the cluster: only what it needs
+/// past the moment it read it (never the object itself).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Seen {
+    pub uid: String,
+    /// It holds every field Git sets, as Git sets it.
+    pub matches: bool,
+    pub health: Verdict,
 }
 
 /// The CRDs of a set: (group, kind) -> (namespaced, the CRD's name).
@@ -73,9 +153,9 @@ pub fn rank(kind: &str, group: &str, namespaced: bool) -> u8 {
     }
 }
 
-/// Content hash of an object as it will be applied.
-pub fn hash(v: &Value) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, v.to_string().as_bytes());
+/// Content hash of an object as it will be applied (its JSON text).
+pub fn hash(text: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     d.as_ref()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -162,10 +242,13 @@ pub fn plan(
             source: o.source.clone(),
             value,
         };
+        let text = object.value.to_string();
         planned.push(Planned {
             reference: object.reference(),
-            hash: hash(&object.value),
-            object,
+            hash: hash(&text),
+            api_version: object.api_version().to_string(),
+            source: object.source,
+            body: RawValue::from_string(text).expect("serde_json wrote JSON"),
             wave,
             namespaced,
             served,
@@ -174,12 +257,7 @@ pub fn plan(
     if !problems.is_empty() {
         return Err(problems);
     }
-    planned.sort_by_key(|p| {
-        (
-            p.wave,
-            rank(p.object.kind(), p.object.group(), p.namespaced),
-        )
-    });
+    planned.sort_by_key(|p| (p.wave, rank(p.kind(), p.group(), p.namespaced)));
     Ok(planned)
 }
 
@@ -220,6 +298,135 @@ pub fn unchanged(live: &Value, want: &Value) -> bool {
         }),
         _ => l.get(k).is_some_and(|lv| contains(lv, wv)),
     })
+}
+
+/// [`unchanged`], reading `want` from its JSON text as it compares: no
+/// decoded copy of the object is made (a sync compares every object it
+/// manages on every pass).
+pub fn unchanged_text(live: &Value, want: &str) -> bool {
+    use serde::de::DeserializeSeed;
+    let mut d = serde_json::Deserializer::from_str(want);
+    Holds {
+        live: Some(live),
+        level: Level::Top,
+    }
+    .deserialize(&mut d)
+    .unwrap_or(false)
+}
+
+/// Where in the object a value being compared is.
+#[derive(Clone, Copy, PartialEq)]
+enum Level {
+    /// The object: `status` is not compared, `metadata` only in part.
+    Top,
+    /// `metadata`: only name, namespace, labels and annotations count.
+    Metadata,
+    /// Anything below: every field counts.
+    Field,
+}
+
+/// Whether the value being read is within `live` (see [`contains`]).
+struct Holds<'a> {
+    live: Option<&'a Value>,
+    level: Level,
+}
+
+/// A key, borrowed from the text when it has no escapes.
+struct Name;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Name {
+    type Value = std::borrow::Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Name {
+    type Value = std::borrow::Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.to_string().into())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Holds<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Holds<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<bool, A::Error> {
+        let live = self.live.and_then(Value::as_object);
+        let mut holds = live.is_some();
+        while let Some(k) = m.next_key_seed(Name)? {
+            let (compared, level) = match (self.level, k.as_ref()) {
+                (Level::Top, "status") => (false, Level::Field),
+                (Level::Top, "metadata") => (true, Level::Metadata),
+                (Level::Metadata, "name" | "namespace" | "labels" | "annotations") => {
+                    (true, Level::Field)
+                }
+                (Level::Metadata, _) => (false, Level::Field),
+                _ => (true, Level::Field),
+            };
+            if !compared {
+                m.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            // Read on past a difference: the text must be consumed whole.
+            let within = live.and_then(|l| l.get(k.as_ref()));
+            holds &= m.next_value_seed(Holds {
+                live: within,
+                level,
+            })? && within.is_some();
+        }
+        Ok(holds)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<bool, A::Error> {
+        let live = self.live.and_then(Value::as_array);
+        let mut holds = live.is_some();
+        let mut n = 0;
+        loop {
+            let within = live.and_then(|l| l.get(n));
+            match s.next_element_seed(Holds {
+                live: within,
+                level: Level::Field,
+            })? {
+                Some(h) => holds &= h && within.is_some(),
+                None => break,
+            }
+            n += 1;
+        }
+        Ok(holds && live.is_some_and(|l| l.len() == n))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(self.live.and_then(Value::as_str) == Some(v))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<bool, E> {
+        Ok(self.live.and_then(Value::as_bool) == Some(v))
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(self.live.is_some_and(Value::is_null))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<bool, E> {
+        Ok(self.live.and_then(Value::as_f64) == Some(v as f64))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<bool, E> {
+        Ok(self.live.and_then(Value::as_f64) == Some(v as f64))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<bool, E> {
+        Ok(self.live.and_then(Value::as_f64) == Some(v))
+    }
 }
 
 /// Metadata the server keeps for itself: never a change worth showing.
@@ -343,34 +550,35 @@ impl Diff {
 }
 
 /// Which objects need a write (missing, changed in Git since last applied,
-/// or drifted in the cluster) and which inventory entries left Git. The
+/// or drifted in the cluster) and which inventory entries left Git. `live`
+/// is what was seen of each planned object, by its place in the plan. The
 /// valve: pruning more than `share_percent` of the inventory (and more than
 /// one object) needs `allow_mass_prune`.
 pub fn diff(
     planned: &[Planned],
-    live: &HashMap<ObjectRef, Value>,
+    live: &[Option<Seen>],
     inventory: &[InventoryEntry],
     allow_mass_prune: bool,
     share_percent: u32,
 ) -> Result<Diff, MassPrune> {
-    let previous: HashMap<ObjectRef, &InventoryEntry> =
-        inventory.iter().map(|e| (e.into(), e)).collect();
+    let previous: HashMap<Key, &InventoryEntry> = inventory.iter().map(|e| (e.key(), e)).collect();
     let writes = planned
         .iter()
+        .zip(live)
         .enumerate()
-        .filter(|(_, p)| {
-            let fresh = previous.get(&p.reference).is_some_and(|e| e.hash == p.hash);
-            match live.get(&p.reference) {
-                Some(l) => !(fresh && unchanged(l, &p.object.value)),
-                None => true,
-            }
+        .filter(|(_, (p, l))| {
+            let fresh = previous
+                .get(&p.reference.key())
+                .is_some_and(|e| e.hash == p.hash);
+            !(fresh && l.as_ref().is_some_and(|l| l.matches))
         })
         .map(|(i, _)| i)
         .collect();
-    let desired: BTreeSet<&ObjectRef> = planned.iter().map(|p| &p.reference).collect();
+    let desired: std::collections::HashSet<Key> =
+        planned.iter().map(|p| p.reference.key()).collect();
     let mut prune: Vec<InventoryEntry> = inventory
         .iter()
-        .filter(|e| !desired.contains(&ObjectRef::from(*e)))
+        .filter(|e| !desired.contains(&e.key()))
         .cloned()
         .collect();
     let total = inventory.len();
@@ -388,27 +596,46 @@ pub fn diff(
     Ok(Diff { writes, prune })
 }
 
-/// The inventory after a sync: every planned object with its live uid.
-pub fn inventory(planned: &[Planned], live: &HashMap<ObjectRef, Value>) -> Vec<InventoryEntry> {
-    planned
-        .iter()
-        .map(|p| {
-            let r = &p.reference;
-            InventoryEntry {
-                api_version: p.object.api_version().to_string(),
-                kind: r.kind.clone(),
-                namespace: r.namespace.clone(),
-                name: r.name.clone(),
-                uid: live
-                    .get(r)
-                    .and_then(|l| l.pointer("/metadata/uid"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                hash: p.hash.clone(),
-            }
-        })
-        .collect()
+/// The inventory after a sync: every planned object with its live uid;
+/// `None` when it is `before` already (the common case: nothing to copy,
+/// compare or keep again).
+pub fn inventory(
+    planned: &[Planned],
+    live: &[Option<Seen>],
+    before: &[InventoryEntry],
+) -> Option<Vec<InventoryEntry>> {
+    fn uid(l: &Option<Seen>) -> &str {
+        l.as_ref().map_or("", |l| l.uid.as_str())
+    }
+    let same = before.len() == planned.len()
+        && planned.iter().zip(live).zip(before).all(|((p, l), e)| {
+            e.hash == p.hash
+                && e.uid == uid(l)
+                && e.api_version == p.api_version
+                && e.kind == p.reference.kind
+                && e.namespace == p.reference.namespace
+                && e.name == p.reference.name
+        });
+    if same {
+        return None;
+    }
+    Some(
+        planned
+            .iter()
+            .zip(live)
+            .map(|(p, l)| {
+                let r = &p.reference;
+                InventoryEntry {
+                    api_version: p.api_version.clone(),
+                    kind: r.kind.clone(),
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                    uid: uid(l).to_string(),
+                    hash: p.hash.clone(),
+                }
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -452,6 +679,53 @@ mod tests {
     }
 
     #[test]
+    fn comparing_the_text_agrees_with_comparing_the_object() {
+        let want = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}, "annotations": {"a": "1"}},
+            "spec": {"replicas": 2, "paused": false, "x": null, "ratio": 0.5,
+                "template": {"spec": {"containers": [{"name": "a", "image": "x", "args": ["-v", "q\"uote"]}]}}},
+            "status": {"readyReplicas": 9}});
+        let live = {
+            let mut l = want.clone();
+            l["metadata"]["uid"] = "u".into();
+            l["metadata"]["managedFields"] = json!([{"manager": "m"}]);
+            l["metadata"]["labels"]["extra"] = "server".into();
+            l["spec"]["strategy"] = json!({"type": "RollingUpdate"});
+            l["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Always".into();
+            l["status"] = json!({"readyReplicas": 0});
+            l
+        };
+        type Edit = fn(&mut Value);
+        let edits: [Edit; 12] = [
+            |_| {},
+            |l| l["spec"]["replicas"] = 3.into(),
+            |l| l["spec"]["replicas"] = 2.0.into(),
+            |l| l["spec"]["paused"] = true.into(),
+            |l| l["spec"]["x"] = "now set".into(),
+            |l| l["spec"]["ratio"] = 0.25.into(),
+            |l| l["spec"]["template"]["spec"]["containers"][0]["args"][1] = "other".into(),
+            |l| l["spec"]["template"]["spec"]["containers"][0]["args"] = json!(["-v"]),
+            |l| l["spec"]["template"]["spec"]["containers"] = json!({}),
+            |l| l["metadata"]["annotations"] = json!({}),
+            |l| l["metadata"]["name"] = "other".into(),
+            |l| {
+                l.as_object_mut().unwrap().remove("spec");
+            },
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut l = live.clone();
+            edit(&mut l);
+            assert_eq!(
+                unchanged_text(&l, &want.to_string()),
+                unchanged(&l, &want),
+                "edit {i}"
+            );
+        }
+        assert!(unchanged_text(&live, &want.to_string()));
+        assert!(!unchanged_text(&json!("not an object"), &want.to_string()));
+    }
+
+    #[test]
     fn contains_ignores_server_defaults() {
         let live = json!({"spec": {"replicas": 2, "strategy": {"type": "RollingUpdate"}, "template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}}}});
         let want = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
@@ -478,16 +752,14 @@ mod tests {
             obj("CustomResourceDefinition", "widgets.x.io", json!({})),
         ];
         let p = plan(&objects, scope, "c1", &[]).unwrap();
-        let order: Vec<_> = p.iter().map(|p| p.object.name()).collect();
+        let order: Vec<_> = p.iter().map(|p| p.name()).collect();
         assert_eq!(order, ["widgets.x.io", "shop", "r", "web", "late"]);
         let web = &p[3];
-        assert_eq!(web.object.namespace(), Some("default"));
-        assert_eq!(web.object.value["metadata"]["labels"][OWNER_LABEL], "c1");
-        assert_eq!(
-            p[1].object.namespace(),
-            None,
-            "cluster-scoped: namespace dropped"
-        );
+        assert_eq!(web.namespace(), Some("default"));
+        assert_eq!(web.value()["metadata"]["namespace"], "default");
+        assert_eq!(web.value()["metadata"]["labels"][OWNER_LABEL], "c1");
+        assert_eq!(web.hash, hash(web.body.get()));
+        assert_eq!(p[1].namespace(), None, "cluster-scoped: namespace dropped");
         assert_eq!(p[4].wave, 1);
         let bad = [
             obj("Widget", "w", json!({})),
@@ -504,7 +776,8 @@ mod tests {
     }
 
     fn entry(p: &Planned, uid: &str) -> InventoryEntry {
-        inventory(std::slice::from_ref(p), &HashMap::new())
+        inventory(std::slice::from_ref(p), &[None], &[])
+            .unwrap()
             .pop()
             .map(|mut e| {
                 e.uid = uid.into();
@@ -514,11 +787,19 @@ mod tests {
     }
 
     fn live_of(p: &Planned) -> Value {
-        let mut v = p.object.value.clone();
+        let mut v = p.value();
         v["metadata"]["uid"] = "u".into();
         v["metadata"]["resourceVersion"] = "7".into();
         v["status"] = json!({"ready": true});
         v
+    }
+
+    fn seen(p: &Planned, live: &Value) -> Seen {
+        Seen {
+            uid: live["metadata"]["uid"].as_str().unwrap_or("").into(),
+            matches: unchanged(live, &p.value()),
+            health: Verdict::default(),
+        }
     }
 
     #[test]
@@ -530,22 +811,22 @@ mod tests {
         let p = plan(&objects, scope, "c1", &[]).unwrap();
         // a: unchanged; b: drifted live; c: changed in Git since last
         // applied (old hash); d: missing from the cluster.
-        let mut live = HashMap::new();
-        for x in &p[..3] {
-            live.insert(x.reference.clone(), live_of(x));
-        }
-        live.get_mut(&p[1].reference).unwrap()["data"]["k"] = "edited".into();
+        let mut live: Vec<Option<Seen>> = p.iter().map(|x| Some(seen(x, &live_of(x)))).collect();
+        let mut edited = live_of(&p[1]);
+        edited["data"]["k"] = "edited".into();
+        live[1] = Some(seen(&p[1], &edited));
+        live[3] = None;
         let mut inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
         inv[2].hash = "old".into();
         let d = diff(&p, &live, &inv, false, 50).unwrap();
         assert_eq!(d.writes, [1, 2, 3]);
         assert!(d.prune.is_empty());
         // Nothing to do at all when everything matches.
-        let mut all = live.clone();
-        all.insert(p[3].reference.clone(), live_of(&p[3]));
-        all.insert(p[1].reference.clone(), live_of(&p[1]));
+        let all: Vec<Option<Seen>> = p.iter().map(|x| Some(seen(x, &live_of(x)))).collect();
+        assert_eq!(inventory(&p, &all, &inv).map(|i| i.len()), Some(4));
         inv[2].hash = p[2].hash.clone();
         assert!(diff(&p, &all, &inv, false, 50).unwrap().is_empty());
+        assert_eq!(inventory(&p, &all, &inv), None, "unchanged: nothing new");
     }
 
     #[test]
@@ -556,10 +837,10 @@ mod tests {
         let p = plan(&objects, scope, "c1", &[]).unwrap();
         let inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
         // Two of four leave Git: 50% is the share, allowed.
-        let d = diff(&p[..2], &HashMap::new(), &inv, false, 50).unwrap();
+        let d = diff(&p[..2], &[None, None], &inv, false, 50).unwrap();
         assert_eq!(d.prune.len(), 2);
         // Three of four: over it.
-        let e = diff(&p[..1], &HashMap::new(), &inv, false, 50).unwrap_err();
+        let e = diff(&p[..1], &[None], &inv, false, 50).unwrap_err();
         assert_eq!(
             e,
             MassPrune {
@@ -571,14 +852,11 @@ mod tests {
         assert!(e.to_string().contains("refusing to prune 3 of 4"));
         // Unless the assignment allows it.
         assert_eq!(
-            diff(&p[..1], &HashMap::new(), &inv, true, 50)
-                .unwrap()
-                .prune
-                .len(),
+            diff(&p[..1], &[None], &inv, true, 50).unwrap().prune.len(),
             3
         );
         // A single object always may go, even if it is all there is.
-        let one = diff(&[], &HashMap::new(), &inv[..1], false, 50).unwrap();
+        let one = diff(&[], &[], &inv[..1], false, 50).unwrap();
         assert_eq!(one.prune.len(), 1);
     }
 
@@ -591,7 +869,7 @@ mod tests {
         ];
         let p = plan(&objects, scope, "c1", &[]).unwrap();
         let inv: Vec<InventoryEntry> = p.iter().map(|x| entry(x, "u")).collect();
-        let d = diff(&[], &HashMap::new(), &inv, true, 50).unwrap();
+        let d = diff(&[], &[], &inv, true, 50).unwrap();
         let kinds: Vec<_> = d.prune.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(
             kinds,
@@ -629,7 +907,7 @@ mod tests {
         assert!(problems[1].message.contains("Namespace is cluster-scoped"));
         let p = plan(&objects[..2], scope, "c1", &mine).unwrap();
         assert!(
-            p.iter().all(|p| p.object.namespace() == Some("team-a")),
+            p.iter().all(|p| p.namespace() == Some("team-a")),
             "the first is the default"
         );
     }

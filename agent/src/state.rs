@@ -147,6 +147,16 @@ pub struct State {
 }
 
 impl State {
+    /// This state with another inventory (the rest copied).
+    pub fn with_inventory(&self, inventory: Vec<InventoryEntry>) -> State {
+        State {
+            assignment: self.assignment.clone(),
+            applied_commit: self.applied_commit.clone(),
+            applied: self.applied.clone(),
+            inventory,
+        }
+    }
+
     /// Fills in what older agents did not keep: they wrote the assignment
     /// only once it was applied.
     fn upgraded(mut self) -> Self {
@@ -160,12 +170,23 @@ impl State {
     }
 }
 
+/// A state's digest, to tell whether it changed.
+fn digest(state: &State) -> String {
+    sha256_hex(
+        serde_json::to_string(state)
+            .expect("a state serializes")
+            .as_bytes(),
+    )
+}
+
 /// Reads and writes [`State`] in the cluster, remembering what it last
 /// wrote so an unchanged state costs nothing.
 pub struct StateStore {
     client: kube::Client,
     namespace: String,
-    saved: Option<State>,
+    /// The digest of the state last read or written (not a copy of it: the
+    /// inventory can be large).
+    saved: Option<String>,
     /// Set when the ConfigMap is gone: the next save writes whatever it has.
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -183,6 +204,11 @@ impl StateStore {
     /// Uses another client from now on (the cluster's was rebuilt).
     pub fn set_client(&mut self, client: kube::Client) {
         self.client = client;
+    }
+
+    /// Whether the ConfigMap was lost (the next save writes).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The flag that says the ConfigMap was lost (the keeper sets it).
@@ -217,11 +243,11 @@ impl StateStore {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "the kept state does not parse; starting from none");
-                self.saved = Some(State::default());
+                self.saved = Some(digest(&State::default()));
                 return Ok(State::default());
             }
             None => {
-                self.saved = Some(State::default());
+                self.saved = Some(digest(&State::default()));
                 return Ok(State::default());
             }
         };
@@ -235,7 +261,7 @@ impl StateStore {
             });
         }
         let state = state.state.upgraded();
-        self.saved = Some(state.clone());
+        self.saved = Some(digest(&state));
         Ok(state)
     }
 
@@ -267,7 +293,7 @@ impl StateStore {
     /// Writes the state, only when it changed. Returns whether it wrote.
     pub async fn save(&mut self, state: &State) -> Result<bool> {
         let lost = self.lost.swap(false, std::sync::atomic::Ordering::SeqCst);
-        if self.saved.as_ref() == Some(state) && !lost {
+        if self.saved.as_deref() == Some(digest(state).as_str()) && !lost {
             return Ok(false);
         }
         ensure_namespace(&self.client, &self.namespace)
@@ -327,7 +353,7 @@ impl StateStore {
                 }
                 self.err("writing")(e)
             })?;
-        self.saved = Some(state.clone());
+        self.saved = Some(digest(state));
         self.remove_stale_chunks(&stored.inventory_chunks).await;
         Ok(true)
     }

@@ -7,12 +7,12 @@
 //! commit it applied. Told to stop, it finishes the step it is in (waits
 //! end at once), publishes a last status and returns.
 
-use crate::apply::{self, Applier};
+use crate::apply::{self, Applier, Plan};
 use crate::cluster::{self, Cluster};
 use crate::inform::{Notice, Notices};
 use crate::metrics::{Metrics, SyncLabels, SyncResult};
 use crate::read::{Reader, Unread};
-use crate::render::{self, Object};
+use crate::render::{self, Object, ObjectRef};
 use crate::source::Source;
 use crate::state::{State, StateStore};
 use crate::{Config, health};
@@ -81,6 +81,12 @@ pub struct Outputs {
     pub inventory: watch::Sender<Vec<crate::state::InventoryEntry>>,
 }
 
+/// A directory as a pass finds it: planned already, or just read.
+enum Rendered {
+    Planned(Arc<Plan>),
+    Read(RenderKey, Vec<Object>),
+}
+
 /// What a rendering depends on: repository, commit, directory, labels
 /// (per-cluster values of Helm sources).
 type RenderKey = (String, Commit, String, BTreeMap<String, String>);
@@ -95,8 +101,9 @@ pub struct Syncer {
     states: StateStore,
     reader: Reader,
     state: State,
-    /// The rendered objects of the last directory read.
-    rendered: Option<(RenderKey, Vec<Object>)>,
+    /// The plan of the last directory read (kept compact: it lives as long
+    /// as the commit is applied).
+    rendered: Option<(RenderKey, Arc<Plan>)>,
     status: watch::Sender<StatusReport>,
     drift_corrections: u64,
     last_sync_ms: i64,
@@ -114,6 +121,8 @@ pub struct Syncer {
     /// Who signed the applied commit (reported).
     signer: String,
     inventory: watch::Sender<Vec<crate::state::InventoryEntry>>,
+    /// The inventory changed since it was last published.
+    inventory_moved: bool,
 }
 
 impl Syncer {
@@ -167,6 +176,7 @@ impl Syncer {
             verified: None,
             signer: String::new(),
             inventory,
+            inventory_moved: true,
         }
     }
 
@@ -188,12 +198,25 @@ impl Syncer {
             .set(self.state.inventory.len() as i64);
         self.enforcing
             .store(self.state.applied_commit.is_some(), Ordering::Relaxed);
+    }
+
+    /// Tells a new inventory to previews, and its kinds to the drift watches.
+    async fn publish_inventory(&mut self, kinds: &watch::Sender<Vec<ApiResource>>) {
         let now = &self.state.inventory;
         self.inventory.send_if_modified(|held| {
             if held == now {
                 false
             } else {
                 held.clone_from(now);
+                true
+            }
+        });
+        let managed = self.applier.resources(&self.state.inventory).await;
+        kinds.send_if_modified(|cur| {
+            if *cur == managed {
+                false
+            } else {
+                *cur = managed;
                 true
             }
         });
@@ -311,7 +334,10 @@ impl Syncer {
                 let mut next = self.state.clone();
                 next.assignment = Some(a.clone());
                 match self.states.save(&next).await {
-                    Ok(_) => self.state = next,
+                    Ok(_) => {
+                        self.state = next;
+                        self.inventory_moved = true;
+                    }
                     Err(e) => {
                         span.in_scope(|| tracing::warn!(error = %e, "keeping the new assignment"))
                     }
@@ -355,16 +381,9 @@ impl Syncer {
                 span.in_scope(|| tracing::warn!(message = %pass.message, "sync failed"));
             }
             self.report(Some(&a), pass);
-            let inventory = self.state.inventory.clone();
-            let managed = self.applier.resources(&inventory).await;
-            kinds.send_if_modified(|cur| {
-                if *cur == managed {
-                    false
-                } else {
-                    *cur = managed;
-                    true
-                }
-            });
+            if std::mem::take(&mut self.inventory_moved) {
+                self.publish_inventory(&kinds).await;
+            }
             next = Instant::now() + delay;
         }
         // The last word: what the coordinator last heard stays true, and
@@ -410,17 +429,21 @@ impl Syncer {
             }
             _ => return Some(Pass::failed(why, vec![])),
         };
-        let held = match self
-            .applier
-            .sync(
-                &objects,
-                &self.state.inventory,
-                prev.allow_mass_prune,
-                !self.cfg.self_heal,
-                stop,
-            )
-            .await
-        {
+        let synced = match self.applier.plan(&objects).await {
+            Ok(plan) => {
+                self.applier
+                    .sync(
+                        &plan,
+                        &self.state.inventory,
+                        prev.allow_mass_prune,
+                        !self.cfg.self_heal,
+                        stop,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let held = match synced {
             Ok(done) => {
                 if done.writes > 0 {
                     self.corrected(done.writes, &prev.commit);
@@ -430,10 +453,12 @@ impl Syncer {
                         "repaired drift against the last applied commit"
                     );
                 }
-                let mut next = self.state.clone();
-                next.inventory = done.inventory;
-                if self.states.save(&next).await.is_ok() {
-                    self.state = next;
+                if let Some(inventory) = done.inventory {
+                    let next = self.state.with_inventory(inventory);
+                    if self.states.save(&next).await.is_ok() {
+                        self.state = next;
+                        self.inventory_moved = true;
+                    }
                 }
                 format!("still enforcing {}", prev.commit.short())
             }
@@ -452,23 +477,24 @@ impl Syncer {
         Some(Pass::failed(format!("{why}; {held}"), vec![]))
     }
 
-    /// Reads and renders the assignment's directory (cached per commit).
-    /// `Err` is the pass that reports why it could not.
+    /// The assignment's directory: its plan if one is kept for it, else
+    /// read and rendered (per commit). `Err` is the pass that reports why
+    /// it could not.
     async fn objects(
         &mut self,
         a: &Assignment,
         stop: &CancellationToken,
-    ) -> Result<Vec<Object>, Option<Pass>> {
+    ) -> Result<Rendered, Option<Pass>> {
         let key = (
             a.repo_url.clone(),
             a.commit.clone(),
             a.path.clone(),
             a.labels.clone(),
         );
-        if let Some((k, objects)) = &self.rendered
+        if let Some((k, plan)) = &self.rendered
             && *k == key
         {
-            return Ok(objects.clone());
+            return Ok(Rendered::Planned(plan.clone()));
         }
         if self.state.applied_commit.as_ref() != Some(&a.commit) {
             self.report(
@@ -487,8 +513,7 @@ impl Syncer {
                     self.metrics.fetch_duration.observe(took.as_secs_f64());
                     tracing::info!("fetched");
                 }
-                self.rendered = Some((key, read.objects.clone()));
-                Ok(read.objects)
+                Ok(Rendered::Read(key, read.objects))
             }
             Err(Unread::Stopped) => Err(None),
             Err(Unread::Git(why)) => Err(self.hold_last(a, why, stop).await),
@@ -506,10 +531,33 @@ impl Syncer {
         }
     }
 
-    /// Reads, renders and applies the assignment; judges health. `None`
-    /// when told to stop part-way.
+    /// The plan to apply: the kept one unless what the cluster serves
+    /// changed since it was made, else made now (and kept for the commit;
+    /// the rendered objects are dropped, the plan is their compact form).
+    async fn plan(&mut self, rendered: Rendered, a: &Assignment) -> Result<Arc<Plan>, Pass> {
+        let (key, planned) = match rendered {
+            Rendered::Planned(plan) => match self.applier.refresh(&plan).await {
+                None => return Ok(plan),
+                Some(planned) => (self.rendered.take().map(|(k, _)| k), planned),
+            },
+            Rendered::Read(key, objects) => (Some(key), self.applier.plan(&objects).await),
+        };
+        match planned {
+            Ok(plan) => {
+                let plan = Arc::new(plan);
+                if let Some(key) = key {
+                    self.rendered = Some((key, plan.clone()));
+                }
+                Ok(plan)
+            }
+            Err(e) => Err(self.sync_failed(e, a).await),
+        }
+    }
+
+    /// Reads, renders, plans and applies the assignment; judges health.
+    /// `None` when told to stop part-way.
     async fn pass(&mut self, a: &Assignment, stop: &CancellationToken) -> Option<Pass> {
-        let objects = match self.objects(a, stop).await {
+        let rendered = match self.objects(a, stop).await {
             Ok(o) => o,
             Err(pass) => return pass,
         };
@@ -523,56 +571,79 @@ impl Syncer {
                     .await;
             }
         };
+        let plan = match self.plan(rendered, a).await {
+            Ok(p) => p,
+            Err(pass) => return Some(pass),
+        };
         let applied_before = self.state.applied_commit.as_ref() == Some(&a.commit);
         let detect_only = !self.cfg.self_heal && applied_before;
         let result = self
             .applier
             .sync(
-                &objects,
+                &plan,
                 &self.state.inventory,
                 a.allow_mass_prune,
                 detect_only,
                 stop,
             )
             .await;
-        Some(match result {
-            Ok(applied) => {
-                if applied.writes > 0 && applied_before {
-                    self.corrected(applied.writes, &a.commit);
-                    tracing::info!(writes = applied.writes, "repaired drift");
-                }
-                if applied.writes > 0 {
-                    tracing::info!(writes = applied.writes, pruned = applied.pruned, "applied");
-                }
-                let next = State {
-                    assignment: Some(a.clone()),
-                    applied_commit: Some(a.commit.clone()),
-                    applied: Some(a.clone()),
-                    inventory: applied.inventory,
-                };
-                if let Err(e) = self.states.save(&next).await {
-                    if cluster::is_connection_error(e.source_error()) {
-                        self.cluster.refresh().await;
-                    }
-                    return Some(Pass::failed(
-                        format!("applied, but saving the inventory failed: {e}"),
-                        vec![],
-                    ));
-                }
-                self.state = next;
-                self.last_sync_ms = now_unix_ms();
-                self.signer = signer.map(|s| s.to_string()).unwrap_or_default();
-                if !applied_before {
-                    self.notices.send(Notice::Applied {
-                        commit: a.commit.short().to_string(),
-                        objects: self.state.inventory.len(),
-                        writes: applied.writes,
-                    });
-                }
-                judge(&applied.live, &a.commit)
-            }
+        drop(plan);
+        let applied = match result {
+            Ok(applied) => applied,
             Err(apply::Error::Interrupted) => return None,
-            Err(apply::Error::Drifted(problems)) => Pass {
+            Err(e) => return Some(self.sync_failed(e, a).await),
+        };
+        if applied.writes > 0 && applied_before {
+            self.corrected(applied.writes, &a.commit);
+            tracing::info!(writes = applied.writes, "repaired drift");
+        }
+        if applied.writes > 0 {
+            tracing::info!(writes = applied.writes, pruned = applied.pruned, "applied");
+        }
+        // A pass that changed nothing keeps the state as it is: no copy of
+        // the inventory, no comparison, no write.
+        let kept = applied.inventory.is_none()
+            && self.state.assignment.as_ref() == Some(a)
+            && self.state.applied_commit.as_ref() == Some(&a.commit)
+            && self.state.applied.as_ref() == Some(a)
+            && !self.states.is_lost();
+        if !kept {
+            let next = State {
+                assignment: Some(a.clone()),
+                applied_commit: Some(a.commit.clone()),
+                applied: Some(a.clone()),
+                inventory: applied
+                    .inventory
+                    .unwrap_or_else(|| self.state.inventory.clone()),
+            };
+            if let Err(e) = self.states.save(&next).await {
+                if cluster::is_connection_error(e.source_error()) {
+                    self.cluster.refresh().await;
+                }
+                return Some(Pass::failed(
+                    format!("applied, but saving the inventory failed: {e}"),
+                    vec![],
+                ));
+            }
+            self.state = next;
+            self.inventory_moved = true;
+        }
+        self.last_sync_ms = now_unix_ms();
+        self.signer = signer.map(|s| s.to_string()).unwrap_or_default();
+        if !applied_before {
+            self.notices.send(Notice::Applied {
+                commit: a.commit.short().to_string(),
+                objects: self.state.inventory.len(),
+                writes: applied.writes,
+            });
+        }
+        Some(judge(&applied.health, &a.commit))
+    }
+
+    /// The pass of a plan or sync that failed (never `Interrupted`).
+    async fn sync_failed(&mut self, e: apply::Error, a: &Assignment) -> Pass {
+        match e {
+            apply::Error::Drifted(problems) => Pass {
                 phase: Phase::Synced,
                 health: Health::Degraded,
                 message: format!(
@@ -582,7 +653,7 @@ impl Syncer {
                 ),
                 problems: wire(problems),
             },
-            Err(apply::Error::Rejected(problems)) => {
+            apply::Error::Rejected(problems) => {
                 self.applier.forget_kinds();
                 let message = format!(
                     "{} object(s) rejected at {}: nothing was applied",
@@ -591,7 +662,7 @@ impl Syncer {
                 );
                 Pass::failed(message, wire(problems))
             }
-            Err(e) => {
+            e => {
                 let message = self.failure(&e).await;
                 if matches!(e, apply::Error::MassPrune(_)) {
                     self.metrics.prune_refusals.inc();
@@ -602,7 +673,7 @@ impl Syncer {
                 }
                 Pass::failed(message, vec![])
             }
-        })
+        }
     }
 
     /// What to say of a failed sync, after doing what may fix it: the
@@ -645,25 +716,15 @@ impl Syncer {
 }
 
 /// The health of the applied objects, as one report.
-fn judge(live: &[serde_json::Value], commit: &Commit) -> Pass {
+fn judge(live: &[(ObjectRef, health::Verdict)], commit: &Commit) -> Pass {
     let mut problems = vec![];
     let mut hs = vec![];
-    for o in live {
-        let v = health::judge(o);
+    for (r, v) in live {
         if v.health != Health::Healthy {
-            let kind = o["kind"].as_str().unwrap_or("");
-            let name = o
-                .pointer("/metadata/name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("");
-            let object = match o.pointer("/metadata/namespace").and_then(|n| n.as_str()) {
-                Some(ns) => format!("{kind}/{ns}/{name}"),
-                None => format!("{kind}/{name}"),
-            };
             problems.push(ObjectProblem {
-                object,
+                object: r.to_string(),
                 source: String::new(),
-                message: v.reason,
+                message: v.reason.clone(),
             });
         }
         hs.push(v.health);
