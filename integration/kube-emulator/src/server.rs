@@ -608,17 +608,26 @@ impl Shared {
                     },
                     None => None,
                 };
+                // A page starts where the last ended (not a scan from the
+                // first object per page).
                 let mut matching = s
-                    .list(&rt, ns)
-                    .into_iter()
-                    .filter(|o| labels_match(&labels, o) && fields.matches(o))
-                    .filter(|o| after.as_ref().is_none_or(|a| object_key(o) > *a));
+                    .list_after(&rt, ns, after.as_ref())
+                    .filter(|o| labels_match(&labels, o) && fields.matches(o));
                 let page: Vec<Value> = matching
                     .by_ref()
                     .take(limit.unwrap_or(usize::MAX))
                     .cloned()
                     .collect();
-                let remaining = matching.count();
+                // As the real server: with a selector the count of what is
+                // left is unknown, and only whether there is more is said.
+                let selected = ["labelSelector", "fieldSelector"]
+                    .iter()
+                    .any(|k| q.get(*k).is_some_and(|v| !v.is_empty()));
+                let remaining = if selected {
+                    usize::from(matching.next().is_some())
+                } else {
+                    matching.count()
+                };
                 if as_table {
                     let mut table = table::of(
                         &view,
@@ -643,7 +652,9 @@ impl Shared {
                     && let Some(last) = items.last()
                 {
                     metadata["continue"] = encode_continue(&object_key(last)).into();
-                    metadata["remainingItemCount"] = remaining.into();
+                    if !selected {
+                        metadata["remainingItemCount"] = remaining.into();
+                    }
                 }
                 full(
                     StatusCode::OK,

@@ -351,6 +351,27 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(rt, name))
     }
 
+    /// Objects of one type, optionally in one namespace, in (namespace,
+    /// name) order, starting past `after` (a page's last object).
+    pub fn list_after<'a>(
+        &'a self,
+        rt: &ResourceType,
+        ns: Option<&'a str>,
+        after: Option<&(String, String)>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        use std::ops::Bound;
+        let key = rt.key();
+        let start = match after {
+            Some((n, name)) => Bound::Excluded((key.clone(), n.clone(), name.clone())),
+            None => Bound::Included((key.clone(), String::new(), String::new())),
+        };
+        self.objects
+            .range((start, Bound::Unbounded))
+            .take_while(move |((k, _, _), _)| *k == key)
+            .filter(move |((_, n, _), _)| ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v)
+    }
+
     /// Objects of one type, optionally in one namespace, in name order.
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<&Value> {
         let key = rt.key();
