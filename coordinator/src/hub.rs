@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+/// A session's outbound queue. Its messages are boxed: a queue allocates
+/// its slots in blocks of 32, and a block of unboxed messages was several
+/// KiB per connected agent.
+pub type Outbound = mpsc::Sender<Box<Result<CoordinatorMessage, Status>>>;
 
 struct Session {
     id: u64,
@@ -170,9 +173,9 @@ impl Hub {
             match sessions.get(cluster) {
                 None => Err("not previewed: the cluster is not connected".to_string()),
                 Some(s) => {
-                    s.tx.try_send(Ok(CoordinatorMessage {
+                    s.tx.try_send(Box::new(Ok(CoordinatorMessage {
                         msg: Some(coordinator_message::Msg::Preview(req)),
-                    }))
+                    })))
                     .map_err(|_| "not previewed: its session is not keeping up".to_string())
                 }
             }
@@ -300,7 +303,7 @@ impl Hub {
         };
         // A full queue means the agent is not reading. Dropping the session
         // ends its stream; the agent reconnects and gets a full resync.
-        if session.tx.try_send(Ok(msg)).is_err() {
+        if session.tx.try_send(Box::new(Ok(msg))).is_err() {
             tracing::warn!(
                 cluster,
                 "the session is not keeping up; closing it to force a resync"

@@ -16,6 +16,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferr
 
 pub mod assignment;
 mod client;
+pub mod codec;
 mod domain;
 #[cfg(feature = "git")]
 pub mod git;

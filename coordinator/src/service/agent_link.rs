@@ -174,11 +174,11 @@ impl AgentLink for AgentLinkService {
                             hub.metrics.reports.get_or_create(&ReportLabels { result: "oversized" }).inc();
                             tracing::warn!(error = %e.message(), "refused an oversized message; ending the session");
                             let _ = errors
-                                .send(Err(Status::resource_exhausted(format!(
+                                .send(Box::new(Err(Status::resource_exhausted(format!(
                                     "a message over the {} MiB limit: {}",
                                     MAX_MESSAGE >> 20,
                                     e.message()
-                                ))))
+                                )))))
                                 .await;
                             break;
                         }
@@ -194,6 +194,9 @@ impl AgentLink for AgentLinkService {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            ReceiverStream::new(rx),
+            |m| *m,
+        ))))
     }
 }
