@@ -69,9 +69,10 @@ struct Args {
     skip_git: bool,
     #[arg(long)]
     skip_airgap: bool,
-    /// Objects for the agent figures.
-    #[arg(long, default_value_t = 1000)]
-    agent_objects: usize,
+    /// Objects for the agent figures, one run of `agent-bench` per count
+    /// (the footprint table: 1000,10000,30000).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    agent_objects: Vec<usize>,
     /// Seconds of agent steady state.
     #[arg(long, default_value_t = 60)]
     agent_steady_seconds: u64,
@@ -1140,10 +1141,18 @@ async fn main() -> Result<()> {
         out.insert("airgap".into(), j);
     }
     if !args.skip_agent {
-        let (objects, steady) = (args.agent_objects, args.agent_steady_seconds);
-        let (rows, j) = tokio::task::spawn_blocking(move || agent_bench(objects, steady)).await??;
-        print_table("Agent (ferry-agent process, emulated API server)", &rows);
-        out.insert("agent".into(), j);
+        let mut runs = vec![];
+        for &objects in &args.agent_objects {
+            let steady = args.agent_steady_seconds;
+            let (rows, j) =
+                tokio::task::spawn_blocking(move || agent_bench(objects, steady)).await??;
+            print_table(
+                &format!("Agent at {objects} objects (ferry-agent process, emulated API server)"),
+                &rows,
+            );
+            runs.push(j);
+        }
+        out.insert("agent".into(), json!(runs));
     }
     println!("{}", json!({ "ferry_bench": out }));
     Ok(())
