@@ -948,16 +948,18 @@ impl Applier {
     }
 
     /// The API resources of the kinds in the inventory, for drift watches.
-    pub async fn resources(&mut self, inventory: &[InventoryEntry]) -> Vec<ApiResource> {
+    /// `false` with them: some kind could not be resolved now (ask again).
+    pub async fn resources(&mut self, inventory: &[InventoryEntry]) -> (Vec<ApiResource>, bool) {
         let mut out: Vec<ApiResource> = vec![];
+        let mut complete = true;
         for e in inventory {
-            if let Ok(Some(k)) = self.kind(&e.api_version, &e.kind).await
-                && !out.contains(&k.resource)
-            {
-                out.push(k.resource);
+            match self.kind(&e.api_version, &e.kind).await {
+                Ok(Some(k)) if !out.contains(&k.resource) => out.push(k.resource),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => complete = false,
             }
         }
-        out
+        (out, complete)
     }
 }
 

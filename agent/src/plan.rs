@@ -261,48 +261,12 @@ pub fn plan(
     Ok(planned)
 }
 
-/// Whether every field of `want` is in `live` with the same value. Server
-/// defaults in `live` are fine; only what Git sets is compared.
-pub fn contains(live: &Value, want: &Value) -> bool {
-    match (live, want) {
-        (Value::Object(l), Value::Object(w)) => w
-            .iter()
-            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
-        (Value::Array(l), Value::Array(w)) => {
-            l.len() == w.len() && l.iter().zip(w).all(|(a, b)| contains(a, b))
-        }
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (a, b) => a == b,
-    }
-}
-
-/// Whether `live` still holds what `want` sets, ignoring status and
-/// server-owned metadata (only name, namespace, labels and annotations of
-/// `metadata` are compared).
-pub fn unchanged(live: &Value, want: &Value) -> bool {
-    let (Some(l), Some(w)) = (live.as_object(), want.as_object()) else {
-        return contains(live, want);
-    };
-    w.iter().all(|(k, wv)| match k.as_str() {
-        "status" => true,
-        "metadata" => wv.as_object().is_none_or(|wm| {
-            wm.iter()
-                .filter(|(mk, _)| {
-                    matches!(mk.as_str(), "name" | "namespace" | "labels" | "annotations")
-                })
-                .all(|(mk, mv)| {
-                    l.get("metadata")
-                        .and_then(|lm| lm.get(mk))
-                        .is_some_and(|lv| contains(lv, mv))
-                })
-        }),
-        _ => l.get(k).is_some_and(|lv| contains(lv, wv)),
-    })
-}
-
-/// [`unchanged`], reading `want` from its JSON text as it compares: no
-/// decoded copy of the object is made (a sync compares every object it
-/// manages on every pass).
+/// Whether `live` still holds what `want` (JSON text) sets: every field of
+/// `want` is in `live` with the same value (numbers by value), so server
+/// defaults and other managers' fields are fine; `status` is not compared,
+/// and of `metadata` only name, namespace, labels and annotations. `want`
+/// is read as it is compared: no decoded copy of the object is made (a sync
+/// compares every object it manages on every pass).
 pub fn unchanged_text(live: &Value, want: &str) -> bool {
     use serde::de::DeserializeSeed;
     let mut d = serde_json::Deserializer::from_str(want);
@@ -325,7 +289,7 @@ enum Level {
     Field,
 }
 
-/// Whether the value being read is within `live` (see [`contains`]).
+/// Whether the value being read is within `live`.
 struct Holds<'a> {
     live: Option<&'a Value>,
     level: Level,
@@ -641,6 +605,46 @@ pub fn inventory(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether every field of `want` is in `live` with the same value. Server
+    /// defaults in `live` are fine; only what Git sets is compared.
+    fn contains(live: &Value, want: &Value) -> bool {
+        match (live, want) {
+            (Value::Object(l), Value::Object(w)) => w
+                .iter()
+                .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+            (Value::Array(l), Value::Array(w)) => {
+                l.len() == w.len() && l.iter().zip(w).all(|(a, b)| contains(a, b))
+            }
+            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+            (a, b) => a == b,
+        }
+    }
+
+    /// `unchanged_text` over decoded objects: the reference it is checked
+    /// against. Whether `live` still holds what `want` sets, ignoring status and
+    /// server-owned metadata (only name, namespace, labels and annotations of
+    /// `metadata` are compared).
+    fn unchanged(live: &Value, want: &Value) -> bool {
+        let (Some(l), Some(w)) = (live.as_object(), want.as_object()) else {
+            return contains(live, want);
+        };
+        w.iter().all(|(k, wv)| match k.as_str() {
+            "status" => true,
+            "metadata" => wv.as_object().is_none_or(|wm| {
+                wm.iter()
+                    .filter(|(mk, _)| {
+                        matches!(mk.as_str(), "name" | "namespace" | "labels" | "annotations")
+                    })
+                    .all(|(mk, mv)| {
+                        l.get("metadata")
+                            .and_then(|lm| lm.get(mk))
+                            .is_some_and(|lv| contains(lv, mv))
+                    })
+            }),
+            _ => l.get(k).is_some_and(|lv| contains(lv, wv)),
+        })
+    }
 
     fn obj(kind: &str, name: &str, extra: Value) -> Object {
         let api_version = match kind {

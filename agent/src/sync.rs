@@ -201,6 +201,8 @@ impl Syncer {
     }
 
     /// Tells a new inventory to previews, and its kinds to the drift watches.
+    /// A kind discovery could not resolve now is asked for again after the
+    /// next pass (its objects' drift watch must not stay missing).
     async fn publish_inventory(&mut self, kinds: &watch::Sender<Vec<ApiResource>>) {
         let now = &self.state.inventory;
         self.inventory.send_if_modified(|held| {
@@ -211,7 +213,8 @@ impl Syncer {
                 true
             }
         });
-        let managed = self.applier.resources(&self.state.inventory).await;
+        let (managed, complete) = self.applier.resources(&self.state.inventory).await;
+        self.inventory_moved = !complete;
         kinds.send_if_modified(|cur| {
             if *cur == managed {
                 false
