@@ -15,6 +15,8 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v buildah >/dev/null || need+=(buildah)
 command -v curl >/dev/null || need+=(curl)
 command -v gpg >/dev/null || need+=(gnupg)
+# PostgreSQL's programs (the store tests start their own throwaway server).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 [ -x /usr/lib/git-core/git-daemon ] || [ -x "$(git --exec-path 2>/dev/null)/git-daemon" ] || need+=(git-daemon-sysvinit)
 if ! command -v python3 >/dev/null; then
@@ -26,7 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "installing: ${need[*]}"
   # The tests run their own sshd on a random port; installing the package
-  # must not start a system SSH (or Prometheus) service. Containers already forbid service
+  # must not start a system SSH (or Prometheus, or PostgreSQL) service. Containers already forbid service
   # starts (policy-rc.d); elsewhere forbid them for this install only.
   policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then

@@ -11,6 +11,7 @@ use crate::pki::{self, Pki};
 use crate::repo::Repo;
 use crate::service::{AdminService, AgentLinkService, EnrollmentService};
 use crate::store::Store;
+use crate::store::postgres::Postgres;
 use crate::store::sqlite::Sqlite;
 use crate::store::timed::Timed;
 use ferry_proto::v1::admin_server::AdminServer;
@@ -34,9 +35,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The store could not be opened or read.
-    #[error("the store in {}: {source}", .dir.display())]
+    #[error("the store ({at}): {source}")]
     Store {
-        dir: PathBuf,
+        /// Where it is (a file, or a PostgreSQL address without password).
+        at: String,
         #[source]
         source: crate::store::Error,
     },
@@ -129,6 +131,9 @@ pub struct Config {
     /// again at every check), and what must be signed.
     pub verify_keys: Option<PathBuf>,
     pub verify_mode: ferry_proto::verify::Mode,
+    /// A PostgreSQL DSN to keep state in (replicas may share it); `None`:
+    /// SQLite in the data dir.
+    pub store: Option<String>,
 }
 
 impl Config {
@@ -150,6 +155,7 @@ impl Config {
             bootstrap_token: None,
             verify_keys: None,
             verify_mode: Default::default(),
+            store: None,
         }
     }
 }
@@ -194,15 +200,34 @@ impl Coordinator {
             std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(dir_err)?;
         }
+        let (backend, at): (Arc<dyn Store>, String) = match &cfg.store {
+            None => {
+                let at = cfg.data_dir.join("ferry.db").display().to_string();
+                match Sqlite::open(&cfg.data_dir).await {
+                    Ok(s) => (Arc::new(s), at),
+                    Err(source) => return Err(Error::Store { at, source }),
+                }
+            }
+            Some(dsn) => match Postgres::open(dsn).await {
+                Ok(s) => {
+                    let at = format!("postgresql {}", s.target());
+                    tracing::info!(store = %at, "the store is on PostgreSQL");
+                    (Arc::new(s), at)
+                }
+                Err(source) => {
+                    return Err(Error::Store {
+                        at: "postgresql".into(),
+                        source,
+                    });
+                }
+            },
+        };
         let store_err = |source| Error::Store {
-            dir: cfg.data_dir.clone(),
+            at: at.clone(),
             source,
         };
         let metrics = Metrics::default();
-        let store: Arc<dyn Store> = Arc::new(Timed::new(
-            Arc::new(Sqlite::open(&cfg.data_dir).await.map_err(store_err)?),
-            metrics.clone(),
-        ));
+        let store: Arc<dyn Store> = Arc::new(Timed::new(backend, metrics.clone()));
         if store.token_count().await.map_err(store_err)? == 0 {
             let given = cfg.bootstrap_token.as_deref().map(str::trim);
             let token = match given {

@@ -9,6 +9,7 @@
 //! transaction. Implementations never block the async runtime and never
 //! talk to anything but their database.
 
+pub mod postgres;
 pub mod sqlite;
 pub mod timed;
 
@@ -322,4 +323,170 @@ pub fn rollout_number(id: &str) -> Result<i64> {
     id.strip_prefix('r')
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| Error::UnknownRollout(id.to_string()))
+}
+
+/// What a stored value becomes when this coordinator cannot read it.
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Labels as stored (a JSON object).
+pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).expect("labels serialize")
+}
+
+/// Stored labels (a JSON object); unreadable ones read as none.
+pub(crate) fn labels_of(json: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// A stored pin (commit and generation), when there is one.
+pub(crate) fn pin_of(commit: Option<String>, generation: Option<i64>) -> Option<(Commit, u64)> {
+    commit
+        .and_then(|c| Commit::parse(&c).ok())
+        .zip(generation.map(|g| g as u64))
+}
+
+/// The reason a pin's ledger entries carry, or the refusal of a manual pin
+/// that would move a cluster an active rollout is moving. `inside` maps
+/// the pinned clusters that are in an active rollout to it (`None` for a
+/// rollout's own pin, which is never refused).
+pub(crate) fn pin_reason(
+    change: &PinChange,
+    inside: Option<&BTreeMap<String, String>>,
+) -> Result<String> {
+    let mut reason = change.reason.trim().to_string();
+    if let Some(inside) = inside {
+        if !change.force
+            && let Some((cluster, rollout)) = change
+                .clusters
+                .iter()
+                .find_map(|c| inside.get(c).map(|r| (c, r)))
+        {
+            return Err(Error::InRollout {
+                cluster: cluster.clone(),
+                rollout: rollout.clone(),
+            });
+        }
+        let forced: std::collections::BTreeSet<&String> = inside.values().collect();
+        for r in forced {
+            reason = format!("{reason} [forced during rollout {r}]")
+                .trim()
+                .to_string();
+        }
+    }
+    if change.allow_mass_prune {
+        reason = format!("{reason} [mass prune allowed]").trim().to_string();
+    }
+    Ok(reason)
+}
+
+/// Refuses a rollout whose clusters are in an active one (`inside`:
+/// cluster -> its active rollout).
+pub(crate) fn refuse_overlap(state: &State, inside: &BTreeMap<String, String>) -> Result<()> {
+    let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in &state.clusters {
+        if let Some(r) = inside.get(&c.name) {
+            shared.entry(r.clone()).or_default().push(c.name.clone());
+        }
+    }
+    match shared.into_iter().next() {
+        Some((rollout, clusters)) => Err(Error::Overlap { rollout, clusters }),
+        None => Ok(()),
+    }
+}
+
+/// A rollout's row as stored.
+pub(crate) struct RolloutRow {
+    pub number: i64,
+    pub spec: String,
+    pub phase: String,
+    pub wave: i64,
+    pub wave_started_ms: i64,
+    pub baked_since_ms: i64,
+    pub approved: String,
+    pub message: String,
+    pub actor: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A rollout member's row as stored.
+pub(crate) struct MemberRow {
+    pub name: String,
+    pub wave: i64,
+    pub previous: String,
+    pub phase: String,
+    pub pinned_ms: i64,
+    pub reason: String,
+}
+
+/// A rollout from its stored row and members (in position order).
+pub(crate) fn rollout_of(row: RolloutRow, members: Vec<MemberRow>) -> Result<Rollout> {
+    use ferry_proto::rollout::{ClusterPhase, RolloutPhase};
+    let id = format!("r{}", row.number);
+    let spec: Spec =
+        serde_json::from_str(&row.spec).map_err(|e| corrupt(&format!("rollout {id} spec"), e))?;
+    let phase = RolloutPhase::parse(&row.phase)
+        .ok_or_else(|| corrupt(&format!("rollout {id} phase"), &row.phase))?;
+    let approved = serde_json::from_str(&row.approved)
+        .map_err(|e| corrupt(&format!("rollout {id} approvals"), e))?;
+    let clusters = members
+        .into_iter()
+        .map(|m| {
+            Ok(ClusterProgress {
+                phase: ClusterPhase::parse(&m.phase).ok_or_else(|| {
+                    corrupt(&format!("rollout {id} cluster {}", m.name), &m.phase)
+                })?,
+                previous: Commit::parse_optional(&m.previous)
+                    .map_err(|e| corrupt(&format!("rollout {id} cluster {}", m.name), e))?,
+                name: m.name,
+                wave: m.wave as usize,
+                pinned_ms: m.pinned_ms,
+                reason: m.reason,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Rollout {
+        id,
+        spec,
+        state: State {
+            phase,
+            wave: row.wave as usize,
+            wave_started_ms: row.wave_started_ms,
+            baked_since_ms: row.baked_since_ms,
+            approved,
+            clusters,
+            message: row.message,
+        },
+        actor: row.actor,
+        created_ms: row.created_ms,
+        updated_ms: row.updated_ms,
+    })
+}
+
+/// A site from its stored columns (`refs` a JSON object).
+pub(crate) fn site_of(
+    name: String,
+    mirror_url: String,
+    selector: String,
+    refs: &str,
+    commits: i64,
+    reported_ms: i64,
+    reported_by: String,
+) -> Result<SiteRecord> {
+    let refs =
+        serde_json::from_str(refs).map_err(|e| corrupt(&format!("refs of site {name}"), e))?;
+    Ok(SiteRecord {
+        name,
+        mirror_url,
+        selector,
+        refs,
+        commits: commits as u64,
+        reported_ms,
+        reported_by,
+    })
 }

@@ -6,5 +6,6 @@ pub mod bench;
 pub mod fleetsim;
 pub mod githttp;
 pub mod harness;
+pub mod postgres;
 pub mod sshgit;
 pub mod world;

@@ -75,6 +75,20 @@ pub struct ServeArgs {
     /// What must be signed: the commit itself, or an annotated tag naming it.
     #[arg(long, env = "FERRY_VERIFY_MODE", default_value = "commit")]
     pub verify_mode: ferry_proto::verify::Mode,
+    /// Where the coordinator keeps its state: `sqlite` (the default, a file
+    /// in DATA_DIR) or a PostgreSQL DSN (`postgres://USER:PASSWORD@HOST:5432/DB`,
+    /// or `host=… user=… dbname=…`), which several coordinators may share.
+    #[arg(
+        long,
+        env = "FERRY_STORE",
+        hide_env_values = true,
+        default_value = "sqlite"
+    )]
+    pub store: String,
+    /// A file (a mounted Secret) holding the PostgreSQL DSN, instead of
+    /// --store (which other users of the machine can read in the process list).
+    #[arg(long, env = "FERRY_STORE_FILE", conflicts_with = "store")]
+    pub store_file: Option<PathBuf>,
     /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
     /// address (e.g. 0.0.0.0:9090); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
@@ -103,6 +117,15 @@ impl ServeArgs {
         cfg.ca_dir = self.ca_dir.clone();
         cfg.verify_keys = self.verify_keys.clone();
         cfg.verify_mode = self.verify_mode;
+        cfg.store = match &self.store_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("--store-file {}: {e}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => store_dsn(&self.store)?,
+        };
         if let Some(f) = &self.bootstrap_token_file {
             cfg.bootstrap_token = Some(
                 std::fs::read_to_string(f)
@@ -117,6 +140,21 @@ impl ServeArgs {
         };
         Ok(cfg)
     }
+}
+
+/// `--store`: `None` for SQLite, or the PostgreSQL DSN.
+fn store_dsn(store: &str) -> Result<Option<String>> {
+    let s = store.trim();
+    if s.is_empty() || s == "sqlite" {
+        return Ok(None);
+    }
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") || s.contains('=') {
+        return Ok(Some(s.to_string()));
+    }
+    anyhow::bail!(
+        "--store must be `sqlite` or a PostgreSQL address (postgres://USER:PASSWORD@HOST:5432/DB); got {:?}",
+        ferry_proto::git::redact(s)
+    )
 }
 
 /// Every agent holds a connection: lift the soft open-file limit to the

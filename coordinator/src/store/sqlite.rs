@@ -9,16 +9,17 @@
 //! job that fails leaves nothing behind in its batch.
 
 use super::{
-    Advance, BackendError, ClusterRecord, Error, PinChange, PinnedCluster, Result, SiteRecord,
-    Store, Summary, rollout_number,
+    Advance, BackendError, ClusterRecord, Error, MemberRow, PinChange, PinnedCluster, Result,
+    RolloutRow, SiteRecord, Store, Summary, labels_json, labels_of, pin_of, pin_reason,
+    refuse_overlap, rollout_number, rollout_of, site_of,
 };
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
-use ferry_proto::rollout::{ClusterPhase, ClusterProgress, Rollout, RolloutPhase, Spec, State};
+use ferry_proto::rollout::{ClusterProgress, Rollout, Spec, State};
 use ferry_proto::v1::StatusReport;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -192,25 +193,15 @@ const SITE_COLUMNS: &str =
 
 fn site_row(r: &rusqlite::Row) -> rusqlite::Result<Result<SiteRecord>> {
     let refs: String = r.get(3)?;
-    let name: String = r.get(0)?;
-    let refs = match serde_json::from_str(&refs) {
-        Ok(m) => m,
-        Err(e) => {
-            return Ok(Err(Error::Corrupt {
-                what: format!("refs of site {name}"),
-                detail: e.to_string(),
-            }));
-        }
-    };
-    Ok(Ok(SiteRecord {
-        name,
-        mirror_url: r.get(1)?,
-        selector: r.get(2)?,
-        refs,
-        commits: r.get::<_, i64>(4)? as u64,
-        reported_ms: r.get(5)?,
-        reported_by: r.get(6)?,
-    }))
+    Ok(site_of(
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        &refs,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
 }
 
 fn site_named(conn: &Connection, name: &str) -> Result<Option<SiteRecord>> {
@@ -294,23 +285,25 @@ fn open_conn(path: &Path) -> Result<Connection> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
     )
     .map_err(db("configure"))?;
-    migrate(&mut conn)?;
+    migrate(&mut conn, MIGRATIONS)?;
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Brings the schema up to `migrations`, all in one transaction: one that
+/// fails half-way leaves the database as it was.
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> {
     let tx = conn.transaction().map_err(db("migrate"))?;
     let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db("read schema version"))?;
-    let known = MIGRATIONS.len() as i64;
+    let known = migrations.len() as i64;
     if version > known {
         return Err(Error::TooNew {
             found: version,
             known,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql)
             .map_err(db(&format!("migration {}", i + 1)))?;
     }
@@ -351,10 +344,6 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn labels_json(labels: &BTreeMap<String, String>) -> String {
-    serde_json::to_string(labels).expect("labels serialize")
-}
-
 const SELECT_CLUSTER: &str =
     "SELECT c.name, c.labels, c.path_override, c.agent_version, c.last_seen_ms, c.status,
         p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
@@ -367,14 +356,12 @@ fn cluster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterRecord> {
     let generation: Option<i64> = r.get(7)?;
     Ok(ClusterRecord {
         name: r.get(0)?,
-        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        labels: labels_of(&labels),
         path_override: r.get(2)?,
         agent_version: r.get(3)?,
         last_seen_ms: r.get(4)?,
         status: status.and_then(|b| StatusReport::decode(b.as_slice()).ok()),
-        pin: commit
-            .and_then(|c| Commit::parse(&c).ok())
-            .zip(generation.map(|g| g as u64)),
+        pin: pin_of(commit, generation),
         allow_mass_prune: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
         pin_rollout: r.get::<_, Option<String>>(9)?.filter(|s| !s.is_empty()),
     })
@@ -390,11 +377,9 @@ fn pinned_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PinnedCluster> {
     let generation: Option<i64> = r.get(4)?;
     Ok(PinnedCluster {
         name: r.get(0)?,
-        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        labels: labels_of(&labels),
         path_override: r.get(2)?,
-        pin: commit
-            .and_then(|c| Commit::parse(&c).ok())
-            .zip(generation.map(|g| g as u64)),
+        pin: pin_of(commit, generation),
         allow_mass_prune: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
         pin_rollout: r.get::<_, Option<String>>(6)?.filter(|s| !s.is_empty()),
     })
@@ -491,30 +476,14 @@ fn pin_in(conn: &Connection, change: &PinChange, now_ms: i64) -> Result<Vec<Ledg
     // A manual pin must not move a cluster an active rollout is moving,
     // decided here, in the pin's own transaction, so no rollout can start
     // between the check and the write.
-    let mut reason = change.reason.trim().to_string();
-    if change.rollout.is_none() {
-        let inside = active_rollouts_of(conn, change.clusters.iter().map(String::as_str))?;
-        if !change.force
-            && let Some((cluster, rollout)) = change
-                .clusters
-                .iter()
-                .find_map(|c| inside.get(c).map(|r| (c, r)))
-        {
-            return Err(Error::InRollout {
-                cluster: cluster.clone(),
-                rollout: rollout.clone(),
-            });
-        }
-        let forced: BTreeSet<&String> = inside.values().collect();
-        for r in forced {
-            reason = format!("{reason} [forced during rollout {r}]")
-                .trim()
-                .to_string();
-        }
-    }
-    if change.allow_mass_prune {
-        reason = format!("{reason} [mass prune allowed]").trim().to_string();
-    }
+    let inside = match change.rollout {
+        None => Some(active_rollouts_of(
+            conn,
+            change.clusters.iter().map(String::as_str),
+        )?),
+        Some(_) => None,
+    };
+    let reason = pin_reason(change, inside.as_ref())?;
     let mut entries = vec![];
     // Prepared once: a pin may move thousands of clusters.
     let mut exists_q = conn
@@ -624,46 +593,26 @@ fn write_members(
 
 const SELECT_ROLLOUT: &str = "SELECT id, spec, phase, wave, wave_started_ms, baked_since_ms, approved, message, actor, created_ms, updated_ms FROM rollouts";
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Corrupt {
-        what: what.to_string(),
-        detail: detail.to_string(),
-    }
-}
-
 /// Reads rollouts (their rows, then each one's members).
 fn read_rollouts(conn: &Connection, filter: &str, args: &[i64]) -> Result<Vec<Rollout>> {
-    type Row = (
-        i64,
-        String,
-        String,
-        i64,
-        i64,
-        i64,
-        String,
-        String,
-        String,
-        i64,
-        i64,
-    );
-    let rows: Vec<Row> = {
+    let rows: Vec<RolloutRow> = {
         let mut st = conn
             .prepare_cached(&format!("{SELECT_ROLLOUT} {filter}"))
             .map_err(db("read rollouts"))?;
         st.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-            ))
+            Ok(RolloutRow {
+                number: r.get(0)?,
+                spec: r.get(1)?,
+                phase: r.get(2)?,
+                wave: r.get(3)?,
+                wave_started_ms: r.get(4)?,
+                baked_since_ms: r.get(5)?,
+                approved: r.get(6)?,
+                message: r.get(7)?,
+                actor: r.get(8)?,
+                created_ms: r.get(9)?,
+                updated_ms: r.get(10)?,
+            })
         })
         .and_then(Iterator::collect)
         .map_err(db("read rollouts"))?
@@ -675,58 +624,21 @@ fn read_rollouts(conn: &Connection, filter: &str, args: &[i64]) -> Result<Vec<Ro
         )
         .map_err(db("read rollout membership"))?;
     let mut out = Vec::with_capacity(rows.len());
-    for (n, spec, phase, wave, started, baked, approved, message, actor, created, updated) in rows {
-        let id = format!("r{n}");
-        let spec: Spec =
-            serde_json::from_str(&spec).map_err(|e| corrupt(&format!("rollout {id} spec"), e))?;
-        let phase = RolloutPhase::parse(&phase)
-            .ok_or_else(|| corrupt(&format!("rollout {id} phase"), &phase))?;
-        let approved: BTreeSet<usize> = serde_json::from_str(&approved)
-            .map_err(|e| corrupt(&format!("rollout {id} approvals"), e))?;
-        let raw: Vec<(String, i64, String, String, i64, String)> = members_q
-            .query_map([n], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+    for row in rows {
+        let members: Vec<MemberRow> = members_q
+            .query_map([row.number], |r| {
+                Ok(MemberRow {
+                    name: r.get(0)?,
+                    wave: r.get(1)?,
+                    previous: r.get(2)?,
+                    phase: r.get(3)?,
+                    pinned_ms: r.get(4)?,
+                    reason: r.get(5)?,
+                })
             })
             .and_then(Iterator::collect)
             .map_err(db("read rollout membership"))?;
-        let clusters = raw
-            .into_iter()
-            .map(|(name, wave, previous, phase, pinned_ms, reason)| {
-                Ok(ClusterProgress {
-                    phase: ClusterPhase::parse(&phase)
-                        .ok_or_else(|| corrupt(&format!("rollout {id} cluster {name}"), &phase))?,
-                    previous: Commit::parse_optional(&previous)
-                        .map_err(|e| corrupt(&format!("rollout {id} cluster {name}"), e))?,
-                    name,
-                    wave: wave as usize,
-                    pinned_ms,
-                    reason,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.push(Rollout {
-            id,
-            spec,
-            state: State {
-                phase,
-                wave: wave as usize,
-                wave_started_ms: started,
-                baked_since_ms: baked,
-                approved,
-                clusters,
-                message,
-            },
-            actor,
-            created_ms: created,
-            updated_ms: updated,
-        });
+        out.push(rollout_of(row, members)?);
     }
     Ok(out)
 }
@@ -1045,15 +957,7 @@ impl Store for Sqlite {
             let sp = conn.savepoint().map_err(db("create a rollout"))?;
             // Clusters already in an active rollout, by that rollout.
             let inside = active_rollouts_of(&sp, state.clusters.iter().map(|c| c.name.as_str()))?;
-            let mut shared: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for c in &state.clusters {
-                if let Some(r) = inside.get(&c.name) {
-                    shared.entry(r.clone()).or_default().push(c.name.clone());
-                }
-            }
-            if let Some((rollout, clusters)) = shared.into_iter().next() {
-                return Err(Error::Overlap { rollout, clusters });
-            }
+            refuse_overlap(&state, &inside)?;
             sp.execute(
                 "INSERT INTO rollouts (spec, active, actor, created_ms, updated_ms, phase, wave,
                      wave_started_ms, baked_since_ms, approved, message)
@@ -1235,7 +1139,7 @@ impl Store for Sqlite {
             .and_then(|mut st| {
                 st.query_map([], |r| {
                     let labels: String = r.get(1)?;
-                    Ok((r.get(0)?, serde_json::from_str(&labels).unwrap_or_default()))
+                    Ok((r.get(0)?, labels_of(&labels)))
                 })?
                 .collect()
             })
@@ -1395,122 +1299,11 @@ impl Store for Sqlite {
 mod tests {
     use super::*;
     use crate::store::Store;
-    use ferry_proto::rollout::{Policy, Selector, WaveSpec};
+    use ferry_proto::rollout::{ClusterPhase, Policy, RolloutPhase, Selector, WaveSpec};
+    use std::collections::BTreeSet;
 
     fn commit(c: char) -> Commit {
         Commit::parse(&c.to_string().repeat(40)).unwrap()
-    }
-
-    fn change(names: &[&str], c: &Commit) -> PinChange {
-        PinChange {
-            clusters: names.iter().map(|s| s.to_string()).collect(),
-            commit: c.clone(),
-            actor: "me".into(),
-            reason: "why".into(),
-            rollout: None,
-            force: false,
-            allow_mass_prune: false,
-        }
-    }
-
-    async fn with_clusters(dir: &Path, names: &[&str]) -> Sqlite {
-        let s = Sqlite::open(dir).await.unwrap();
-        for n in names {
-            s.hello(n, None, Some(BTreeMap::new()), "v", None, 1)
-                .await
-                .unwrap();
-        }
-        s
-    }
-
-    #[tokio::test]
-    async fn sites_and_what_their_mirrors_hold() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Sqlite::open(dir.path()).await.unwrap();
-        let site = SiteRecord {
-            name: "dmz".into(),
-            mirror_url: "git://mirror/fleet.git".into(),
-            selector: "site=dmz".into(),
-            ..SiteRecord::default()
-        };
-        s.add_site(site.clone(), 1).await.unwrap();
-        assert!(matches!(
-            s.add_site(site.clone(), 2).await,
-            Err(Error::SiteExists(_))
-        ));
-        assert!(matches!(
-            s.report_mirror("nope", BTreeMap::new(), vec![], "x", 3)
-                .await,
-            Err(Error::UnknownSite(_))
-        ));
-        let refs: BTreeMap<_, _> = [("refs/heads/main".to_string(), "b".repeat(40))].into();
-        let r = s
-            .report_mirror(
-                "dmz",
-                refs.clone(),
-                vec!["b".repeat(40), "a".repeat(40)],
-                "sync",
-                4,
-            )
-            .await
-            .unwrap();
-        assert_eq!((r.commits, r.reported_ms, r.refs), (2, 4, refs));
-        assert_eq!(s.sites_holding(&commit('a')).await.unwrap(), ["dmz"]);
-        assert!(s.sites_holding(&commit('c')).await.unwrap().is_empty());
-        // A later report replaces the earlier one (a rewrite drops commits).
-        s.report_mirror("dmz", BTreeMap::new(), vec!["c".repeat(40)], "sync", 5)
-            .await
-            .unwrap();
-        assert!(s.sites_holding(&commit('a')).await.unwrap().is_empty());
-        drop(s);
-        let s = Sqlite::open(dir.path()).await.unwrap();
-        assert_eq!(s.sites().await.unwrap()[0].commits, 1);
-        assert_eq!(s.remove_site("dmz").await.unwrap().name, "dmz");
-        assert!(s.sites_holding(&commit('c')).await.unwrap().is_empty());
-        assert!(matches!(
-            s.remove_site("dmz").await,
-            Err(Error::UnknownSite(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn pins_and_ledger_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = with_clusters(dir.path(), &["a"]).await;
-            assert_eq!(
-                s.pin(change(&["a"], &commit('a')), 2).await.unwrap().len(),
-                1
-            );
-            assert!(
-                s.pin(change(&["a"], &commit('a')), 3)
-                    .await
-                    .unwrap()
-                    .is_empty(),
-                "same commit: no entry"
-            );
-            assert_eq!(
-                s.pin(change(&["a"], &commit('b')), 4).await.unwrap()[0].from,
-                Some(commit('a'))
-            );
-        }
-        let s = Sqlite::open(dir.path()).await.unwrap();
-        let c = s.cluster("a").await.unwrap().unwrap();
-        assert_eq!(c.pin, Some((commit('b'), 2)));
-        assert_eq!(s.history(Some("a"), 10).await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn pin_is_all_or_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = with_clusters(dir.path(), &["a"]).await;
-        let err = s
-            .pin(change(&["a", "ghost"], &commit('a')), 2)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::UnknownCluster(ref c) if c == "ghost"));
-        assert_eq!(s.cluster("a").await.unwrap().unwrap().pin, None);
-        assert!(s.history(None, 10).await.unwrap().is_empty());
     }
 
     fn spec() -> Spec {
@@ -1524,87 +1317,6 @@ mod tests {
             }],
             auto_rollback: false,
         }
-    }
-
-    fn state(names: &[&str]) -> State {
-        State {
-            phase: RolloutPhase::Running,
-            wave: 0,
-            wave_started_ms: 0,
-            baked_since_ms: 0,
-            approved: BTreeSet::new(),
-            clusters: names
-                .iter()
-                .map(|n| ClusterProgress {
-                    name: n.to_string(),
-                    wave: 0,
-                    previous: None,
-                    phase: ClusterPhase::Waiting,
-                    pinned_ms: 0,
-                    reason: String::new(),
-                })
-                .collect(),
-            message: String::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn membership_refuses_overlaps_and_unforced_pins() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = with_clusters(dir.path(), &["a", "b", "c"]).await;
-        let r = s
-            .create_rollout(spec(), state(&["a", "b"]), "me", 5)
-            .await
-            .unwrap();
-        let e = s
-            .create_rollout(spec(), state(&["b", "c"]), "me", 6)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::Overlap { rollout, clusters } if *rollout == r.id && clusters == &["b"]),
-            "{e}"
-        );
-        let e = s
-            .pin(change(&["c", "a"], &commit('d')), 7)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::InRollout { cluster, .. } if cluster == "a"),
-            "{e}"
-        );
-        assert_eq!(
-            s.cluster("c").await.unwrap().unwrap().pin,
-            None,
-            "all or nothing"
-        );
-        let mut forced = change(&["a"], &commit('d'));
-        forced.force = true;
-        let entries = s.pin(forced, 8).await.unwrap();
-        assert_eq!(
-            entries[0].reason,
-            format!("why [forced during rollout {}]", r.id)
-        );
-        // A finished rollout holds nobody.
-        let mut done = r.state.clone();
-        done.phase = RolloutPhase::Succeeded;
-        s.advance(
-            Advance {
-                id: r.id.clone(),
-                state: done,
-                changed: vec![],
-                actor: "me".into(),
-                pins: vec![],
-                events: vec![],
-            },
-            9,
-        )
-        .await
-        .unwrap();
-        s.pin(change(&["a"], &commit('e')), 10).await.unwrap();
-        assert_eq!(s.rollouts(true).await.unwrap().len(), 0);
-        let back = s.rollout(&r.id).await.unwrap();
-        assert_eq!(back.state.phase, RolloutPhase::Succeeded);
-        assert_eq!(back.state.clusters.len(), 2);
     }
 
     /// A database written by 0.1.0 (schema 4, membership as JSON) opens
@@ -1659,5 +1371,37 @@ mod tests {
         }
         let e = Sqlite::open(dir.path()).await.err().expect("refused");
         assert!(matches!(e, Error::TooNew { found: 99, .. }), "{e}");
+    }
+
+    /// A migration that fails half-way (a statement in the middle of it)
+    /// leaves the database at the version it was, with nothing of it
+    /// applied, and says which migration failed.
+    #[test]
+    fn an_interrupted_migration_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
+        let mut broken = MIGRATIONS[..3].to_vec();
+        broken.push("CREATE TABLE half (x INTEGER); INSERT INTO nowhere VALUES (1);");
+        let e = migrate(&mut conn, &broken).unwrap_err();
+        assert!(e.to_string().contains("migration 4"), "{e}");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(!tables.contains(&"half".to_string()), "{tables:?}");
+        assert!(!tables.contains(&"join_tokens".to_string()), "{tables:?}");
+        drop(conn);
+        // And the whole list still applies afterwards.
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
     }
 }

@@ -18,3 +18,4 @@ mod scale;
 mod security;
 mod signatures;
 mod sites;
+mod store;

@@ -1,0 +1,1403 @@
+//! The store on PostgreSQL, for coordinators that outgrow one SQLite file:
+//! several replicas may share one database.
+//!
+//! - **Connections**: a small pool, connected on demand; a connection the
+//!   server dropped is replaced on the next call, so a database that comes
+//!   back is used again without a restart.
+//! - **Writes that decide** (pins, rollout creation and transitions) hold
+//!   one transaction-scoped advisory lock. Two replicas never interleave a
+//!   membership check with a pin, and ledger and event ids become visible
+//!   in the order they were assigned (a reader paging by id misses none).
+//! - **Status and heartbeats** go through one writer that coalesces them per
+//!   cluster and stores each batch with a single statement: thousands of
+//!   reports cost one round trip, never one transaction each.
+//! - **Schema**: versioned migrations in `ferry_schema`, each run in the
+//!   transaction that records it (PostgreSQL's DDL is transactional, so one
+//!   interrupted half-way leaves nothing behind), under an advisory lock so
+//!   replicas starting together migrate once.
+
+use super::{
+    Advance, ClusterRecord, Error, MemberRow, PinChange, PinnedCluster, Result, RolloutRow,
+    SiteRecord, Store, Summary, labels_json, labels_of, pin_of, pin_reason, refuse_overlap,
+    rollout_number, rollout_of, site_of,
+};
+use ferry_proto::Commit;
+use ferry_proto::ledger::{Event, LedgerEntry};
+use ferry_proto::rollout::{ClusterProgress, Rollout, Spec, State};
+use ferry_proto::v1::StatusReport;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
+
+/// Connections a coordinator holds at most (the status writer's is extra).
+const POOL: usize = 8;
+
+/// Status reports and heartbeats one statement stores at most.
+const BATCH: usize = 2048;
+
+/// Reports queued before callers wait for room.
+const QUEUE: usize = 8192;
+
+/// The advisory lock every deciding write holds (pins, rollouts).
+const WRITE_LOCK: i64 = 0x6665_7272_7900;
+
+/// The advisory lock migrations hold.
+const MIGRATE_LOCK: i64 = 0x6665_7272_7901;
+
+/// Schema migrations, applied in order; the index + 1 is the version (in
+/// `ferry_schema`). Never edit one that shipped: add another. Names sort
+/// bytewise (`COLLATE "C"`), as in SQLite, so pages and orders agree.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE clusters (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    labels TEXT NOT NULL DEFAULT '{}',
+    path_override TEXT,
+    agent_version TEXT NOT NULL DEFAULT '',
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    status BYTEA,
+    revoked_ms BIGINT,
+    identity_generation BIGINT NOT NULL DEFAULT 0,
+    phase INTEGER NOT NULL DEFAULT 0,
+    health INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE pins (
+    cluster TEXT COLLATE "C" PRIMARY KEY REFERENCES clusters(name),
+    commit_sha TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    allow_mass_prune BOOLEAN NOT NULL DEFAULT false,
+    rollout TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE ledger (
+    id BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    cluster TEXT COLLATE "C" NOT NULL,
+    from_commit TEXT NOT NULL,
+    to_commit TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    rollout TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX ledger_cluster ON ledger(cluster, id);
+CREATE TABLE rollouts (
+    id BIGSERIAL PRIMARY KEY,
+    spec TEXT NOT NULL,
+    active BOOLEAN NOT NULL,
+    actor TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    phase TEXT NOT NULL,
+    wave BIGINT NOT NULL,
+    wave_started_ms BIGINT NOT NULL,
+    baked_since_ms BIGINT NOT NULL,
+    approved TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX rollouts_active ON rollouts(active);
+CREATE TABLE rollout_clusters (
+    rollout BIGINT NOT NULL REFERENCES rollouts(id),
+    position BIGINT NOT NULL,
+    cluster TEXT COLLATE "C" NOT NULL,
+    wave BIGINT NOT NULL,
+    previous TEXT NOT NULL DEFAULT '',
+    phase TEXT NOT NULL,
+    pinned_ms BIGINT NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (rollout, cluster)
+);
+CREATE INDEX rollout_clusters_cluster ON rollout_clusters(cluster);
+CREATE TABLE events (
+    id BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    rollout TEXT NOT NULL,
+    cluster TEXT NOT NULL,
+    message TEXT NOT NULL,
+    actor TEXT NOT NULL
+);
+CREATE INDEX events_rollout ON events(rollout, id);
+CREATE TABLE join_tokens (
+    hash TEXT PRIMARY KEY,
+    cluster TEXT COLLATE "C" NOT NULL REFERENCES clusters(name),
+    expires_ms BIGINT NOT NULL,
+    used_ms BIGINT
+);
+CREATE TABLE api_tokens (
+    hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE commit_signers (
+    commit_sha TEXT PRIMARY KEY,
+    signer TEXT NOT NULL,
+    verified_ms BIGINT NOT NULL
+);
+CREATE TABLE sites (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    mirror_url TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    refs TEXT NOT NULL DEFAULT '{}',
+    commits BIGINT NOT NULL DEFAULT 0,
+    reported_ms BIGINT NOT NULL DEFAULT 0,
+    reported_by TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE mirror_commits (
+    site TEXT COLLATE "C" NOT NULL,
+    commit_sha TEXT NOT NULL,
+    PRIMARY KEY (commit_sha, site)
+);
+CREATE TABLE site_status (
+    site TEXT COLLATE "C" PRIMARY KEY,
+    exported_ms BIGINT NOT NULL,
+    imported_ms BIGINT NOT NULL,
+    encoded BYTEA NOT NULL
+);
+"#];
+
+fn db(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::Db {
+        what: what.to_string(),
+        source: Arc::new(e),
+    }
+}
+
+/// Where a DSN points, without its password: `user@host:port/db`.
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    format!(
+        "{}@{}/{}",
+        config.get_user().unwrap_or("?"),
+        hosts.join(","),
+        config.get_dbname().unwrap_or("?")
+    )
+}
+
+/// Connections, opened on demand and put back unless broken.
+struct Pool {
+    config: tokio_postgres::Config,
+    idle: Mutex<Vec<Client>>,
+    permits: Semaphore,
+    target: String,
+}
+
+/// A connection borrowed from the pool.
+struct Conn<'a> {
+    client: Option<Client>,
+    pool: &'a Pool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take()
+            && !c.is_closed()
+        {
+            self.pool.idle.lock().expect("pool lock").push(c);
+        }
+    }
+}
+
+impl Pool {
+    async fn connect(&self) -> Result<Client> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| Error::Db {
+            what: format!("connecting to PostgreSQL at {}", self.target),
+            source: Arc::new(e),
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "a PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn get(&self) -> Result<Conn<'_>> {
+        let permit = self.permits.acquire().await.map_err(|_| Error::Closed)?;
+        let idle = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            idle.retain(|c| !c.is_closed());
+            idle.pop()
+        };
+        let client = match idle {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        Ok(Conn {
+            client: Some(client),
+            pool: self,
+            _permit: permit,
+        })
+    }
+}
+
+/// An encoded status report with its phase and health.
+type Encoded = (Vec<u8>, i32, i32);
+
+/// A status report or heartbeat on its way to the writer.
+struct Beat {
+    name: String,
+    /// `None` for a heartbeat.
+    status: Option<Encoded>,
+    now_ms: i64,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// The PostgreSQL store; cheap to share (`Arc`).
+pub struct Postgres {
+    pool: Arc<Pool>,
+    beats: mpsc::Sender<Beat>,
+}
+
+impl Postgres {
+    /// Connects to `dsn` (`postgres://user:password@host:port/db` or
+    /// `host=… user=… dbname=…`) and brings its schema up to date.
+    pub async fn open(dsn: &str) -> Result<Postgres> {
+        Self::open_with(dsn, MIGRATIONS).await
+    }
+
+    /// As [`Postgres::open`], with other migrations (tests stage broken ones).
+    #[doc(hidden)]
+    pub async fn open_with(dsn: &str, migrations: &[&str]) -> Result<Postgres> {
+        let mut config: tokio_postgres::Config = dsn.parse().map_err(|e| Error::Db {
+            // The DSN itself is not shown: it may hold a password.
+            what: "reading the PostgreSQL address given to --store (not shown: it may hold a password)"
+                .into(),
+            source: Arc::new(e),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("ferry");
+        let pool = Arc::new(Pool {
+            target: describe(&config),
+            config,
+            idle: Mutex::new(vec![]),
+            permits: Semaphore::new(POOL),
+        });
+        {
+            let mut conn = pool.get().await?;
+            migrate(&mut conn, migrations).await?;
+        }
+        let (beats, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_beats(pool.clone(), rx));
+        Ok(Postgres { pool, beats })
+    }
+
+    /// Where the store is (without its password).
+    pub fn target(&self) -> &str {
+        &self.pool.target
+    }
+
+    async fn conn(&self) -> Result<Conn<'_>> {
+        self.pool.get().await
+    }
+
+    async fn beat(&self, name: &str, status: Option<StatusReport>, now_ms: i64) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let status = status.map(|s| (s.encode_to_vec(), s.phase, s.health));
+        self.beats
+            .send(Beat {
+                name: name.to_string(),
+                status,
+                now_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+}
+
+async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<()> {
+    let tx = client.transaction().await.map_err(db("migrate"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(db("migrate"))?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS ferry_schema (version BIGINT NOT NULL)")
+        .await
+        .map_err(db("read schema version"))?;
+    let version: i64 = match tx
+        .query_opt("SELECT version FROM ferry_schema", &[])
+        .await
+        .map_err(db("read schema version"))?
+    {
+        Some(r) => r.get(0),
+        None => {
+            tx.execute("INSERT INTO ferry_schema (version) VALUES (0)", &[])
+                .await
+                .map_err(db("write schema version"))?;
+            0
+        }
+    };
+    let known = migrations.len() as i64;
+    if version > known {
+        return Err(Error::TooNew {
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql)
+            .await
+            .map_err(db(&format!("migration {}", i + 1)))?;
+    }
+    tx.execute("UPDATE ferry_schema SET version = $1", &[&known])
+        .await
+        .map_err(db("write schema version"))?;
+    tx.commit().await.map_err(db("migrate"))
+}
+
+/// Stores queued reports and heartbeats, a batch per statement, coalesced
+/// per cluster (the newest status and time win); answers each caller after
+/// its batch is stored.
+async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Beat>) {
+    const UPDATE: &str = "UPDATE clusters c SET
+            last_seen_ms = GREATEST(c.last_seen_ms, u.ms),
+            status = COALESCE(u.status, c.status),
+            phase = COALESCE(u.phase, c.phase),
+            health = COALESCE(u.health, c.health)
+        FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::int[], $5::int[])
+            AS u(name, status, ms, phase, health)
+        WHERE c.name = u.name
+        RETURNING c.name";
+    let mut queued = Vec::with_capacity(BATCH);
+    let mut statement: Option<(Client, tokio_postgres::Statement)> = None;
+    while rx.recv_many(&mut queued, BATCH).await > 0 {
+        // Per cluster, in name order (concurrent writers, on other
+        // replicas too, never wait on each other in a cycle): the newest
+        // time, and the last status queued.
+        let mut latest: BTreeMap<&str, (Option<&Encoded>, i64)> = BTreeMap::new();
+        for b in &queued {
+            let e = latest.entry(b.name.as_str()).or_insert((None, b.now_ms));
+            e.1 = e.1.max(b.now_ms);
+            if b.status.is_some() {
+                e.0 = b.status.as_ref();
+            }
+        }
+        let names: Vec<&str> = latest.keys().copied().collect();
+        let statuses: Vec<Option<&[u8]>> = latest
+            .values()
+            .map(|(s, _)| s.map(|(b, _, _)| b.as_slice()))
+            .collect();
+        let times: Vec<i64> = latest.values().map(|(_, t)| *t).collect();
+        let phases: Vec<Option<i32>> = latest.values().map(|(s, _)| s.map(|s| s.1)).collect();
+        let healths: Vec<Option<i32>> = latest.values().map(|(s, _)| s.map(|s| s.2)).collect();
+        let stored: Result<HashSet<String>> = async {
+            if statement.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                let client = pool.connect().await?;
+                let st = client.prepare(UPDATE).await.map_err(db("record status"))?;
+                statement = Some((client, st));
+            }
+            let (client, st) = statement.as_ref().expect("just made");
+            let rows = client
+                .query(st, &[&names, &statuses, &times, &phases, &healths])
+                .await
+                .map_err(db("record status"))?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        }
+        .await;
+        for b in queued.drain(..) {
+            let answer = match &stored {
+                Ok(found) if found.contains(&b.name) || b.status.is_none() => Ok(()),
+                Ok(_) => Err(Error::UnknownCluster(b.name)),
+                Err(Error::Db { what, source }) => Err(Error::Db {
+                    what: what.clone(),
+                    source: source.clone(),
+                }),
+                Err(_) => Err(Error::Closed),
+            };
+            let _ = b.reply.send(answer);
+        }
+    }
+}
+
+const SELECT_CLUSTER: &str =
+    "SELECT c.name, c.labels, c.path_override, c.agent_version, c.last_seen_ms, c.status,
+        p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
+     FROM clusters c LEFT JOIN pins p ON p.cluster = c.name";
+
+fn cluster_row(r: &Row) -> ClusterRecord {
+    let status: Option<&[u8]> = r.get(5);
+    ClusterRecord {
+        name: r.get(0),
+        labels: labels_of(r.get(1)),
+        path_override: r.get(2),
+        agent_version: r.get(3),
+        last_seen_ms: r.get(4),
+        status: status.and_then(|b| StatusReport::decode(b).ok()),
+        pin: pin_of(r.get(6), r.get(7)),
+        allow_mass_prune: r.get::<_, Option<bool>>(8).unwrap_or(false),
+        pin_rollout: r.get::<_, Option<String>>(9).filter(|s| !s.is_empty()),
+    }
+}
+
+const SELECT_PINNED: &str = "SELECT c.name, c.labels, c.path_override, p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
+     FROM clusters c LEFT JOIN pins p ON p.cluster = c.name";
+
+fn pinned_row(r: &Row) -> PinnedCluster {
+    PinnedCluster {
+        name: r.get(0),
+        labels: labels_of(r.get(1)),
+        path_override: r.get(2),
+        pin: pin_of(r.get(3), r.get(4)),
+        allow_mass_prune: r.get::<_, Option<bool>>(5).unwrap_or(false),
+        pin_rollout: r.get::<_, Option<String>>(6).filter(|s| !s.is_empty()),
+    }
+}
+
+fn ledger_row(r: &Row) -> Result<LedgerEntry> {
+    let from: String = r.get(4);
+    let to: String = r.get(5);
+    let rollout: String = r.get(7);
+    let id: i64 = r.get(0);
+    Ok(LedgerEntry {
+        id,
+        at_ms: r.get(1),
+        actor: r.get(2),
+        cluster: r.get(3),
+        from: Commit::parse(&from).ok(),
+        to: Commit::parse(&to).map_err(|e| super::corrupt(&format!("ledger entry {id}"), e))?,
+        reason: r.get(6),
+        rollout: (!rollout.is_empty()).then_some(rollout),
+        signer: r.get(8),
+    })
+}
+
+const SITE_COLUMNS: &str =
+    "SELECT name, mirror_url, selector, refs, commits, reported_ms, reported_by FROM sites";
+
+fn site_row(r: &Row) -> Result<SiteRecord> {
+    site_of(
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+    )
+}
+
+async fn site_named(c: &impl GenericClient, name: &str) -> Result<Option<SiteRecord>> {
+    c.query_opt(&format!("{SITE_COLUMNS} WHERE name = $1"), &[&name])
+        .await
+        .map_err(db("read a site"))?
+        .map(|r| site_row(&r))
+        .transpose()
+}
+
+/// Whether a cluster may be served to a certificate of `generation`
+/// (`None`: no check, dev mode); returns the cluster's current generation.
+async fn check_identity(
+    c: &impl GenericClient,
+    name: &str,
+    generation: Option<i64>,
+) -> Result<i64> {
+    let row = c
+        .query_opt(
+            "SELECT revoked_ms, identity_generation FROM clusters WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(db("read a cluster's identity"))?;
+    let Some(row) = row else {
+        return Err(Error::UnknownCluster(name.to_string()));
+    };
+    let (revoked, current): (Option<i64>, i64) = (row.get(0), row.get(1));
+    match (revoked, generation) {
+        (Some(_), _) => Err(Error::Revoked(name.to_string())),
+        (None, Some(g)) if g != current => Err(Error::StaleCertificate {
+            cluster: name.to_string(),
+        }),
+        _ => Ok(current),
+    }
+}
+
+/// The active rollout (if any) of each of `clusters`.
+async fn active_rollouts_of(
+    tx: &Transaction<'_>,
+    clusters: &[&str],
+) -> Result<BTreeMap<String, String>> {
+    let rows = tx
+        .query(
+            "SELECT rc.cluster, r.id FROM rollout_clusters rc JOIN rollouts r ON r.id = rc.rollout
+             WHERE r.active AND rc.cluster = ANY($1) ORDER BY r.id",
+            &[&clusters],
+        )
+        .await
+        .map_err(db("read rollout membership"))?;
+    let mut found = BTreeMap::new();
+    for r in rows {
+        let id: i64 = r.get(1);
+        found.entry(r.get(0)).or_insert_with(|| format!("r{id}"));
+    }
+    Ok(found)
+}
+
+/// Takes the lock every deciding write holds until its transaction ends.
+async fn lock_writes(tx: &Transaction<'_>, what: &str) -> Result<()> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .await
+        .map_err(db(what))?;
+    Ok(())
+}
+
+/// The pin logic, inside a caller's transaction holding the write lock.
+async fn pin_in(tx: &Transaction<'_>, change: &PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {
+    let mut seen = HashSet::new();
+    let clusters: Vec<&str> = change
+        .clusters
+        .iter()
+        .map(String::as_str)
+        .filter(|c| seen.insert(*c))
+        .collect();
+    let inside = match change.rollout {
+        None => Some(active_rollouts_of(tx, &clusters).await?),
+        Some(_) => None,
+    };
+    let reason = pin_reason(change, inside.as_ref())?;
+    let rows = tx
+        .query(
+            "SELECT c.name, p.commit_sha, p.generation, p.allow_mass_prune
+             FROM clusters c LEFT JOIN pins p ON p.cluster = c.name WHERE c.name = ANY($1)",
+            &[&clusters],
+        )
+        .await
+        .map_err(db("pin"))?;
+    // name -> (pinned commit, generation, mass prune allowed), if pinned.
+    type Current = (Option<String>, Option<i64>, Option<bool>);
+    let current: HashMap<String, Current> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    let (mut moved, mut froms, mut generations) = (vec![], vec![], vec![]);
+    for c in &clusters {
+        let Some((from, generation, allowed)) = current.get(*c) else {
+            return Err(Error::UnknownCluster(c.to_string()));
+        };
+        let from = from.clone().unwrap_or_default();
+        // The same commit with the same options changes nothing.
+        if from == change.commit.as_str() && allowed.unwrap_or(false) == change.allow_mass_prune {
+            continue;
+        }
+        moved.push(*c);
+        froms.push(from);
+        generations.push(generation.unwrap_or(0) + 1);
+    }
+    if moved.is_empty() {
+        return Ok(vec![]);
+    }
+    let rollout = change.rollout.clone().unwrap_or_default();
+    tx.execute(
+        "INSERT INTO pins (cluster, commit_sha, generation, updated_ms, allow_mass_prune, rollout)
+         SELECT u.cluster, $1, u.generation, $2, $3, $4 FROM unnest($5::text[], $6::bigint[]) AS u(cluster, generation)
+         ON CONFLICT (cluster) DO UPDATE SET commit_sha = EXCLUDED.commit_sha, generation = EXCLUDED.generation,
+             updated_ms = EXCLUDED.updated_ms, allow_mass_prune = EXCLUDED.allow_mass_prune, rollout = EXCLUDED.rollout",
+        &[
+            &change.commit.as_str(),
+            &now_ms,
+            &change.allow_mass_prune,
+            &rollout,
+            &moved,
+            &generations,
+        ],
+    )
+    .await
+    .map_err(db("pin"))?;
+    let ids = tx
+        .query(
+            "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)
+             SELECT $1, $2, u.cluster, u.from_commit, $3, $4, $5
+             FROM unnest($6::text[], $7::text[]) WITH ORDINALITY AS u(cluster, from_commit, n) ORDER BY u.n
+             RETURNING id, cluster",
+            &[
+                &now_ms,
+                &change.actor,
+                &change.commit.as_str(),
+                &reason,
+                &rollout,
+                &moved,
+                &froms,
+            ],
+        )
+        .await
+        .map_err(db("append to the ledger"))?;
+    let ids: HashMap<String, i64> = ids.iter().map(|r| (r.get(1), r.get(0))).collect();
+    Ok(moved
+        .iter()
+        .zip(froms)
+        .map(|(cluster, from)| LedgerEntry {
+            id: ids.get(*cluster).copied().unwrap_or_default(),
+            at_ms: now_ms,
+            actor: change.actor.clone(),
+            cluster: cluster.to_string(),
+            from: Commit::parse(&from).ok(),
+            to: change.commit.clone(),
+            reason: reason.clone(),
+            rollout: change.rollout.clone(),
+            signer: None,
+        })
+        .collect())
+}
+
+/// Writes rollout members (new ones at `first_position` on; an existing
+/// member keeps its position and wave).
+async fn write_members(
+    tx: &Transaction<'_>,
+    rollout: i64,
+    members: &[ClusterProgress],
+    first_position: Option<i64>,
+) -> Result<()> {
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    let positions: Vec<i64> = (0..members.len() as i64)
+        .map(|i| first_position.map_or(0, |p| p + i))
+        .collect();
+    let waves: Vec<i64> = members.iter().map(|m| m.wave as i64).collect();
+    let previous: Vec<&str> = members
+        .iter()
+        .map(|m| m.previous.as_ref().map_or("", Commit::as_str))
+        .collect();
+    let phases: Vec<&str> = members.iter().map(|m| m.phase.as_str()).collect();
+    let pinned: Vec<i64> = members.iter().map(|m| m.pinned_ms).collect();
+    let reasons: Vec<&str> = members.iter().map(|m| m.reason.as_str()).collect();
+    tx.execute(
+        "INSERT INTO rollout_clusters (rollout, position, cluster, wave, previous, phase, pinned_ms, reason)
+         SELECT $1, u.* FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::text[])
+             AS u(position, cluster, wave, previous, phase, pinned_ms, reason)
+         ON CONFLICT (rollout, cluster) DO UPDATE SET phase = EXCLUDED.phase,
+             pinned_ms = EXCLUDED.pinned_ms, reason = EXCLUDED.reason",
+        &[
+            &rollout, &positions, &names, &waves, &previous, &phases, &pinned, &reasons,
+        ],
+    )
+    .await
+    .map_err(db("write rollout membership"))?;
+    Ok(())
+}
+
+const SELECT_ROLLOUT: &str = "SELECT id, spec, phase, wave, wave_started_ms, baked_since_ms, approved, message, actor, created_ms, updated_ms FROM rollouts";
+
+/// Reads rollouts (their rows, then all their members at once).
+async fn read_rollouts(
+    c: &impl GenericClient,
+    filter: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Rollout>> {
+    let rows = c
+        .query(&format!("{SELECT_ROLLOUT} {filter}"), args)
+        .await
+        .map_err(db("read rollouts"))?;
+    let numbers: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let member_rows = c
+        .query(
+            "SELECT rollout, cluster, wave, previous, phase, pinned_ms, reason FROM rollout_clusters
+             WHERE rollout = ANY($1) ORDER BY rollout, position",
+            &[&numbers],
+        )
+        .await
+        .map_err(db("read rollout membership"))?;
+    let mut members: HashMap<i64, Vec<MemberRow>> = HashMap::new();
+    for r in member_rows {
+        members.entry(r.get(0)).or_default().push(MemberRow {
+            name: r.get(1),
+            wave: r.get(2),
+            previous: r.get(3),
+            phase: r.get(4),
+            pinned_ms: r.get(5),
+            reason: r.get(6),
+        });
+    }
+    rows.iter()
+        .map(|r| {
+            let number: i64 = r.get(0);
+            rollout_of(
+                RolloutRow {
+                    number,
+                    spec: r.get(1),
+                    phase: r.get(2),
+                    wave: r.get(3),
+                    wave_started_ms: r.get(4),
+                    baked_since_ms: r.get(5),
+                    approved: r.get(6),
+                    message: r.get(7),
+                    actor: r.get(8),
+                    created_ms: r.get(9),
+                    updated_ms: r.get(10),
+                },
+                members.remove(&number).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Store for Postgres {
+    async fn hello(
+        &self,
+        name: &str,
+        certificate_generation: Option<i64>,
+        declared: Option<BTreeMap<String, String>>,
+        agent_version: &str,
+        status: Option<StatusReport>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (phase, health) = status
+            .as_ref()
+            .map_or((None, None), |s| (Some(s.phase), Some(s.health)));
+        let status = status.map(|s| s.encode_to_vec());
+        let conn = self.conn().await?;
+        if let Some(labels) = declared {
+            conn.execute(
+                "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status, phase, health)
+                 VALUES ($1, $2, $3, $4, $4, $5, COALESCE($6, 0), COALESCE($7, 0))
+                 ON CONFLICT (name) DO UPDATE SET labels = $2, agent_version = $3, last_seen_ms = $4,
+                     status = COALESCE($5, clusters.status), phase = COALESCE($6, clusters.phase),
+                     health = COALESCE($7, clusters.health)",
+                &[&name, &labels_json(&labels), &agent_version, &now_ms, &status, &phase, &health],
+            )
+            .await
+            .map_err(db("record hello"))?;
+            return Ok(());
+        }
+        // Checked and written in one statement: a revocation on another
+        // replica cannot fall between the check and the write.
+        let n = conn
+            .execute(
+                "UPDATE clusters SET agent_version = $2, last_seen_ms = $3, status = COALESCE($4, status),
+                     phase = COALESCE($5, phase), health = COALESCE($6, health)
+                 WHERE name = $1 AND revoked_ms IS NULL
+                     AND ($7::bigint IS NULL OR identity_generation = $7)",
+                &[&name, &agent_version, &now_ms, &status, &phase, &health, &certificate_generation],
+            )
+            .await
+            .map_err(db("record hello"))?;
+        if n == 0 {
+            check_identity(&*conn, name, certificate_generation).await?;
+        }
+        Ok(())
+    }
+
+    async fn add_cluster(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        token_hash: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db("add a cluster"))?;
+        // A new cluster starts at generation 1; adding one again moves it
+        // on, so every certificate issued before is refused.
+        tx.execute(
+            "INSERT INTO clusters (name, labels, first_seen_ms, last_seen_ms, identity_generation)
+             VALUES ($1, $2, $3, 0, 1)
+             ON CONFLICT (name) DO UPDATE SET labels = $2, revoked_ms = NULL,
+                 identity_generation = clusters.identity_generation + 1",
+            &[&name, &labels_json(&labels), &now_ms],
+        )
+        .await
+        .map_err(db("add a cluster"))?;
+        tx.execute(
+            "INSERT INTO join_tokens (hash, cluster, expires_ms) VALUES ($1, $2, $3)",
+            &[&token_hash, &name, &expires_ms],
+        )
+        .await
+        .map_err(db("store a join token"))?;
+        tx.commit().await.map_err(db("add a cluster"))
+    }
+
+    async fn redeem(&self, token_hash: &str, now_ms: i64) -> Result<(String, i64)> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(db("redeem a join token"))?;
+        let row = tx
+            .query_opt(
+                "SELECT t.cluster, t.expires_ms, t.used_ms, c.revoked_ms, c.identity_generation
+                 FROM join_tokens t JOIN clusters c ON c.name = t.cluster WHERE t.hash = $1
+                 FOR UPDATE OF t",
+                &[&token_hash],
+            )
+            .await
+            .map_err(db("redeem a join token"))?
+            .ok_or(Error::JoinToken("unknown"))?;
+        let (cluster, expires, used, revoked, generation): (
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            i64,
+        ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if used.is_some() {
+            return Err(Error::JoinToken("already used"));
+        }
+        if expires < now_ms {
+            return Err(Error::JoinToken("expired"));
+        }
+        if revoked.is_some() {
+            return Err(Error::Revoked(cluster));
+        }
+        tx.execute(
+            "UPDATE join_tokens SET used_ms = $2 WHERE hash = $1",
+            &[&token_hash, &now_ms],
+        )
+        .await
+        .map_err(db("redeem a join token"))?;
+        tx.commit().await.map_err(db("redeem a join token"))?;
+        Ok((cluster, generation))
+    }
+
+    async fn revoke(&self, name: &str, now_ms: i64) -> Result<()> {
+        let n = self
+            .conn()
+            .await?
+            .execute(
+                "UPDATE clusters SET revoked_ms = $2, identity_generation = identity_generation + 1
+                 WHERE name = $1",
+                &[&name, &now_ms],
+            )
+            .await
+            .map_err(db("revoke a cluster"))?;
+        if n == 0 {
+            return Err(Error::UnknownCluster(name.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn check_certificate(&self, name: &str, generation: Option<i64>) -> Result<i64> {
+        check_identity(&*self.conn().await?, name, generation).await
+    }
+
+    async fn create_token(&self, hash: &str, name: &str, role: &str, now_ms: i64) -> Result<()> {
+        self.conn()
+            .await?
+            .execute(
+                "INSERT INTO api_tokens (hash, name, role, created_ms) VALUES ($1, $2, $3, $4)",
+                &[&hash, &name, &role, &now_ms],
+            )
+            .await
+            .map_err(db("store a token"))?;
+        Ok(())
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT name, role FROM api_tokens WHERE hash = $1",
+                &[&hash],
+            )
+            .await
+            .map_err(db("read a token"))?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn token_count(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .await?
+            .query_one("SELECT COUNT(*) FROM api_tokens", &[])
+            .await
+            .map_err(db("count tokens"))?
+            .get(0))
+    }
+
+    async fn report(&self, name: &str, status: StatusReport, now_ms: i64) -> Result<()> {
+        self.beat(name, Some(status), now_ms).await
+    }
+
+    async fn seen(&self, name: &str, now_ms: i64) -> Result<()> {
+        self.beat(name, None, now_ms).await
+    }
+
+    async fn set_path_override(&self, name: &str, path: Option<String>) -> Result<()> {
+        let n = self
+            .conn()
+            .await?
+            .execute(
+                "UPDATE clusters SET path_override = $2 WHERE name = $1",
+                &[&name, &path],
+            )
+            .await
+            .map_err(db("set path"))?;
+        if n == 0 {
+            return Err(Error::UnknownCluster(name.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn clusters(&self) -> Result<Vec<ClusterRecord>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(&format!("{SELECT_CLUSTER} ORDER BY c.name"), &[])
+            .await
+            .map_err(db("list clusters"))?;
+        Ok(rows.iter().map(cluster_row).collect())
+    }
+
+    async fn cluster_labels(&self) -> Result<Vec<(String, BTreeMap<String, String>)>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT name, labels FROM clusters WHERE revoked_ms IS NULL ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(db("read cluster labels"))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), labels_of(r.get(1))))
+            .collect())
+    }
+
+    async fn clusters_page(&self, after: &str, limit: u32) -> Result<Vec<ClusterRecord>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                &format!("{SELECT_CLUSTER} WHERE c.name > $1 ORDER BY c.name LIMIT $2"),
+                &[&after, &(limit as i64)],
+            )
+            .await
+            .map_err(db("list clusters"))?;
+        Ok(rows.iter().map(cluster_row).collect())
+    }
+
+    async fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>> {
+        Ok(self
+            .conn()
+            .await?
+            .query_opt(&format!("{SELECT_CLUSTER} WHERE c.name = $1"), &[&name])
+            .await
+            .map_err(db("read cluster"))?
+            .map(|r| cluster_row(&r)))
+    }
+
+    async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                &format!("{SELECT_PINNED} WHERE c.name = ANY($1) ORDER BY c.name"),
+                &[&clusters],
+            )
+            .await
+            .map_err(db("read pins"))?;
+        Ok(rows.iter().map(pinned_row).collect())
+    }
+
+    async fn pin(&self, change: PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db("pin"))?;
+        lock_writes(&tx, "pin").await?;
+        let entries = pin_in(&tx, &change, now_ms).await?;
+        tx.commit().await.map_err(db("pin"))?;
+        Ok(entries)
+    }
+
+    async fn history(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<LedgerEntry>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT l.id, l.at_ms, l.actor, l.cluster, l.from_commit, l.to_commit, l.reason, l.rollout, s.signer
+                 FROM ledger l LEFT JOIN commit_signers s ON s.commit_sha = l.to_commit
+                 WHERE $1::text IS NULL OR l.cluster = $1 ORDER BY l.id DESC LIMIT $2",
+                &[&cluster, &(limit as i64)],
+            )
+            .await
+            .map_err(db("read the ledger"))?;
+        rows.iter().map(ledger_row).collect()
+    }
+
+    async fn create_rollout(
+        &self,
+        spec: Spec,
+        state: State,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Rollout> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db("create a rollout"))?;
+        lock_writes(&tx, "create a rollout").await?;
+        let names: Vec<&str> = state.clusters.iter().map(|c| c.name.as_str()).collect();
+        refuse_overlap(&state, &active_rollouts_of(&tx, &names).await?)?;
+        let n: i64 = tx
+            .query_one(
+                "INSERT INTO rollouts (spec, active, actor, created_ms, updated_ms, phase, wave,
+                     wave_started_ms, baked_since_ms, approved, message)
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                &[
+                    &serde_json::to_string(&spec).expect("specs serialize"),
+                    &state.phase.is_active(),
+                    &actor,
+                    &now_ms,
+                    &state.phase.as_str(),
+                    &(state.wave as i64),
+                    &state.wave_started_ms,
+                    &state.baked_since_ms,
+                    &serde_json::to_string(&state.approved).expect("sets serialize"),
+                    &state.message,
+                ],
+            )
+            .await
+            .map_err(db("create a rollout"))?
+            .get(0);
+        write_members(&tx, n, &state.clusters, Some(0)).await?;
+        tx.commit().await.map_err(db("create a rollout"))?;
+        Ok(Rollout {
+            id: format!("r{n}"),
+            spec,
+            state,
+            actor: actor.to_string(),
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        })
+    }
+
+    async fn rollouts(&self, active_only: bool) -> Result<Vec<Rollout>> {
+        read_rollouts(
+            &*self.conn().await?,
+            "WHERE active OR NOT $1 ORDER BY id DESC",
+            &[&active_only],
+        )
+        .await
+    }
+
+    async fn rollout(&self, id: &str) -> Result<Rollout> {
+        let n = rollout_number(id)?;
+        read_rollouts(&*self.conn().await?, "WHERE id = $1", &[&n])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::UnknownRollout(id.to_string()))
+    }
+
+    async fn advance(&self, step: Advance, now_ms: i64) -> Result<(Vec<LedgerEntry>, Vec<Event>)> {
+        let n = rollout_number(&step.id)?;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db("advance a rollout"))?;
+        lock_writes(&tx, "advance a rollout").await?;
+        // Pins of one commit for one reason are one change (a wave's pins
+        // are a few statements, not a few per cluster).
+        let mut groups: Vec<((&Commit, &str), Vec<String>)> = vec![];
+        for (cluster, commit, reason) in &step.pins {
+            match groups
+                .iter_mut()
+                .find(|((c, r), _)| *c == commit && *r == reason.as_str())
+            {
+                Some((_, names)) => names.push(cluster.clone()),
+                None => groups.push(((commit, reason.as_str()), vec![cluster.clone()])),
+            }
+        }
+        let mut entries = vec![];
+        for ((commit, reason), clusters) in groups {
+            entries.extend(
+                pin_in(
+                    &tx,
+                    &PinChange {
+                        clusters,
+                        commit: commit.clone(),
+                        actor: step.actor.clone(),
+                        reason: reason.to_string(),
+                        rollout: Some(step.id.clone()),
+                        force: false,
+                        allow_mass_prune: false,
+                    },
+                    now_ms,
+                )
+                .await?,
+            );
+        }
+        let (clusters, messages): (Vec<&str>, Vec<&str>) = step
+            .events
+            .iter()
+            .map(|(c, m)| (c.as_str(), m.as_str()))
+            .unzip();
+        let ids = tx
+            .query(
+                "INSERT INTO events (at_ms, rollout, cluster, message, actor)
+                 SELECT $1, $2, u.cluster, u.message, $3
+                 FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS u(cluster, message, n) ORDER BY u.n
+                 RETURNING id",
+                &[&now_ms, &step.id, &step.actor, &clusters, &messages],
+            )
+            .await
+            .map_err(db("record an event"))?;
+        let mut ids: Vec<i64> = ids.iter().map(|r| r.get(0)).collect();
+        ids.sort_unstable();
+        let events = ids
+            .into_iter()
+            .zip(&step.events)
+            .map(|(id, (cluster, message))| Event {
+                id,
+                at_ms: now_ms,
+                rollout: step.id.clone(),
+                cluster: cluster.clone(),
+                message: message.clone(),
+                actor: step.actor.clone(),
+            })
+            .collect();
+        let s = &step.state;
+        let updated = tx
+            .execute(
+                "UPDATE rollouts SET phase = $2, active = $3, wave = $4, wave_started_ms = $5,
+                     baked_since_ms = $6, approved = $7, message = $8, updated_ms = $9
+                 WHERE id = $1",
+                &[
+                    &n,
+                    &s.phase.as_str(),
+                    &s.phase.is_active(),
+                    &(s.wave as i64),
+                    &s.wave_started_ms,
+                    &s.baked_since_ms,
+                    &serde_json::to_string(&s.approved).expect("sets serialize"),
+                    &s.message,
+                    &now_ms,
+                ],
+            )
+            .await
+            .map_err(db("advance a rollout"))?;
+        if updated == 0 {
+            return Err(Error::UnknownRollout(step.id.clone()));
+        }
+        write_members(&tx, n, &step.changed, None).await?;
+        tx.commit().await.map_err(db("advance a rollout"))?;
+        Ok((entries, events))
+    }
+
+    async fn events(&self, rollout: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT id, at_ms, rollout, cluster, message, actor FROM events
+                 WHERE id > $1 AND ($2::text IS NULL OR rollout = $2) ORDER BY id LIMIT $3",
+                &[&after_id, &rollout, &(limit as i64)],
+            )
+            .await
+            .map_err(db("read events"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Event {
+                id: r.get(0),
+                at_ms: r.get(1),
+                rollout: r.get(2),
+                cluster: r.get(3),
+                message: r.get(4),
+                actor: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()> {
+        self.conn()
+            .await?
+            .execute(
+                "INSERT INTO commit_signers (commit_sha, signer, verified_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (commit_sha) DO UPDATE SET signer = $2, verified_ms = $3",
+                &[&commit.as_str(), &signer, &now_ms],
+            )
+            .await
+            .map_err(db("record a signer"))?;
+        Ok(())
+    }
+
+    async fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()> {
+        let added = self
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO sites (name, mirror_url, selector, created_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&site.name, &site.mirror_url, &site.selector, &now_ms],
+            )
+            .await
+            .map_err(db("add a site"))?;
+        if added == 0 {
+            return Err(Error::SiteExists(site.name));
+        }
+        Ok(())
+    }
+
+    async fn remove_site(&self, name: &str) -> Result<SiteRecord> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db("remove a site"))?;
+        let site = site_named(&tx, name)
+            .await?
+            .ok_or_else(|| Error::UnknownSite(name.to_string()))?;
+        for sql in [
+            "DELETE FROM mirror_commits WHERE site = $1",
+            "DELETE FROM site_status WHERE site = $1",
+            "DELETE FROM sites WHERE name = $1",
+        ] {
+            tx.execute(sql, &[&name])
+                .await
+                .map_err(db("remove a site"))?;
+        }
+        tx.commit().await.map_err(db("remove a site"))?;
+        Ok(site)
+    }
+
+    async fn sites(&self) -> Result<Vec<SiteRecord>> {
+        self.conn()
+            .await?
+            .query(&format!("{SITE_COLUMNS} ORDER BY name"), &[])
+            .await
+            .map_err(db("read sites"))?
+            .iter()
+            .map(site_row)
+            .collect()
+    }
+
+    async fn report_mirror(
+        &self,
+        site: &str,
+        refs: BTreeMap<String, String>,
+        commits: Vec<String>,
+        how: &str,
+        now_ms: i64,
+    ) -> Result<SiteRecord> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(db("record a mirror"))?;
+        let refs_json = serde_json::to_string(&refs).expect("a map serializes");
+        let n = tx
+            .execute(
+                "UPDATE sites SET refs = $2, commits = $3, reported_ms = $4, reported_by = $5 WHERE name = $1",
+                &[&site, &refs_json, &(commits.len() as i64), &now_ms, &how],
+            )
+            .await
+            .map_err(db("record a mirror"))?;
+        if n == 0 {
+            return Err(Error::UnknownSite(site.to_string()));
+        }
+        tx.execute("DELETE FROM mirror_commits WHERE site = $1", &[&site])
+            .await
+            .map_err(db("record a mirror"))?;
+        tx.execute(
+            "INSERT INTO mirror_commits (commit_sha, site) SELECT c, $2 FROM unnest($1::text[]) AS c
+             ON CONFLICT DO NOTHING",
+            &[&commits, &site],
+        )
+        .await
+        .map_err(db("record a mirror"))?;
+        let record = site_named(&tx, site)
+            .await?
+            .ok_or_else(|| Error::UnknownSite(site.to_string()))?;
+        tx.commit().await.map_err(db("record a mirror"))?;
+        Ok(record)
+    }
+
+    async fn sites_holding(&self, commit: &Commit) -> Result<Vec<String>> {
+        Ok(self
+            .conn()
+            .await?
+            .query(
+                "SELECT site FROM mirror_commits WHERE commit_sha = $1 ORDER BY site",
+                &[&commit.as_str()],
+            )
+            .await
+            .map_err(db("read mirrors"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    async fn import_site_status(
+        &self,
+        site: &str,
+        exported_ms: i64,
+        encoded: Vec<u8>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let conn = self.conn().await?;
+        if site_named(&*conn, site).await?.is_none() {
+            return Err(Error::UnknownSite(site.to_string()));
+        }
+        let n = conn
+            .execute(
+                "INSERT INTO site_status (site, exported_ms, imported_ms, encoded) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (site) DO UPDATE SET exported_ms = $2, imported_ms = $3, encoded = $4
+                 WHERE site_status.exported_ms < $2",
+                &[&site, &exported_ms, &now_ms, &encoded],
+            )
+            .await
+            .map_err(db("import a site's status"))?;
+        Ok(n > 0)
+    }
+
+    async fn site_statuses(&self) -> Result<Vec<(String, i64, Vec<u8>)>> {
+        Ok(self
+            .conn()
+            .await?
+            .query(
+                "SELECT s.site, s.imported_ms, s.encoded FROM site_status s JOIN sites t ON t.name = s.site ORDER BY s.site",
+                &[],
+            )
+            .await
+            .map_err(db("read sites' status"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    async fn summary(&self) -> Result<Summary> {
+        let conn = self.conn().await?;
+        let clusters = conn
+            .query(
+                "SELECT phase, health, COUNT(*) FROM clusters WHERE revoked_ms IS NULL GROUP BY phase, health",
+                &[],
+            )
+            .await
+            .map_err(db("count clusters"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64))
+            .collect();
+        let rollouts = conn
+            .query("SELECT phase, COUNT(*) FROM rollouts GROUP BY phase", &[])
+            .await
+            .map_err(db("count rollouts"))?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect();
+        Ok(Summary { clusters, rollouts })
+    }
+}

@@ -1,0 +1,286 @@
+//! A throwaway PostgreSQL cluster: `initdb` in a temp dir and a `postgres`
+//! of its own on a random loopback port, gone with the value. Tests, the
+//! benchmarks and the sandbox's `--ha` mode run on it; nothing touches a
+//! system instance. PostgreSQL refuses to run as root, so as root the
+//! server runs as the `postgres` user (Debian's package makes it) or
+//! `nobody`.
+
+use anyhow::{Context, Result, bail};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running throwaway cluster.
+pub struct Scratch {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+    /// Where the server's log goes.
+    pub log: PathBuf,
+}
+
+/// The directory of PostgreSQL's programs: `FERRY_PG_BIN`, or Debian's
+/// newest `/usr/lib/postgresql/N/bin`, or wherever `initdb` is on PATH.
+pub fn bin_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("FERRY_PG_BIN") {
+        return Some(PathBuf::from(d));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .find(|p| p.join("initdb").exists() && p.join("postgres").exists())
+    })
+}
+
+/// Whether PostgreSQL can be run here.
+pub fn available() -> bool {
+    bin_dir().is_some()
+}
+
+/// The user the server runs as, when this process is root.
+fn server_user() -> Option<&'static str> {
+    if !rustix::process::getuid().is_root() {
+        return None;
+    }
+    let exists = |u: &str| {
+        Command::new("id")
+            .arg("-u")
+            .arg(u)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    Some(if exists("postgres") {
+        "postgres"
+    } else {
+        "nobody"
+    })
+}
+
+/// `program` run as the server's user.
+fn command(program: &Path, user: Option<&str>) -> Command {
+    match user {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={u}"))
+                .arg(format!(
+                    "--regid={}",
+                    if u == "nobody" { "nogroup" } else { u }
+                ))
+                .arg("--init-groups")
+                .arg("--")
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+impl Scratch {
+    /// A cluster for tests: no fsync (a crash loses it, and that is fine).
+    pub fn start() -> Result<Scratch> {
+        Self::start_with(&[
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ])
+    }
+
+    /// A cluster with PostgreSQL's durable defaults (benchmarks).
+    pub fn durable() -> Result<Scratch> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(settings: &[&str]) -> Result<Scratch> {
+        let bin = bin_dir().context(
+            "PostgreSQL is not installed (Debian: apt-get install postgresql; or set FERRY_PG_BIN)",
+        )?;
+        let user = server_user();
+        let dir = tempfile::Builder::new().prefix("ferry-pg-").tempdir()?;
+        if let Some(u) = user {
+            let status = Command::new("chown")
+                .arg(u)
+                .arg(dir.path())
+                .status()
+                .context("chown")?;
+            if !status.success() {
+                bail!("chown {u} {}: {status}", dir.path().display());
+            }
+        }
+        let data = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        let out = command(&bin.join("initdb"), user)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "ferry",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A free port now; another process could take it before the server
+        // binds, so a failed start tries again on another.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let log_file = std::fs::File::create(&log)?;
+            let mut cmd = command(&bin.join("postgres"), user);
+            cmd.arg("-D")
+                .arg(&data)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-k")
+                .arg(dir.path())
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "max_connections=300",
+                ]);
+            for s in settings {
+                cmd.args(["-c", s]);
+            }
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone()?)
+                .stderr(log_file)
+                .spawn()
+                .context("starting postgres")?;
+            match wait_ready(&mut child, &data, &log, Duration::from_secs(30)) {
+                Ok(()) => {
+                    return Ok(Scratch {
+                        child,
+                        port,
+                        _dir: dir,
+                        log,
+                    });
+                }
+                // Exited: most likely the port was taken meanwhile.
+                Err(e) if child.try_wait()?.is_some() => {
+                    tracing::warn!(port, error = %e, "postgres did not start; trying another port");
+                }
+                Err(e) => {
+                    stop(&mut child);
+                    return Err(e);
+                }
+            }
+        }
+        bail!(
+            "postgres did not start on any of 5 ports: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The DSN of database `name` (which [`Scratch::create`] makes).
+    pub fn dsn(&self, name: &str) -> String {
+        format!("postgres://ferry@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Makes an empty database and returns its DSN.
+    pub async fn create(&self, name: &str) -> Result<String> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.dsn("postgres"), tokio_postgres::NoTls)
+                .await
+                .context("connecting to the scratch PostgreSQL")?;
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        drop(client);
+        let _ = task.await;
+        Ok(self.dsn(name))
+    }
+
+    /// Runs SQL in database `name` (tests stage what a coordinator would
+    /// find).
+    pub async fn execute(&self, name: &str, sql: &str) -> Result<()> {
+        let (client, connection) = tokio_postgres::connect(&self.dsn(name), tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connecting to database {name}"))?;
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute(sql)
+            .await
+            .with_context(|| sql.to_string())?;
+        drop(client);
+        let _ = task.await;
+        Ok(())
+    }
+
+    /// Stops the server at once (as a crash would).
+    pub fn kill(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Waits until the server accepts connections: it writes "ready" into
+/// `postmaster.pid` then.
+fn wait_ready(child: &mut Child, data: &Path, log: &Path, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "postgres exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+        if pid.lines().any(|l| l.trim() == "ready") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "postgres not ready after {within:?}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Immediate shutdown (SIGQUIT), then reaps the server.
+fn stop(child: &mut Child) {
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+    let _ = child.wait();
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill();
+        }
+    }
+}
