@@ -143,6 +143,11 @@ impl Hub {
         }
     }
 
+    /// The clusters with a live session here.
+    pub fn connected_clusters(&self) -> Vec<String> {
+        self.sessions().keys().cloned().collect()
+    }
+
     /// Ends one cluster's session (its stream closes).
     pub fn close(&self, cluster: &str) {
         self.sessions().remove(cluster);

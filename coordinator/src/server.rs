@@ -293,6 +293,7 @@ impl Coordinator {
         }
         let repo = Arc::new(repo);
         let sites = store.sites().await.map_err(store_err)?;
+        let changes = store.changes();
         let hub = Arc::new(Hub::new(
             store,
             cfg.repo_url.clone(),
@@ -300,6 +301,10 @@ impl Coordinator {
             metrics,
         ));
         hub.set_sites(&sites);
+        if let Some(changes) = changes {
+            hub.tasks
+                .spawn(follow_replicas(hub.clone(), changes, hub.shutdown.clone()));
+        }
         let (driver, driver_handle) = Driver::new(hub.clone(), repo.clone(), cfg.event_buffer);
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -418,5 +423,40 @@ impl Coordinator {
             Err(_) => tracing::warn!(?grace, "connections still open after the grace period"),
         }
         Ok(())
+    }
+}
+
+/// Acts on what other coordinators sharing the database change: pushes
+/// the assignments they moved to this replica's sessions, ends the
+/// sessions of clusters they revoked.
+async fn follow_replicas(
+    hub: Arc<Hub>,
+    mut changes: tokio::sync::broadcast::Receiver<crate::store::Change>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use crate::store::Change;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = changes.recv() => c,
+        };
+        match change {
+            Ok(Change::Assignments(names)) => {
+                hub.push_many(names.iter().map(String::as_str)).await;
+            }
+            Ok(Change::Closed(names)) => {
+                for n in &names {
+                    hub.close(n);
+                }
+            }
+            // Missed changes: every connected cluster gets its assignment
+            // again (an unchanged one is a no-op for its agent).
+            Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+                let names = hub.connected_clusters();
+                hub.push_many(names.iter().map(String::as_str)).await;
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }

@@ -306,6 +306,25 @@ pub trait Store: Send + Sync + 'static {
     /// The fleet counted: clusters by their last phase and health, rollouts
     /// by phase (for metrics; cheap at any fleet size).
     async fn summary(&self) -> Result<Summary>;
+
+    /// What other coordinators sharing this database change, as they
+    /// change it; `None` when no other coordinator can share it.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+}
+
+/// What another coordinator on the same database changed, for this one to
+/// act on (its own changes it acts on as it makes them).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// These clusters' assignments changed (a pin, a path): push them.
+    Assignments(Vec<String>),
+    /// These clusters' sessions must end (revoked, or added again).
+    Closed(Vec<String>),
+    /// Changes may have been missed (the follower lost its connection):
+    /// push every connected cluster its assignment again.
+    Resync,
 }
 
 /// Counts for metrics.

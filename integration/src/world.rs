@@ -316,6 +316,9 @@ pub struct WorldConfig {
     pub coordinator_verify_keys: Option<PathBuf>,
     /// Every agent checks commits against these keys.
     pub agent_verify_keys: Option<PathBuf>,
+    /// A PostgreSQL DSN the coordinator (and any replica) keeps state in,
+    /// instead of SQLite in its data dir.
+    pub store: Option<String>,
 }
 
 impl Default for WorldConfig {
@@ -332,6 +335,7 @@ impl Default for WorldConfig {
             metrics: false,
             coordinator_verify_keys: None,
             agent_verify_keys: None,
+            store: None,
         }
     }
 }
@@ -459,7 +463,28 @@ impl World {
             cfg.metrics_listen = Some(([127, 0, 0, 1], 0).into());
         }
         cfg.verify_keys = self.cfg.coordinator_verify_keys.clone();
+        cfg.store = self.cfg.store.clone();
         cfg
+    }
+
+    /// Starts another coordinator on the same database (the world's store
+    /// must be PostgreSQL) with the same CA, in a data dir of its own, on a
+    /// port of its own: a second replica.
+    pub async fn start_replica(&self, name: &str) -> Result<Coordinator> {
+        anyhow::ensure!(
+            self.cfg.store.is_some(),
+            "replicas share a PostgreSQL store"
+        );
+        let ca = self.dir.join(format!("{name}-ca"));
+        std::fs::create_dir_all(&ca)?;
+        let primary = self.dir.join("coordinator");
+        std::fs::copy(primary.join("ca.pem"), ca.join("tls.crt"))?;
+        std::fs::copy(primary.join("ca-key.pem"), ca.join("tls.key"))?;
+        let mut cfg = self.coordinator_config();
+        cfg.listen = ([127, 0, 0, 1], 0).into();
+        cfg.data_dir = self.dir.join(name);
+        cfg.ca_dir = Some(ca);
+        Ok(Coordinator::start(cfg).await?)
     }
 
     /// Where the coordinator serves metrics and probes, if it does.

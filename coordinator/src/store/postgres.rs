@@ -17,7 +17,7 @@
 //!   replicas starting together migrate once.
 
 use super::{
-    Advance, ClusterRecord, Error, MemberRow, PinChange, PinnedCluster, Result, RolloutRow,
+    Advance, Change, ClusterRecord, Error, MemberRow, PinChange, PinnedCluster, Result, RolloutRow,
     SiteRecord, Store, Summary, labels_json, labels_of, pin_of, pin_reason, refuse_overlap,
     rollout_number, rollout_of, site_of,
 };
@@ -29,9 +29,10 @@ use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Semaphore, SemaphorePermit, broadcast, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Row, Transaction};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Connections a coordinator holds at most (the status writer's is extra).
 const POOL: usize = 8;
@@ -47,6 +48,15 @@ const WRITE_LOCK: i64 = 0x6665_7272_7900;
 
 /// The advisory lock migrations hold.
 const MIGRATE_LOCK: i64 = 0x6665_7272_7901;
+
+/// Where replicas say which clusters' assignments they changed, and which
+/// clusters' sessions must end. A payload is the sending replica's id and
+/// cluster names, one per line.
+const ASSIGNMENTS: &str = "ferry_assignments";
+const CLOSED: &str = "ferry_closed";
+
+/// A notification's payload must stay under PostgreSQL's 8000 bytes.
+const PAYLOAD: usize = 7900;
 
 /// Schema migrations, applied in order; the index + 1 is the version (in
 /// `ferry_schema`). Never edit one that shipped: add another. Names sort
@@ -280,6 +290,12 @@ struct Beat {
 pub struct Postgres {
     pool: Arc<Pool>,
     beats: mpsc::Sender<Beat>,
+    /// This coordinator's id among the replicas (its own notifications are
+    /// not news to it).
+    replica: String,
+    changes: broadcast::Sender<Change>,
+    /// Stops the follower when the store goes.
+    _follower: DropGuard,
 }
 
 impl Postgres {
@@ -314,7 +330,28 @@ impl Postgres {
         }
         let (beats, rx) = mpsc::channel(QUEUE);
         tokio::spawn(write_beats(pool.clone(), rx));
-        Ok(Postgres { pool, beats })
+        static REPLICAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let replica = format!(
+            "{}.{}.{}",
+            std::process::id(),
+            ferry_proto::now_unix_ms(),
+            REPLICAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (changes, _) = broadcast::channel(1024);
+        let stop = CancellationToken::new();
+        tokio::spawn(follow(
+            pool.clone(),
+            replica.clone(),
+            changes.clone(),
+            stop.clone(),
+        ));
+        Ok(Postgres {
+            pool,
+            beats,
+            replica,
+            changes,
+            _follower: stop.drop_guard(),
+        })
     }
 
     /// Where the store is (without its password).
@@ -339,6 +376,103 @@ impl Postgres {
             .await
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
+    }
+}
+
+/// Payloads naming `clusters`, each under PostgreSQL's limit.
+fn payloads(replica: &str, clusters: &[&str]) -> Vec<String> {
+    let mut out = vec![];
+    let mut payload = replica.to_string();
+    for c in clusters {
+        if payload.len() + c.len() >= PAYLOAD {
+            out.push(std::mem::replace(&mut payload, replica.to_string()));
+        }
+        payload.push('\n');
+        payload.push_str(c);
+    }
+    if payload.len() > replica.len() {
+        out.push(payload);
+    }
+    out
+}
+
+/// Tells the other replicas (at commit, when `c` is a transaction).
+async fn notify(
+    c: &impl GenericClient,
+    replica: &str,
+    channel: &str,
+    clusters: &[&str],
+) -> Result<()> {
+    for payload in payloads(replica, clusters) {
+        c.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .map_err(db("notify the other coordinators"))?;
+    }
+    Ok(())
+}
+
+/// Follows what the other replicas change, for as long as the store is
+/// open; reconnects when the connection drops, and says `Resync` then
+/// (what was notified meanwhile is lost).
+async fn follow(
+    pool: Arc<Pool>,
+    replica: String,
+    changes: broadcast::Sender<Change>,
+    stop: CancellationToken,
+) {
+    let mut connected_before = false;
+    loop {
+        let listened = async {
+            let (client, mut connection) = pool.config.connect(NoTls).await?;
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let reader = tokio::spawn(async move {
+                loop {
+                    match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        Some(Ok(AsyncMessage::Notification(n))) => {
+                            if tx.send(n).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "following the other coordinators");
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}"))
+                .await?;
+            if connected_before {
+                let _ = changes.send(Change::Resync);
+            }
+            connected_before = true;
+            while let Some(n) = rx.recv().await {
+                let mut lines = n.payload().lines();
+                if lines.next() == Some(replica.as_str()) {
+                    continue;
+                }
+                let names = lines.map(str::to_string).collect();
+                let _ = changes.send(match n.channel() {
+                    CLOSED => Change::Closed(names),
+                    _ => Change::Assignments(names),
+                });
+            }
+            reader.abort();
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listened => if let Err(e) = r {
+                tracing::warn!(error = %e, store = %pool.target, "following the other coordinators; retrying");
+            },
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 
@@ -838,6 +972,7 @@ impl Store for Postgres {
         )
         .await
         .map_err(db("store a join token"))?;
+        notify(&tx, &self.replica, CLOSED, &[name]).await?;
         tx.commit().await.map_err(db("add a cluster"))
     }
 
@@ -897,7 +1032,7 @@ impl Store for Postgres {
         if n == 0 {
             return Err(Error::UnknownCluster(name.to_string()));
         }
-        Ok(())
+        notify(&*self.conn().await?, &self.replica, CLOSED, &[name]).await
     }
 
     async fn check_certificate(&self, name: &str, generation: Option<i64>) -> Result<i64> {
@@ -960,7 +1095,7 @@ impl Store for Postgres {
         if n == 0 {
             return Err(Error::UnknownCluster(name.to_string()));
         }
-        Ok(())
+        notify(&*self.conn().await?, &self.replica, ASSIGNMENTS, &[name]).await
     }
 
     async fn clusters(&self) -> Result<Vec<ClusterRecord>> {
@@ -1030,6 +1165,8 @@ impl Store for Postgres {
         let tx = conn.transaction().await.map_err(db("pin"))?;
         lock_writes(&tx, "pin").await?;
         let entries = pin_in(&tx, &change, now_ms).await?;
+        let moved: Vec<&str> = entries.iter().map(|e| e.cluster.as_str()).collect();
+        notify(&tx, &self.replica, ASSIGNMENTS, &moved).await?;
         tx.commit().await.map_err(db("pin"))?;
         Ok(entries)
     }
@@ -1200,6 +1337,8 @@ impl Store for Postgres {
             return Err(Error::UnknownRollout(step.id.clone()));
         }
         write_members(&tx, n, &step.changed, None).await?;
+        let moved: Vec<&str> = entries.iter().map(|e| e.cluster.as_str()).collect();
+        notify(&tx, &self.replica, ASSIGNMENTS, &moved).await?;
         tx.commit().await.map_err(db("advance a rollout"))?;
         Ok((entries, events))
     }
@@ -1399,5 +1538,9 @@ impl Store for Postgres {
             .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
             .collect();
         Ok(Summary { clusters, rollouts })
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
     }
 }

@@ -40,6 +40,10 @@ macro_rules! timed {
                     r
                 }
             )*
+
+            fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<super::Change>> {
+                self.inner.changes()
+            }
         }
     };
 }

@@ -13,6 +13,7 @@ mod inventory;
 mod operations;
 mod preview;
 mod process;
+mod replicas;
 mod rollouts;
 mod scale;
 mod security;
