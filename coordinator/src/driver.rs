@@ -5,11 +5,19 @@
 //! transaction, and only then takes the new state as current and pushes
 //! the new assignments. Operators' starts and controls are commands sent to
 //! that task, so a step and a control never interleave.
+//!
+//! With several coordinators on one database, exactly one drives
+//! rollouts: the holder of the `rollouts` lease. It renews the lease every
+//! second; each transition it writes is fenced by the lease's token, so a
+//! paused or cut-off ex-leader can never write a stale one. Another replica
+//! takes over once the lease runs out, reading the active rollouts from
+//! the store. Replicas that do not lead refuse rollout commands with a
+//! retryable error naming the leader.
 
 use crate::hub::Hub;
 use crate::repo::{self, Repo};
 use crate::rollout::{self, Action, Observed};
-use crate::store::{self, Advance, Store};
+use crate::store::{self, Advance, Fence, Lease, Store};
 use ferry_proto::ledger::Event;
 use ferry_proto::rollout::{PlanError, Rollout, RolloutPhase, Spec};
 use ferry_proto::v1::{self, Health, Phase, RolloutControl};
@@ -43,6 +51,11 @@ pub enum Error {
     /// The driver has stopped (the coordinator is shutting down).
     #[error("the rollout driver has stopped")]
     Stopped,
+    /// Another replica drives rollouts.
+    #[error(
+        "another coordinator ({0}) drives rollouts: retry (through it, or once it has stopped: a replica takes over within {LEASE_TTL:?})"
+    )]
+    NotLeading(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,6 +65,14 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// The shortest time between steps woken by status reports.
 const REPORT_TICK: Duration = Duration::from_millis(100);
+
+/// The lease the driver of rollouts holds.
+const LEASE: &str = "rollouts";
+
+/// How long the lease lasts unless renewed, and how often it is renewed:
+/// a dead leader's rollouts move on within about `LEASE_TTL` + `LEASE_RENEW`.
+const LEASE_TTL: Duration = Duration::from_secs(5);
+const LEASE_RENEW: Duration = Duration::from_secs(1);
 
 enum Command {
     Start {
@@ -174,6 +195,35 @@ pub struct Driver {
     active: BTreeMap<String, Rollout>,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<Event>,
+    /// This coordinator, as leases name it.
+    holder: String,
+    /// The lease's token while this driver leads.
+    token: Option<i64>,
+    /// When the lease was last asked for, and last held.
+    asked: Option<tokio::time::Instant>,
+    held: Option<tokio::time::Instant>,
+    /// Who leads, when another replica does.
+    leader: String,
+    /// Other coordinators share the store: a cluster counts as connected
+    /// when any replica heard from it lately, not only this one.
+    shared: bool,
+}
+
+/// How recently a cluster must have been heard from (by any replica) to
+/// count as connected when replicas share the store: three of the agents'
+/// default heartbeats.
+const SEEN_LATELY_MS: i64 = 45_000;
+
+/// This process's name among coordinators: the pod (`HOSTNAME`), the
+/// process and the driver.
+fn holder_name() -> String {
+    static DRIVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}/{}/{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "ferry".into()),
+        std::process::id(),
+        DRIVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 impl Driver {
@@ -191,6 +241,12 @@ impl Driver {
             active: BTreeMap::new(),
             commands,
             events: events.clone(),
+            holder: holder_name(),
+            token: None,
+            asked: None,
+            held: None,
+            leader: String::new(),
+            shared: store.changes().is_some(),
         };
         let handle = DriverHandle {
             commands: tx,
@@ -203,12 +259,14 @@ impl Driver {
 
     async fn observed(&self) -> Result<BTreeMap<String, Observed>> {
         let clusters = self.store.clusters().await?;
+        let now = now_unix_ms();
         Ok(clusters
             .into_iter()
             .map(|c| {
                 let s = c.status.unwrap_or_default();
                 let o = Observed {
-                    connected: self.hub.connected(&c.name),
+                    connected: self.hub.connected(&c.name)
+                        || (self.shared && now - c.last_seen_ms < SEEN_LATELY_MS),
                     pinned: c.pin.as_ref().map(|p| p.0.clone()),
                     generation: c.pin.as_ref().map_or(0, |p| p.1),
                     observed_generation: s.observed_generation,
@@ -321,6 +379,11 @@ impl Driver {
                     actor: actor.to_string(),
                     pins,
                     events,
+                    fence: self.token.map(|token| Fence {
+                        lease: LEASE.into(),
+                        holder: self.holder.clone(),
+                        token,
+                    }),
                 },
                 now,
             )
@@ -472,10 +535,88 @@ impl Driver {
         Ok(())
     }
 
+    /// Takes or renews the lease (at most every [`LEASE_RENEW`]). Taking
+    /// it reads the active rollouts from the store; losing it forgets them.
+    async fn lead(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self.asked.is_some_and(|t| now < t + LEASE_RENEW) {
+            return;
+        }
+        self.asked = Some(now);
+        let ttl = LEASE_TTL.as_millis() as i64;
+        match self.store.lease(LEASE, &self.holder, ttl).await {
+            Ok(Lease::Held(token)) => {
+                if self.token != Some(token) {
+                    match self.store.rollouts(true).await {
+                        Ok(rs) => {
+                            self.active = rs.into_iter().map(|r| (r.id.clone(), r)).collect();
+                            self.token = Some(token);
+                            tracing::info!(
+                                holder = %self.holder,
+                                token,
+                                active = self.active.len(),
+                                "driving rollouts"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading active rollouts; retrying");
+                            self.asked = None;
+                            return;
+                        }
+                    }
+                }
+                self.held = Some(now);
+            }
+            Ok(Lease::Elsewhere(leader)) => {
+                if self.token.is_some() {
+                    tracing::warn!(%leader, "another coordinator took over driving rollouts");
+                }
+                self.stand_down();
+                self.leader = leader;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "renewing the rollouts lease");
+                self.leader = format!("none known: {e}");
+                // Unrenewed, the lease runs out: stop before another
+                // replica can take it (fenced writes would be refused).
+                if self.held.is_some_and(|t| now > t + LEASE_TTL) {
+                    self.stand_down();
+                }
+            }
+        }
+    }
+
+    fn stand_down(&mut self) {
+        self.token = None;
+        self.held = None;
+        self.active.clear();
+    }
+
+    /// Notes a refusal of this driver's writes: another replica leads.
+    fn fenced<T>(&mut self, r: &Result<T>) {
+        if let Err(Error::Store(store::Error::Fenced { .. })) = r {
+            tracing::warn!("this coordinator's lease on rollouts was taken over");
+            self.stand_down();
+            self.asked = None;
+        }
+    }
+
     async fn command(&mut self, c: Command) {
+        if self.token.is_none() && !matches!(c, Command::Plan { .. }) {
+            let refused = Err(Error::NotLeading(self.leader.clone()));
+            match c {
+                Command::Start { reply, .. } | Command::Control { reply, .. } => {
+                    let _ = reply.send(refused);
+                }
+                Command::Plan { .. } => {}
+            }
+            return;
+        }
         match c {
             Command::Start { spec, actor, reply } => {
-                let _ = reply.send(self.start(spec, &actor).await);
+                let r = self.start(spec, &actor).await;
+                self.fenced(&r);
+                let _ = reply.send(r);
             }
             Command::Plan { spec, actor, reply } => {
                 let planned = async {
@@ -500,7 +641,9 @@ impl Driver {
                 actor,
                 reply,
             } => {
-                let _ = reply.send(self.control(&id, control, &actor).await);
+                let r = self.control(&id, control, &actor).await;
+                self.fenced(&r);
+                let _ = reply.send(r);
             }
         }
     }
@@ -509,27 +652,16 @@ impl Driver {
     /// it at most every [`REPORT_TICK`], so a fleet reporting in does not
     /// keep it stepping back to back.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        // Active rollouts, parsed once.
-        loop {
-            match self.store.rollouts(true).await {
-                Ok(rs) => {
-                    self.active = rs.into_iter().map(|r| (r.id.clone(), r)).collect();
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reading active rollouts; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(TICK) => {}
-                    }
-                }
-            }
-        }
         let hub = self.hub.clone();
         loop {
             let started = tokio::time::Instant::now();
-            if let Err(e) = self.tick().await {
-                tracing::error!(error = %e, "stepping rollouts");
+            self.lead().await;
+            if self.token.is_some() {
+                let r = self.tick().await;
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "stepping rollouts");
+                }
+                self.fenced(&r);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

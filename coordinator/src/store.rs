@@ -76,6 +76,10 @@ pub enum Error {
     /// A stored value this coordinator cannot read.
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
+    /// A write made under a lease this coordinator no longer holds
+    /// (another replica took it over): refused, nothing written.
+    #[error("coordinator {holder} no longer holds the {lease} lease; nothing was written")]
+    Fenced { lease: String, holder: String },
 }
 
 impl Error {
@@ -163,6 +167,27 @@ pub struct Advance {
     pub pins: Vec<(String, Commit, String)>,
     /// (cluster or "", message)
     pub events: Vec<(String, String)>,
+    /// The lease the writer must still hold for the transition to be
+    /// written (the rollout driver's; `None` for an operator's control).
+    pub fence: Option<Fence>,
+}
+
+/// A lease held, as a write presents it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fence {
+    pub lease: String,
+    pub holder: String,
+    /// The token the lease was granted with; a takeover moves it on.
+    pub token: i64,
+}
+
+/// The answer to asking for a lease.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lease {
+    /// Held by the asker until the TTL runs out, with this fencing token.
+    Held(i64),
+    /// Held by another coordinator (named).
+    Elsewhere(String),
 }
 
 /// The coordinator's durable state. One implementation per database.
@@ -311,6 +336,14 @@ pub trait Store: Send + Sync + 'static {
     /// change it; `None` when no other coordinator can share it.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
+    }
+
+    /// Takes, or keeps, the lease `name` for `holder` for `ttl_ms` more
+    /// (by the database's clock). A backend no other coordinator can share
+    /// grants every lease to whoever asks.
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<Lease> {
+        let _ = (name, holder, ttl_ms);
+        Ok(Lease::Held(0))
     }
 }
 

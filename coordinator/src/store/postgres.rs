@@ -17,9 +17,9 @@
 //!   replicas starting together migrate once.
 
 use super::{
-    Advance, Change, ClusterRecord, Error, MemberRow, PinChange, PinnedCluster, Result, RolloutRow,
-    SiteRecord, Store, Summary, labels_json, labels_of, pin_of, pin_reason, refuse_overlap,
-    rollout_number, rollout_of, site_of,
+    Advance, Change, ClusterRecord, Error, Fence, Lease, MemberRow, PinChange, PinnedCluster,
+    Result, RolloutRow, SiteRecord, Store, Summary, labels_json, labels_of, pin_of, pin_reason,
+    refuse_overlap, rollout_number, rollout_of, site_of,
 };
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
@@ -61,7 +61,8 @@ const PAYLOAD: usize = 7900;
 /// Schema migrations, applied in order; the index + 1 is the version (in
 /// `ferry_schema`). Never edit one that shipped: add another. Names sort
 /// bytewise (`COLLATE "C"`), as in SQLite, so pages and orders agree.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE clusters (
     name TEXT COLLATE "C" PRIMARY KEY,
     labels TEXT NOT NULL DEFAULT '{}',
@@ -168,7 +169,22 @@ CREATE TABLE site_status (
     imported_ms BIGINT NOT NULL,
     encoded BYTEA NOT NULL
 );
-"#];
+"#,
+    // Leases: which replica drives rollouts, until when (by the database's
+    // clock), with a token a takeover moves on.
+    r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+"#,
+];
+
+/// The database's clock in Unix milliseconds: leases never depend on
+/// replicas' clocks agreeing.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 fn db(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| Error::Db {
@@ -700,6 +716,29 @@ async fn active_rollouts_of(
         found.entry(r.get(0)).or_insert_with(|| format!("r{id}"));
     }
     Ok(found)
+}
+
+/// Refuses to go on unless `fence` still holds its lease; the lease row
+/// stays locked until the transaction ends, so no takeover lands between
+/// this check and the commit.
+async fn check_fence(tx: &Transaction<'_>, fence: &Fence) -> Result<()> {
+    let held = tx
+        .query_opt(
+            &format!(
+                "SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3
+                 AND expires_ms > {DB_NOW_MS} FOR SHARE"
+            ),
+            &[&fence.lease, &fence.holder, &fence.token],
+        )
+        .await
+        .map_err(db("check a lease"))?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(Error::Fenced {
+            lease: fence.lease.clone(),
+            holder: fence.holder.clone(),
+        }),
+    }
 }
 
 /// Takes the lock every deciding write holds until its transaction ends.
@@ -1253,6 +1292,9 @@ impl Store for Postgres {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db("advance a rollout"))?;
         lock_writes(&tx, "advance a rollout").await?;
+        if let Some(fence) = &step.fence {
+            check_fence(&tx, fence).await?;
+        }
         // Pins of one commit for one reason are one change (a wave's pins
         // are a few statements, not a few per cluster).
         let mut groups: Vec<((&Commit, &str), Vec<String>)> = vec![];
@@ -1542,5 +1584,35 @@ impl Store for Postgres {
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<Lease> {
+        let conn = self.conn().await?;
+        // Renewed by its holder, or taken over once expired (the token
+        // moves on, so the old holder's fenced writes are refused).
+        let taken = conn
+            .query_opt(
+                &format!(
+                    "INSERT INTO leases (name, holder, token, expires_ms) VALUES ($1, $2, 1, {DB_NOW_MS} + $3)
+                     ON CONFLICT (name) DO UPDATE SET
+                         token = CASE WHEN leases.holder = EXCLUDED.holder THEN leases.token ELSE leases.token + 1 END,
+                         holder = EXCLUDED.holder, expires_ms = EXCLUDED.expires_ms
+                     WHERE leases.holder = EXCLUDED.holder OR leases.expires_ms <= {DB_NOW_MS}
+                     RETURNING token"
+                ),
+                &[&name, &holder, &ttl_ms],
+            )
+            .await
+            .map_err(db("take a lease"))?;
+        if let Some(r) = taken {
+            return Ok(Lease::Held(r.get(0)));
+        }
+        let other = conn
+            .query_opt("SELECT holder FROM leases WHERE name = $1", &[&name])
+            .await
+            .map_err(db("read a lease"))?;
+        Ok(Lease::Elsewhere(
+            other.map(|r| r.get(0)).unwrap_or_default(),
+        ))
     }
 }

@@ -73,6 +73,7 @@ timed! {
     fn events(&self, rollout: Option<&str>, after_id: i64, limit: u32) -> Result<Vec<Event>>;
     fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()>;
     fn summary(&self) -> Result<Summary>;
+    fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<super::Lease>;
     fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()>;
     fn remove_site(&self, name: &str) -> Result<SiteRecord>;
     fn sites(&self) -> Result<Vec<SiteRecord>>;

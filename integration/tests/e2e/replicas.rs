@@ -74,3 +74,138 @@ async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
     .await;
     replica.stop(Duration::from_secs(5)).await.unwrap();
 }
+
+/// `ferry` against a replica, as it answers (refusals included).
+async fn try_ferry_at(
+    world: &World,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let mut argv: Vec<String> = vec!["ferry".into()];
+    let mut flags = world.cli_flags();
+    flags[1] = format!("https://{addr}");
+    argv.extend(flags);
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let parsed = <ferry_coordinator::cli::Args as clap::Parser>::try_parse_from(argv)?;
+    ferry_coordinator::cli::execute(parsed).await
+}
+
+/// The replica driving a rollout dies while it waits for approval: the
+/// other takes over within 10 s (refusing rollout commands meanwhile, with
+/// a retryable error), finishes it, and the ledger has exactly one pin per
+/// cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_survives_its_leader() {
+    init_tracing();
+    let pg = Scratch::start().unwrap();
+    let dsn = pg.create("fleet").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(
+        dir.path(),
+        WorldConfig {
+            store: Some(dsn),
+            ..WorldConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let names = ["c1", "c2"];
+    let files = |v: &str| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| (format!("clusters/{n}/app.yaml"), app(n, v)))
+            .collect()
+    };
+    let commit = |msg: &str, v: &str| {
+        let f = files(v);
+        let refs: Vec<(&str, Option<&str>)> = f
+            .iter()
+            .map(|(p, c)| (p.as_str(), Some(c.as_str())))
+            .collect();
+        world.git.commit(msg, &refs).unwrap()
+    };
+    let v1 = commit("v1", "1.0");
+    let v2 = commit("v2", "2.0");
+    for n in names {
+        world.add_cluster(n, &[]).await.unwrap();
+    }
+    world.wait_connected(&names).await;
+    world
+        .ferry(&["pin", "c1", "c2", "--commit", &v1])
+        .await
+        .unwrap();
+    for n in names {
+        world.wait_healthy_at(n, &v1).await;
+    }
+
+    // Replica B takes the lead once the first coordinator is gone; the
+    // first comes back (agents reconnect to it) and follows.
+    let b = world.start_replica("replica-b").await.unwrap();
+    world.stop_coordinator().await.unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "ref: {v2}\ndefaults:\n  bake: 0s\nwaves:\n  - name: one\n    names: [c1]\n  - name: two\n    names: [c2]\n    approval: true\n"
+        ),
+    )
+    .unwrap();
+    let plan = plan.to_str().unwrap().to_string();
+    let started = eventually("replica B leads and starts the rollout", || async {
+        try_ferry_at(&world, b.addr, &["rollout", "start", "-f", &plan])
+            .await
+            .ok()
+    })
+    .await;
+    let id = started.split_whitespace().nth(2).unwrap().to_string();
+    world.start_coordinator().await.unwrap();
+    world.wait_connected(&names).await;
+    world.wait_healthy_at("c1", &v2).await;
+    eventually("the rollout waits for approval", || async {
+        let out = world.ferry(&["rollout", "status", &id]).await.ok()?;
+        out.contains("AwaitingApproval").then_some(())
+    })
+    .await;
+
+    // B dies; approving through the first coordinator is refused until it
+    // has taken over, then goes through.
+    let killed = std::time::Instant::now();
+    b.stop(Duration::from_secs(5)).await.unwrap();
+    // (B's lease runs for a few seconds after it stopped.)
+    let refused = world
+        .ferry(&["rollout", "approve", &id])
+        .await
+        .expect_err("B's lease has not run out yet");
+    assert!(refused.to_string().contains("drives rollouts"), "{refused}");
+    eventually("the first coordinator takes over", || async {
+        world.ferry(&["rollout", "approve", &id]).await.ok()
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "took over after {took:?}");
+    world.wait_healthy_at("c2", &v2).await;
+    eventually("the rollout succeeds", || async {
+        let out = world.ferry(&["rollout", "status", &id]).await.ok()?;
+        out.contains("Succeeded").then_some(())
+    })
+    .await;
+    let history = world
+        .admin()
+        .await
+        .unwrap()
+        .history(ferry_proto::v1::HistoryRequest {
+            cluster: String::new(),
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    for n in names {
+        let pins: Vec<_> = history
+            .iter()
+            .filter(|e| e.cluster == n && e.rollout == id)
+            .collect();
+        assert_eq!(pins.len(), 1, "{n}: one pin by {id}: {history:?}");
+    }
+}

@@ -5,7 +5,7 @@
 
 use ferry_coordinator::store::postgres::Postgres;
 use ferry_coordinator::store::sqlite::Sqlite;
-use ferry_coordinator::store::{Advance, Error, PinChange, SiteRecord, Store};
+use ferry_coordinator::store::{Advance, Error, Fence, Lease, PinChange, SiteRecord, Store};
 use ferry_integration::postgres::Scratch;
 use ferry_proto::Commit;
 use ferry_proto::rollout::{
@@ -231,6 +231,7 @@ async fn membership_refuses_overlaps_and_unforced_pins(b: Backend) {
             actor: "me".into(),
             pins: vec![],
             events: vec![],
+            fence: None,
         },
         9,
     )
@@ -280,6 +281,7 @@ async fn a_rollout_advances_with_its_pins_and_events(b: Backend) {
                     ("a".into(), "pinned".into()),
                     ("b".into(), "pinned".into()),
                 ],
+                fence: None,
             },
             2,
         )
@@ -313,6 +315,7 @@ async fn a_rollout_advances_with_its_pins_and_events(b: Backend) {
                 actor: "x".into(),
                 pins: vec![],
                 events: vec![],
+                fence: None,
             },
             3
         )
@@ -608,15 +611,16 @@ async fn postgres_newer_schema_and_interrupted_migration() {
     let e = Postgres::open_with(&dsn, &broken)
         .await
         .err()
-        .expect("the second migration fails");
-    assert!(e.to_string().contains("migration 2"), "{e}");
-    // Nothing of either migration is there: not the table the broken one
-    // made, not the first one's, and no recorded version.
+        .expect("the last migration fails");
+    let last = format!("migration {}", MIGRATIONS.len() + 1);
+    assert!(e.to_string().contains(&last), "{e}");
+    // Nothing of any migration is there: not the table the broken one
+    // made, not the earlier ones', and no recorded version.
     server
         .execute(
             "broken",
             "DO $$ BEGIN
-                IF EXISTS (SELECT 1 FROM pg_tables WHERE tablename IN ('half', 'clusters', 'ferry_schema'))
+                IF EXISTS (SELECT 1 FROM pg_tables WHERE tablename IN ('half', 'clusters', 'leases', 'ferry_schema'))
                 THEN RAISE EXCEPTION 'half-migrated'; END IF;
              END $$",
         )
@@ -678,4 +682,80 @@ async fn postgres_two_replicas_share_pins_and_the_ledger() {
         two.create_rollout(spec(), state(&["c00"]), "me", 10).await,
         Err(Error::Overlap { .. })
     ));
+}
+
+/// One lease, two replicas: the holder renews it, the other is told who
+/// holds it; once it runs out the other takes it with a new token, and the
+/// old holder's fenced transition is refused and writes nothing.
+#[tokio::test]
+async fn postgres_a_lease_fences_an_ex_leader() {
+    let b = Backend::postgres().await;
+    let one = with_clusters(&b, &["a"]).await;
+    let two = b.open().await;
+    let r = one
+        .create_rollout(spec(), state(&["a"]), "me", 1)
+        .await
+        .unwrap();
+    let Lease::Held(first) = one.lease("rollouts", "one", 300).await.unwrap() else {
+        panic!("a free lease is taken");
+    };
+    assert_eq!(
+        one.lease("rollouts", "one", 300).await.unwrap(),
+        Lease::Held(first)
+    );
+    assert_eq!(
+        two.lease("rollouts", "two", 300).await.unwrap(),
+        Lease::Elsewhere("one".into())
+    );
+    let fenced = |holder: &str, token: i64, c: char| Advance {
+        id: r.id.clone(),
+        state: r.state.clone(),
+        changed: vec![],
+        actor: holder.into(),
+        pins: vec![("a".into(), commit(c), "wave w".into())],
+        events: vec![("a".into(), format!("pinned by {holder}"))],
+        fence: Some(Fence {
+            lease: "rollouts".into(),
+            holder: holder.into(),
+            token,
+        }),
+    };
+    one.advance(fenced("one", first, 'a'), 2).await.unwrap();
+    // Unrenewed, it runs out (by the database's clock) and is taken over.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let second = loop {
+        if let Lease::Held(t) = two.lease("rollouts", "two", 60_000).await.unwrap() {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "never taken over");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(second > first, "a takeover moves the token on");
+    let e = one.advance(fenced("one", first, 'b'), 3).await.unwrap_err();
+    assert!(matches!(e, Error::Fenced { .. }), "{e}");
+    assert_eq!(
+        one.lease("rollouts", "one", 300).await.unwrap(),
+        Lease::Elsewhere("two".into())
+    );
+    two.advance(fenced("two", second, 'c'), 4).await.unwrap();
+    let ledger: Vec<Commit> = one
+        .history(Some("a"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to)
+        .collect();
+    assert_eq!(
+        ledger,
+        [commit('c'), commit('a')],
+        "the fenced pin wrote nothing"
+    );
+    let events: Vec<String> = one
+        .events(Some(&r.id), 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(events, ["pinned by one", "pinned by two"]);
 }
