@@ -143,10 +143,8 @@ fn classify(s: tonic::Status) -> Error {
 /// Enrolls with a join token; `dial` must not carry a client identity.
 pub async fn enroll(dial: &DialConfig, cluster: &str, join_token: &str) -> Result<Identity> {
     let (key_pem, csr_pem) = request(cluster)?;
-    let channel = dial
-        .endpoint()
-        .map_err(|e| Error::Unreachable(Box::new(e)))?
-        .connect()
+    let (channel, _) = dial
+        .connect_from(0)
         .await
         .map_err(|e| Error::Unreachable(Box::new(e)))?;
     let r = EnrollmentClient::new(channel)
@@ -171,10 +169,8 @@ pub async fn renew(dial: &DialConfig, cluster: &str, current: &Identity) -> Resu
     let (key_pem, csr_pem) = request(cluster)?;
     let mut dial = dial.clone();
     dial.identity = Some((current.cert_pem.clone(), current.key_pem.clone()));
-    let channel = dial
-        .endpoint()
-        .map_err(|e| Error::Unreachable(Box::new(e)))?
-        .connect()
+    let (channel, _) = dial
+        .connect_from(0)
         .await
         .map_err(|e| Error::Unreachable(Box::new(e)))?;
     let r = EnrollmentClient::new(channel)

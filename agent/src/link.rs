@@ -27,9 +27,6 @@ pub enum Error {
     /// The coordinator's address or TLS files are unusable.
     #[error(transparent)]
     Dial(#[from] ferry_proto::DialError),
-    /// Connecting failed.
-    #[error("connecting: {0}")]
-    Connect(#[source] tonic::transport::Error),
     /// The stream failed.
     #[error("{}", .0.message())]
     Stream(#[from] tonic::Status),
@@ -112,6 +109,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(cfg.min_backoff, cfg.max_backoff);
+    // Which of several coordinator replicas to try first: spread by the
+    // cluster's name, then whichever answered last.
+    let mut at = spread(&cfg.cluster);
     loop {
         if stop.is_cancelled() {
             return;
@@ -126,6 +126,7 @@ pub async fn run(
             &mut answers,
             &stop,
             &mut established,
+            &mut at,
         )
         .await;
         inbox.connected.set(0);
@@ -149,6 +150,14 @@ pub async fn run(
     }
 }
 
+/// A starting point among the coordinator's addresses, the same for a
+/// cluster every time and spread across a fleet.
+fn spread(cluster: &str) -> usize {
+    cluster
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+}
+
 async fn session(
     cfg: &LinkConfig,
     identity: Option<crate::identity::Identity>,
@@ -157,16 +166,18 @@ async fn session(
     answers: &mut mpsc::Receiver<Preview>,
     stop: &CancellationToken,
     established: &mut bool,
+    at: &mut usize,
 ) -> Result<(), Error> {
     let mut dial = cfg.dial.clone();
     if let Some(id) = identity {
         dial.identity = Some((id.cert_pem, id.key_pem));
     }
-    let endpoint = dial.endpoint()?;
-    let channel = tokio::select! {
+    let (channel, answered) = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
-        c = endpoint.connect() => c.map_err(Error::Connect)?,
+        c = dial.connect_from(*at) => c?,
     };
+    *at = answered;
+    let addr = dial.addresses()[answered].to_string();
     let mut client = AgentLinkClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let hello = Hello {
@@ -192,7 +203,7 @@ async fn session(
     };
     *established = true;
     inbox.connected.set(1);
-    tracing::info!(addr = %cfg.dial.addr, "connected to the coordinator");
+    tracing::info!(%addr, "connected to the coordinator");
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.tick().await;
     loop {

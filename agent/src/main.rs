@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(name = "ferry-agent", version)]
 struct Args {
-    /// The coordinator, https://host:port.
+    /// The coordinator, https://host:port; several replicas' addresses
+    /// comma-separated (the agent fails over between them by itself).
     #[arg(long, env = "FERRY_COORDINATOR")]
     coordinator: String,
     /// This cluster's name.

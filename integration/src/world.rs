@@ -358,6 +358,9 @@ pub struct World {
     pub coordinator_addr: SocketAddr,
     pub clusters: Vec<ClusterHandle>,
     pub cfg: WorldConfig,
+    /// Other coordinator replicas agents may fail over to (after the
+    /// world's own, in their `--coordinator` list).
+    pub replicas: Vec<SocketAddr>,
 }
 
 impl World {
@@ -431,6 +434,7 @@ impl World {
             coordinator_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             clusters: vec![],
             cfg,
+            replicas: vec![],
         };
         world.start_coordinator().await?;
         world.admin_token = std::fs::read_to_string(
@@ -709,8 +713,12 @@ impl World {
 
     pub fn agent_config(&self, i: usize) -> ferry_agent::Config {
         let c = &self.clusters[i];
+        let mut addr = self.addr();
+        for r in &self.replicas {
+            addr.push_str(&format!(",https://{r}"));
+        }
         let dial = DialConfig {
-            addr: self.addr(),
+            addr,
             ca: Some(self.ca_file.clone()),
             ..DialConfig::default()
         };

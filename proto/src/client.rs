@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Why an endpoint could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -24,12 +24,20 @@ pub enum DialError {
     /// https:// without a CA to verify the coordinator against.
     #[error("a CA certificate is required to verify the coordinator at {0}")]
     NoCa(String),
+    /// No address answered (the last one's error).
+    #[error("connecting to {addr}: {source}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }
 
 /// How to reach the coordinator.
 #[derive(Clone, Debug, Default)]
 pub struct DialConfig {
-    /// `https://host:port` (or `http://` with `insecure`).
+    /// `https://host:port` (or `http://` with `insecure`); several
+    /// coordinator replicas' addresses separated by commas.
     pub addr: String,
     /// CA that signed the coordinator's certificate.
     pub ca: Option<PathBuf>,
@@ -50,6 +58,48 @@ fn read(p: &PathBuf) -> Result<Vec<u8>, DialError> {
 }
 
 impl DialConfig {
+    /// The addresses `addr` lists: one coordinator's, or several replicas'.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
+    /// Connects to the first of the addresses that answers, trying them in
+    /// turn from the `first`-th (modulo their count): a replica that is down
+    /// costs a failed connect, not the link. (One DNS name with several
+    /// records needs no list: each resolved address is tried in turn.)
+    /// Returns the channel and the index of the address that answered.
+    pub async fn connect_from(&self, first: usize) -> Result<(Channel, usize), DialError> {
+        let addrs = self.addresses();
+        if addrs.is_empty() {
+            return Err(DialError::Address {
+                addr: self.addr.clone(),
+                message: "no address".into(),
+            });
+        }
+        let mut last = None;
+        for k in 0..addrs.len() {
+            let i = (first + k) % addrs.len();
+            let one = DialConfig {
+                addr: addrs[i].to_string(),
+                ..self.clone()
+            };
+            match one.endpoint()?.connect().await {
+                Ok(channel) => return Ok((channel, i)),
+                Err(source) => {
+                    last = Some(DialError::Unreachable {
+                        addr: addrs[i].to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(last.expect("at least one address was tried"))
+    }
+
     pub fn endpoint(&self) -> Result<Endpoint, DialError> {
         let bad = |m: &dyn std::fmt::Display| DialError::Address {
             addr: self.addr.clone(),

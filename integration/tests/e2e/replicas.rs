@@ -209,3 +209,63 @@ async fn a_rollout_survives_its_leader() {
         assert_eq!(pins.len(), 1, "{n}: one pin by {id}: {history:?}");
     }
 }
+
+/// An agent given two replicas' addresses: its coordinator goes away and
+/// it carries on with the other by itself (a full resync there), taking
+/// new pins from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_fails_over_to_another_replica() {
+    init_tracing();
+    let pg = Scratch::start().unwrap();
+    let dsn = pg.create("fleet").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(
+        dir.path(),
+        WorldConfig {
+            store: Some(dsn),
+            ..WorldConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let path = "clusters/edge/app.yaml";
+    let a = world
+        .git
+        .commit("A", &[(path, Some(&app("edge", "1.0")))])
+        .unwrap();
+    let b = world
+        .git
+        .commit("B", &[(path, Some(&app("edge", "2.0")))])
+        .unwrap();
+    let replica = world.start_replica("replica-b").await.unwrap();
+    world.replicas.push(replica.addr);
+    world.add_cluster("edge", &[]).await.unwrap();
+    eventually("the agent connects to a replica", || async {
+        (world.coordinator.as_ref().unwrap().hub.connected("edge") || replica.hub.connected("edge"))
+            .then_some(())
+    })
+    .await;
+    ferry_at(&world, replica.addr, &["pin", "edge", "--commit", &a]).await;
+    world.wait_healthy_at("edge", &a).await;
+
+    // Whichever replica it is on goes away; it moves to the other.
+    let (survivor, addr) = if replica.hub.connected("edge") {
+        replica.stop(Duration::from_secs(5)).await.unwrap();
+        (
+            world.coordinator.as_ref().unwrap().hub.clone(),
+            world.coordinator_addr,
+        )
+    } else {
+        world.stop_coordinator().await.unwrap();
+        (replica.hub.clone(), replica.addr)
+    };
+    eventually("the agent reconnects to the other replica", || async {
+        survivor.connected("edge").then_some(())
+    })
+    .await;
+    ferry_at(&world, addr, &["pin", "edge", "--commit", &b]).await;
+    eventually("the agent applies B", || async {
+        (setting(world.emulator("edge")).as_deref() == Some("2.0")).then_some(())
+    })
+    .await;
+}
