@@ -111,13 +111,16 @@ pub async fn run(
     let mut backoff = Backoff::new(cfg.min_backoff, cfg.max_backoff);
     // Which of several coordinator replicas to try first: spread by the
     // cluster's name, then whichever answered last.
-    let mut at = spread(&cfg.cluster);
+    let mut reached = Reached {
+        established: false,
+        at: spread(&cfg.cluster),
+    };
     loop {
         if stop.is_cancelled() {
             return;
         }
         let id = identity.borrow().clone();
-        let mut established = false;
+        reached.established = false;
         let result = session(
             &cfg,
             id,
@@ -125,8 +128,7 @@ pub async fn run(
             &mut status,
             &mut answers,
             &stop,
-            &mut established,
-            &mut at,
+            &mut reached,
         )
         .await;
         inbox.connected.set(0);
@@ -139,7 +141,7 @@ pub async fn run(
         }
         // The coordinator took us: whatever ended the session, start the
         // backoff over (a restarted coordinator is back at once).
-        if established {
+        if reached.established {
             backoff.reset();
         }
         let delay = backoff.next_delay();
@@ -148,6 +150,14 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// How far a session got.
+struct Reached {
+    /// The coordinator took the session.
+    established: bool,
+    /// Which of the coordinator's addresses answered last.
+    at: usize,
 }
 
 /// A starting point among the coordinator's addresses, the same for a
@@ -165,8 +175,7 @@ async fn session(
     status: &mut watch::Receiver<StatusReport>,
     answers: &mut mpsc::Receiver<Preview>,
     stop: &CancellationToken,
-    established: &mut bool,
-    at: &mut usize,
+    reached: &mut Reached,
 ) -> Result<(), Error> {
     let mut dial = cfg.dial.clone();
     if let Some(id) = identity {
@@ -174,9 +183,9 @@ async fn session(
     }
     let (channel, answered) = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
-        c = dial.connect_from(*at) => c?,
+        c = dial.connect_from(reached.at) => c?,
     };
-    *at = answered;
+    reached.at = answered;
     let addr = dial.addresses()[answered].to_string();
     let mut client = AgentLinkClient::new(channel);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
@@ -201,7 +210,7 @@ async fn session(
         _ = stop.cancelled() => return Ok(()),
         s = client.session(ReceiverStream::new(rx)) => s?.into_inner(),
     };
-    *established = true;
+    reached.established = true;
     inbox.connected.set(1);
     tracing::info!(%addr, "connected to the coordinator");
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
