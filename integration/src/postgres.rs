@@ -18,6 +18,8 @@ pub struct Scratch {
     _dir: tempfile::TempDir,
     /// Where the server's log goes.
     pub log: PathBuf,
+    /// How to start it again: its command line.
+    server: Vec<std::ffi::OsString>,
 }
 
 /// The directory of PostgreSQL's programs: `FERRY_PG_BIN`, or Debian's
@@ -150,7 +152,6 @@ impl Scratch {
         // binds, so a failed start tries again on another.
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let log_file = std::fs::File::create(&log)?;
             let mut cmd = command(&bin.join("postgres"), user);
             cmd.arg("-D")
                 .arg(&data)
@@ -167,15 +168,14 @@ impl Scratch {
             for s in settings {
                 cmd.args(["-c", s]);
             }
-            let mut child = cmd
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone()?)
-                .stderr(log_file)
-                .spawn()
-                .context("starting postgres")?;
+            let server: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
+                .chain(cmd.get_args().map(|a| a.to_owned()))
+                .collect();
+            let mut child = spawn(&server, &log)?;
             match wait_ready(&mut child, &data, &log, Duration::from_secs(30)) {
                 Ok(()) => {
                     return Ok(Scratch {
+                        server,
                         child,
                         port,
                         _dir: dir,
@@ -243,6 +243,38 @@ impl Scratch {
     pub fn kill(&mut self) {
         stop(&mut self.child);
     }
+
+    /// Starts the server again (after [`Scratch::kill`]), on the same port
+    /// with the same data: a database that comes back.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            bail!("the server is still running");
+        }
+        // The killed server's pid file says "ready": not this one's word.
+        let _ = std::fs::remove_file(self._dir.path().join("data/postmaster.pid"));
+        self.child = spawn(&self.server, &self.log)?;
+        wait_ready(
+            &mut self.child,
+            &self._dir.path().join("data"),
+            &self.log,
+            Duration::from_secs(30),
+        )
+    }
+}
+
+/// Runs the server's command line, its output appended to `log`.
+fn spawn(server: &[std::ffi::OsString], log: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(&server[0])
+        .args(&server[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting postgres")
 }
 
 /// Waits until the server accepts connections: it writes "ready" into

@@ -269,3 +269,59 @@ async fn an_agent_fails_over_to_another_replica() {
     })
     .await;
 }
+
+/// The database goes away: the coordinator keeps its agents' sessions,
+/// refuses a pin with an error that says why, and carries on once the
+/// database is back, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_outlives_its_database() {
+    init_tracing();
+    let mut pg = Scratch::start().unwrap();
+    let dsn = pg.create("fleet").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(
+        dir.path(),
+        WorldConfig {
+            store: Some(dsn),
+            ..WorldConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let path = "clusters/edge/app.yaml";
+    let a = world
+        .git
+        .commit("A", &[(path, Some(&app("edge", "1.0")))])
+        .unwrap();
+    let b = world
+        .git
+        .commit("B", &[(path, Some(&app("edge", "2.0")))])
+        .unwrap();
+    world.add_cluster("edge", &[]).await.unwrap();
+    world.wait_connected(&["edge"]).await;
+    world
+        .ferry(&["pin", "edge", "--commit", &a])
+        .await
+        .unwrap();
+    world.wait_healthy_at("edge", &a).await;
+
+    pg.kill();
+    let e = world
+        .ferry(&["pin", "edge", "--commit", &b])
+        .await
+        .expect_err("no database, no pin");
+    let text = format!("{e:#}");
+    assert!(text.contains("database"), "{text}");
+    assert!(text.contains("PostgreSQL"), "{text}");
+    let hub = world.coordinator.as_ref().unwrap().hub.clone();
+    assert!(hub.connected("edge"), "the agent's session is kept");
+    assert_eq!(setting(world.emulator("edge")).as_deref(), Some("1.0"));
+
+    pg.restart().unwrap();
+    eventually("a pin goes through once the database is back", || async {
+        world.ferry(&["pin", "edge", "--commit", &b]).await.ok()
+    })
+    .await;
+    world.wait_healthy_at("edge", &b).await;
+    assert!(hub.connected("edge"));
+}
