@@ -134,6 +134,9 @@ pub struct Config {
     /// A PostgreSQL DSN to keep state in (replicas may share it); `None`:
     /// SQLite in the data dir.
     pub store: Option<String>,
+    /// CA certificates (PEM) that verify PostgreSQL's certificate (the
+    /// system's when `None`).
+    pub store_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -156,6 +159,7 @@ impl Config {
             verify_keys: None,
             verify_mode: Default::default(),
             store: None,
+            store_ca: None,
         }
     }
 }
@@ -208,7 +212,16 @@ impl Coordinator {
                     Err(source) => return Err(Error::Store { at, source }),
                 }
             }
-            Some(dsn) => match Postgres::open(dsn).await {
+            Some(dsn) => match Postgres::open_with(
+                dsn,
+                &crate::store::postgres::Options {
+                    ca: cfg.store_ca.clone(),
+                    insecure: cfg.insecure,
+                },
+                crate::store::postgres::MIGRATIONS,
+            )
+            .await
+            {
                 Ok(s) => {
                     let at = format!("postgresql {}", s.target());
                     tracing::info!(store = %at, "the store is on PostgreSQL");

@@ -76,6 +76,9 @@ pub enum Error {
     /// A stored value this coordinator cannot read.
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
+    /// The store's settings cannot work (named in the message).
+    #[error("{0}")]
+    Config(String),
     /// A write made under a lease this coordinator no longer holds
     /// (another replica took it over): refused, nothing written.
     #[error("coordinator {holder} no longer holds the {lease} lease; nothing was written")]

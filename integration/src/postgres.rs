@@ -11,6 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Settings of a cluster nobody minds losing.
+const FAST: &[&str] = &[
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+];
+
 /// A running throwaway cluster.
 pub struct Scratch {
     child: Child,
@@ -96,19 +103,21 @@ fn command(program: &Path, user: Option<&str>) -> Command {
 impl Scratch {
     /// A cluster for tests: no fsync (a crash loses it, and that is fine).
     pub fn start() -> Result<Scratch> {
-        Self::start_with(&[
-            "fsync=off",
-            "synchronous_commit=off",
-            "full_page_writes=off",
-        ])
+        Self::start_with(FAST, None)
     }
 
     /// A cluster with PostgreSQL's durable defaults (benchmarks).
     pub fn durable() -> Result<Scratch> {
-        Self::start_with(&[])
+        Self::start_with(&[], None)
     }
 
-    fn start_with(settings: &[&str]) -> Result<Scratch> {
+    /// A cluster that takes TCP connections over TLS only, with this
+    /// certificate and key (PEM); plaintext only on its Unix socket.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Scratch> {
+        Self::start_with(FAST, Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(settings: &[&str], tls: Option<(&str, &str)>) -> Result<Scratch> {
         let bin = bin_dir().context(
             "PostgreSQL is not installed (Debian: apt-get install postgresql; or set FERRY_PG_BIN)",
         )?;
@@ -148,6 +157,26 @@ impl Scratch {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let mut settings: Vec<&str> = settings.to_vec();
+        if let Some((cert, key)) = tls {
+            let owned = |path: &Path, text: &str| -> Result<()> {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::write(path, text)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                if let Some(u) = user {
+                    let status = Command::new("chown").arg(u).arg(path).status()?;
+                    anyhow::ensure!(status.success(), "chown {u} {}", path.display());
+                }
+                Ok(())
+            };
+            owned(&data.join("server.crt"), cert)?;
+            owned(&data.join("server.key"), key)?;
+            owned(
+                &data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )?;
+            settings.push("ssl=on");
+        }
         // A free port now; another process could take it before the server
         // binds, so a failed start tries again on another.
         for _ in 0..5 {
@@ -165,7 +194,7 @@ impl Scratch {
                     "-c",
                     "max_connections=300",
                 ]);
-            for s in settings {
+            for s in &settings {
                 cmd.args(["-c", s]);
             }
             let server: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
@@ -207,10 +236,19 @@ impl Scratch {
         format!("postgres://ferry@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// Database `name` over the server's Unix socket (always plaintext).
+    pub fn socket_dsn(&self, name: &str) -> String {
+        format!(
+            "host={} port={} user=ferry dbname={name}",
+            self._dir.path().display(),
+            self.port
+        )
+    }
+
     /// Makes an empty database and returns its DSN.
     pub async fn create(&self, name: &str) -> Result<String> {
         let (client, connection) =
-            tokio_postgres::connect(&self.dsn("postgres"), tokio_postgres::NoTls)
+            tokio_postgres::connect(&self.socket_dsn("postgres"), tokio_postgres::NoTls)
                 .await
                 .context("connecting to the scratch PostgreSQL")?;
         let task = tokio::spawn(connection);
@@ -226,9 +264,10 @@ impl Scratch {
     /// Runs SQL in database `name` (tests stage what a coordinator would
     /// find).
     pub async fn execute(&self, name: &str, sql: &str) -> Result<()> {
-        let (client, connection) = tokio_postgres::connect(&self.dsn(name), tokio_postgres::NoTls)
-            .await
-            .with_context(|| format!("connecting to database {name}"))?;
+        let (client, connection) =
+            tokio_postgres::connect(&self.socket_dsn(name), tokio_postgres::NoTls)
+                .await
+                .with_context(|| format!("connecting to database {name}"))?;
         let task = tokio::spawn(connection);
         client
             .batch_execute(sql)

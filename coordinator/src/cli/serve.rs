@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// --store (which other users of the machine can read in the process list).
     #[arg(long, env = "FERRY_STORE_FILE", conflicts_with = "store")]
     pub store_file: Option<PathBuf>,
+    /// CA certificates (PEM) that verify PostgreSQL's server certificate
+    /// (default: the system's). TLS is required to a database off this
+    /// machine; plaintext there only with `sslmode=disable` and --insecure.
+    #[arg(long, env = "FERRY_STORE_CA")]
+    pub store_ca: Option<PathBuf>,
     /// Serve `/metrics`, `/healthz` and `/readyz` over plain HTTP on this
     /// address (e.g. 0.0.0.0:9090); off when not given.
     #[arg(long, env = "FERRY_METRICS_LISTEN")]
@@ -117,6 +122,7 @@ impl ServeArgs {
         cfg.ca_dir = self.ca_dir.clone();
         cfg.verify_keys = self.verify_keys.clone();
         cfg.verify_mode = self.verify_mode;
+        cfg.store_ca = self.store_ca.clone();
         cfg.store = match &self.store_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)

@@ -30,8 +30,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit, broadcast, mpsc, oneshot};
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Row, Transaction};
+use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls, Notification, Row, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Connections a coordinator holds at most (the status writer's is extra).
@@ -193,9 +195,105 @@ fn db(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     }
 }
 
+/// How a coordinator reaches PostgreSQL.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// CA certificates (PEM) the server's certificate must chain to; the
+    /// system's bundle when absent.
+    pub ca: Option<std::path::PathBuf>,
+    /// Allow plaintext to a server off this machine (`sslmode=disable`).
+    pub insecure: bool,
+}
+
+/// The system's CA bundle (Debian's, as in the coordinator's image).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS, as the DSN and `options` ask: required to any server off this
+/// machine (plaintext only with `--insecure` and `sslmode=disable`),
+/// verified against the given CA or the system's; on this machine (a Unix
+/// socket, loopback) only when `sslmode=require` says so.
+fn tls_for(
+    config: &mut tokio_postgres::Config,
+    options: &Options,
+    target: &str,
+) -> Result<Option<MakeRustlsConnect>> {
+    let local = config.get_hosts().iter().all(|h| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(h) => {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    });
+    match config.get_ssl_mode() {
+        SslMode::Disable if !local && !options.insecure => {
+            return Err(Error::Config(format!(
+                "refusing plaintext to PostgreSQL at {target}: TLS is required to a database off this machine (drop sslmode=disable), or pass --insecure"
+            )));
+        }
+        SslMode::Disable => return Ok(None),
+        SslMode::Prefer if local => return Ok(None),
+        _ => {}
+    }
+    config.ssl_mode(SslMode::Require);
+    let file = options.ca.clone().unwrap_or_else(|| SYSTEM_CAS.into());
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::Config(format!(
+            "reading CA certificates for PostgreSQL from {} (--store-ca): {e}",
+            file.display()
+        ))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&file).map_err(|e| unreadable(&e))? {
+        roots
+            .add(cert.map_err(|e| unreadable(&e))?)
+            .map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in it"));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| unreadable(&e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(MakeRustlsConnect::new(tls)))
+}
+
+/// Drives a connection: forwards its notifications (to whoever listens)
+/// until the client is dropped or the server goes.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> mpsc::UnboundedReceiver<Notification>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(n);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "a PostgreSQL connection ended");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    rx
+}
+
 /// Where a DSN points, without its password: `user@host:port/db`.
 fn describe(config: &tokio_postgres::Config) -> String {
-    use tokio_postgres::config::Host;
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
@@ -222,6 +320,8 @@ fn describe(config: &tokio_postgres::Config) -> String {
 /// Connections, opened on demand and put back unless broken.
 struct Pool {
     config: tokio_postgres::Config,
+    /// `None`: plaintext (a server on this machine, or `--insecure`).
+    tls: Option<MakeRustlsConnect>,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
     target: String,
@@ -258,16 +358,37 @@ impl Drop for Conn<'_> {
 }
 
 impl Pool {
-    async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| Error::Db {
-            what: format!("connecting to PostgreSQL at {}", self.target),
-            source: Arc::new(e),
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "a PostgreSQL connection ended");
+    /// A new connection, and its notifications.
+    async fn open(
+        &self,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), tokio_postgres::Error> {
+        Ok(match &self.tls {
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                (client, drive(connection))
             }
-        });
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                (client, drive(connection))
+            }
+        })
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let (client, _) = self.open().await.map_err(|e| {
+            // The whole chain: "error performing TLS handshake" alone does
+            // not say that the certificate was not trusted.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            Error::Db {
+                what: format!("connecting to PostgreSQL at {}", self.target),
+                source: Arc::new(std::io::Error::other(text)),
+            }
+        })?;
         Ok(client)
     }
 
@@ -318,12 +439,12 @@ impl Postgres {
     /// Connects to `dsn` (`postgres://user:password@host:port/db` or
     /// `host=… user=… dbname=…`) and brings its schema up to date.
     pub async fn open(dsn: &str) -> Result<Postgres> {
-        Self::open_with(dsn, MIGRATIONS).await
+        Self::open_with(dsn, &Options::default(), MIGRATIONS).await
     }
 
-    /// As [`Postgres::open`], with other migrations (tests stage broken ones).
-    #[doc(hidden)]
-    pub async fn open_with(dsn: &str, migrations: &[&str]) -> Result<Postgres> {
+    /// As [`Postgres::open`], with other options (and, for tests staging
+    /// broken ones, other migrations).
+    pub async fn open_with(dsn: &str, options: &Options, migrations: &[&str]) -> Result<Postgres> {
         let mut config: tokio_postgres::Config = dsn.parse().map_err(|e| Error::Db {
             // The DSN itself is not shown: it may hold a password.
             what: "reading the PostgreSQL address given to --store (not shown: it may hold a password)"
@@ -334,8 +455,11 @@ impl Postgres {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.application_name("ferry");
+        let target = describe(&config);
+        let tls = tls_for(&mut config, options, &target)?;
         let pool = Arc::new(Pool {
-            target: describe(&config),
+            target,
+            tls,
             config,
             idle: Mutex::new(vec![]),
             permits: Semaphore::new(POOL),
@@ -439,25 +563,7 @@ async fn follow(
     let mut connected_before = false;
     loop {
         let listened = async {
-            let (client, mut connection) = pool.config.connect(NoTls).await?;
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let reader = tokio::spawn(async move {
-                loop {
-                    match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                        Some(Ok(AsyncMessage::Notification(n))) => {
-                            if tx.send(n).is_err() {
-                                return;
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "following the other coordinators");
-                            return;
-                        }
-                        None => return,
-                    }
-                }
-            });
+            let (client, mut rx) = pool.open().await?;
             client
                 .batch_execute(&format!("LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}"))
                 .await?;
@@ -476,7 +582,7 @@ async fn follow(
                     _ => Change::Assignments(names),
                 });
             }
-            reader.abort();
+            drop(client);
             Ok::<_, tokio_postgres::Error>(())
         };
         tokio::select! {

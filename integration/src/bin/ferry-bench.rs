@@ -2,7 +2,8 @@
 //! one JSON line with the same figures.
 //!
 //! - **Coordinator**: `ferry serve` runs as its own process (its RSS is its
-//!   own) with its CA, mTLS and SQLite. A fleet simulator in this process
+//!   own) with its CA, mTLS and SQLite (`--store postgres`: a throwaway
+//!   PostgreSQL on this machine instead). A fleet simulator in this process
 //!   enrolls N clusters through the real join-token flow and holds one mTLS
 //!   stream per cluster, speaking the real protocol. Measured at each fleet
 //!   size: connections and RSS, memory per stream, pin fan-out (pin call to
@@ -63,6 +64,10 @@ struct Args {
     enroll_concurrency: usize,
     #[arg(long)]
     skip_fleet: bool,
+    /// The coordinator's store: `sqlite` (its data dir) or `postgres` (a
+    /// throwaway PostgreSQL with its durable defaults, on this machine).
+    #[arg(long, default_value = "sqlite")]
+    store: String,
     #[arg(long)]
     skip_agent: bool,
     #[arg(long)]
@@ -97,6 +102,8 @@ fn spread(mut v: Vec<f64>) -> (String, Value) {
 }
 
 struct Coord {
+    /// The PostgreSQL DSN it keeps state in (`None`: SQLite).
+    store: Option<String>,
     proc: Proc,
     admin: Admin,
     ca: std::path::PathBuf,
@@ -106,12 +113,16 @@ struct Coord {
     metrics: std::net::SocketAddr,
 }
 
-async fn start_coordinator(dir: &std::path::Path, repo: &str) -> Result<Coord> {
+async fn start_coordinator(
+    dir: &std::path::Path,
+    repo: &str,
+    store: Option<String>,
+) -> Result<Coord> {
     let (port, metrics) = (
         ferry_integration::world::free_port()?,
         ferry_integration::world::free_port()?,
     );
-    start_coordinator_on(dir, repo, port, metrics).await
+    start_coordinator_on(dir, repo, port, metrics, store).await
 }
 
 async fn start_coordinator_on(
@@ -119,6 +130,7 @@ async fn start_coordinator_on(
     repo: &str,
     port: u16,
     metrics: u16,
+    store: Option<String>,
 ) -> Result<Coord> {
     let ferry = binary("ferry", BUILD)?;
     let data = dir.join("coordinator");
@@ -133,6 +145,7 @@ async fn start_coordinator_on(
             .arg(&data)
             .args(["--repo", repo])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .env("FERRY_STORE", store.as_deref().unwrap_or("sqlite"))
             .env(
                 "FERRY_LOG",
                 std::env::var("FERRY_BENCH_COORDINATOR_LOG").unwrap_or_else(|_| "warn".into()),
@@ -160,6 +173,7 @@ async fn start_coordinator_on(
     let admin = AdminClient::with_interceptor(channel, Bearer::new(token.trim())?)
         .max_decoding_message_size(256 << 20);
     Ok(Coord {
+        store,
         proc,
         admin,
         ca,
@@ -190,7 +204,7 @@ async fn restart(
     dir: &std::path::Path,
     repo: &str,
 ) -> Result<(Coord, Restart)> {
-    let (port, metrics) = (c.port, c.metrics.port());
+    let (port, metrics, store) = (c.port, c.metrics.port(), c.store.clone());
     let t = Instant::now();
     let pid = rustix::process::Pid::from_raw(c.proc.0.id() as i32).context("a pid")?;
     rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
@@ -200,7 +214,7 @@ async fn restart(
         async move { exited.then_some(()) }
     })
     .await?;
-    let c = start_coordinator_on(dir, repo, port, metrics).await?;
+    let c = start_coordinator_on(dir, repo, port, metrics, store).await?;
     // Connected agents over time, every 10 ms.
     let mut samples: Vec<(f64, usize)> = vec![];
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -523,7 +537,17 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
             &[("clusters/README", Some(&format!("revision {i}\n")))],
         )?);
     }
-    let mut c = start_coordinator(dir, &git.url).await?;
+    // A throwaway PostgreSQL when asked for, kept until the end.
+    let (_pg, store) = match args.store.as_str() {
+        "sqlite" => (None, None),
+        "postgres" => {
+            let pg = ferry_integration::postgres::Scratch::durable()?;
+            let dsn = pg.create("ferry").await?;
+            (Some(pg), Some(dsn))
+        }
+        other => bail!("--store {other}: sqlite or postgres"),
+    };
+    let mut c = start_coordinator(dir, &git.url, store).await?;
     let mut pid = c.proc.0.id();
     let mut restarted: Option<Restart> = None;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1123,7 +1147,14 @@ async fn main() -> Result<()> {
         }
         let (rows, j) = fleet_bench(&args, &tmp.path().join("fleet")).await?;
         print_table(
-            "Coordinator (ferry serve, own process; simulated agents over mTLS)",
+            &format!(
+                "Coordinator on {} (ferry serve, own process; simulated agents over mTLS)",
+                if args.store == "postgres" {
+                    "PostgreSQL"
+                } else {
+                    "SQLite"
+                }
+            ),
             &rows,
         );
         out.insert("coordinator".into(), j);

@@ -299,10 +299,7 @@ async fn a_coordinator_outlives_its_database() {
         .unwrap();
     world.add_cluster("edge", &[]).await.unwrap();
     world.wait_connected(&["edge"]).await;
-    world
-        .ferry(&["pin", "edge", "--commit", &a])
-        .await
-        .unwrap();
+    world.ferry(&["pin", "edge", "--commit", &a]).await.unwrap();
     world.wait_healthy_at("edge", &a).await;
 
     pg.kill();

@@ -594,7 +594,7 @@ async fn postgres_a_wrong_dsn_is_a_clear_error() {
 /// migration that fails half-way leaves nothing behind and names itself.
 #[tokio::test]
 async fn postgres_newer_schema_and_interrupted_migration() {
-    use ferry_coordinator::store::postgres::MIGRATIONS;
+    use ferry_coordinator::store::postgres::{MIGRATIONS, Options};
     let server = Scratch::start().unwrap();
     let dsn = server.create("newer").await.unwrap();
     Postgres::open(&dsn).await.unwrap();
@@ -608,7 +608,7 @@ async fn postgres_newer_schema_and_interrupted_migration() {
     let dsn = server.create("broken").await.unwrap();
     let mut broken = MIGRATIONS.to_vec();
     broken.push("CREATE TABLE half (x INTEGER); INSERT INTO nowhere VALUES (1);");
-    let e = Postgres::open_with(&dsn, &broken)
+    let e = Postgres::open_with(&dsn, &Options::default(), &broken)
         .await
         .err()
         .expect("the last migration fails");
@@ -758,4 +758,60 @@ async fn postgres_a_lease_fences_an_ex_leader() {
         .map(|e| e.message)
         .collect();
     assert_eq!(events, ["pinned by one", "pinned by two"]);
+}
+
+/// TLS to PostgreSQL: verified against the CA given, required off this
+/// machine. The server here takes TCP connections over TLS only.
+#[tokio::test]
+async fn postgres_over_verified_tls() {
+    use ferry_coordinator::store::postgres::{MIGRATIONS, Options};
+    use kube_emulator::tls::Ca;
+    let ca = Ca::new("db ca").unwrap();
+    let leaf = ca.issue("db", &["127.0.0.1", "localhost"], false).unwrap();
+    let server = Scratch::start_tls(&leaf.cert_pem, &leaf.key_pem).unwrap();
+    server.create("fleet").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let at = format!("postgres://ferry@127.0.0.1:{}/fleet", server.port());
+    let verified = Options {
+        ca: Some(ca_file),
+        insecure: false,
+    };
+    let s = Postgres::open_with(&format!("{at}?sslmode=require"), &verified, MIGRATIONS)
+        .await
+        .unwrap();
+    assert_eq!(s.token_count().await.unwrap(), 0);
+    // On this machine TLS is only used when asked for: this server
+    // refuses the plaintext attempt.
+    assert!(Postgres::open(&at).await.is_err());
+    // Another CA's certificate is not trusted.
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, Ca::new("other").unwrap().cert_pem()).unwrap();
+    let e = Postgres::open_with(
+        &format!("{at}?sslmode=require"),
+        &Options {
+            ca: Some(other),
+            insecure: false,
+        },
+        MIGRATIONS,
+    )
+    .await
+    .err()
+    .expect("an untrusted certificate");
+    let text = e.to_string();
+    assert!(text.contains("certificate"), "{text}");
+    // Off this machine: plaintext is refused before any connection is
+    // tried, unless --insecure says so.
+    let remote = "postgres://ferry:secret@db.example.invalid:5432/fleet?sslmode=disable";
+    let e = Postgres::open_with(remote, &Options::default(), MIGRATIONS)
+        .await
+        .err()
+        .expect("plaintext off this machine");
+    let text = e.to_string();
+    assert!(
+        text.contains("--insecure") && text.contains("db.example.invalid"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "{text}");
 }
