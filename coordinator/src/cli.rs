@@ -12,6 +12,7 @@ pub mod output;
 pub mod rollout;
 mod serve;
 mod site;
+mod store;
 mod token;
 
 pub use dial::{Admin, admin, all_clusters, status};
@@ -139,6 +140,9 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// The coordinator's database, on its machine: back it up.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// The ledger of pin changes, newest first.
     History {
         /// Only this cluster.
@@ -182,13 +186,17 @@ pub async fn execute(args: Args) -> Result<String> {
     if let Command::Bundle(cmd) = &args.command {
         return bundle::execute(&args, cmd).await;
     }
+    if let Command::Store(cmd) = &args.command {
+        return store::execute(cmd).await;
+    }
     let mut client = admin(&args).await?;
     let json = args.output == Output::Json;
     match args.command {
         Command::Serve(_)
         | Command::Completion { .. }
         | Command::Mirror(_)
-        | Command::Bundle(_) => {
+        | Command::Bundle(_)
+        | Command::Store(_) => {
             anyhow::bail!("not a client command")
         }
         Command::Sites => site::list(&mut client, json).await,

@@ -295,3 +295,79 @@ async fn kubectl_shows_the_agents_events_and_status() {
         "{json}"
     );
 }
+
+/// `ferry store backup` while the coordinator runs and keeps writing; the
+/// copy, put back in place of the database, brings back the state it
+/// held: the pin and ledger of before the backup, nothing of after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_online_backup_restores_the_state_it_copied() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::start(dir.path(), WorldConfig::default())
+        .await
+        .unwrap();
+    let path = "clusters/edge/app.yaml";
+    let a = world
+        .git
+        .commit("A", &[(path, Some(&app("edge", "1.0")))])
+        .unwrap();
+    let b = world
+        .git
+        .commit("B", &[(path, Some(&app("edge", "2.0")))])
+        .unwrap();
+    world.add_cluster_without_agent("edge", &[]).await.unwrap();
+    pin(&world, &["edge"], &a).await.unwrap();
+    let data = dir.path().join("coordinator");
+    let copy = dir.path().join("backup.db");
+    let data_arg = data.display().to_string();
+    let copy_arg = copy.display().to_string();
+    let out = world
+        .ferry(&[
+            "store",
+            "backup",
+            "--data-dir",
+            &data_arg,
+            "--to",
+            &copy_arg,
+        ])
+        .await
+        .unwrap();
+    assert!(out.contains("backed up"), "{out}");
+    let again = world
+        .ferry(&[
+            "store",
+            "backup",
+            "--data-dir",
+            &data_arg,
+            "--to",
+            &copy_arg,
+        ])
+        .await
+        .expect_err("an existing file is not overwritten");
+    assert!(again.to_string().contains("exists"), "{again}");
+    pin(&world, &["edge"], &b).await.unwrap();
+
+    // Restored (a data dir holding the copy as its ferry.db), the store
+    // opens with what the copy held.
+    let restored = dir.path().join("restored");
+    std::fs::create_dir_all(&restored).unwrap();
+    std::fs::copy(&copy, restored.join("ferry.db")).unwrap();
+    let store = ferry_coordinator::store::sqlite::Sqlite::open(&restored)
+        .await
+        .unwrap();
+    use ferry_coordinator::store::Store;
+    let c = store.cluster("edge").await.unwrap().unwrap();
+    assert_eq!(
+        c.pin.map(|p| p.0.to_string()),
+        Some(a.clone()),
+        "the state the backup copied"
+    );
+    let history = store.history(Some("edge"), 10).await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert!(
+        store.token_count().await.unwrap() > 0,
+        "tokens are in the copy"
+    );
+    // The live coordinator went on to B meanwhile.
+    assert_eq!(world.cluster("edge").await.unwrap().pinned_commit, b);
+}
