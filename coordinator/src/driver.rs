@@ -204,15 +204,7 @@ pub struct Driver {
     held: Option<tokio::time::Instant>,
     /// Who leads, when another replica does.
     leader: String,
-    /// Other coordinators share the store: a cluster counts as connected
-    /// when any replica heard from it lately, not only this one.
-    shared: bool,
 }
-
-/// How recently a cluster must have been heard from (by any replica) to
-/// count as connected when replicas share the store: three of the agents'
-/// default heartbeats.
-const SEEN_LATELY_MS: i64 = 45_000;
 
 /// This process's name among coordinators: the pod (`HOSTNAME`), the
 /// process and the driver.
@@ -246,7 +238,6 @@ impl Driver {
             asked: None,
             held: None,
             leader: String::new(),
-            shared: store.changes().is_some(),
         };
         let handle = DriverHandle {
             commands: tx,
@@ -265,8 +256,7 @@ impl Driver {
             .map(|c| {
                 let s = c.status.unwrap_or_default();
                 let o = Observed {
-                    connected: self.hub.connected(&c.name)
-                        || (self.shared && now - c.last_seen_ms < SEEN_LATELY_MS),
+                    connected: self.hub.reachable(&c.name, c.last_seen_ms, now),
                     pinned: c.pin.as_ref().map(|p| p.0.clone()),
                     generation: c.pin.as_ref().map_or(0, |p| p.1),
                     observed_generation: s.observed_generation,

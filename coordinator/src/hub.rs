@@ -30,6 +30,8 @@ struct Session {
 /// one, whose stream then ends.
 pub struct Hub {
     pub store: Arc<dyn Store>,
+    /// Other coordinators share the store (their sessions are not here).
+    shared: bool,
     pub repo_url: String,
     pub path_template: String,
     sessions: Mutex<HashMap<String, Session>>,
@@ -48,6 +50,12 @@ pub struct Hub {
     sites: std::sync::RwLock<Vec<(String, String, ferry_proto::LabelSelector)>>,
 }
 
+/// How recently a cluster must have been heard from (by any replica) to
+/// count as connected when replicas share the store: three of the agents'
+/// default heartbeats. (A session that ended on another replica still
+/// counts for up to this long.)
+pub const SEEN_LATELY_MS: i64 = 45_000;
+
 /// The site a cluster's labels put it in: (site, mirror URL).
 pub type SiteOf = Option<(String, String)>;
 
@@ -62,6 +70,7 @@ impl Hub {
             metrics,
             previews: Mutex::new(HashMap::new()),
             sites: Default::default(),
+            shared: store.changes().is_some(),
             store,
             repo_url,
             path_template,
@@ -141,6 +150,13 @@ impl Hub {
         if s.get(cluster).is_some_and(|x| x.id == id) {
             s.remove(cluster);
         }
+    }
+
+    /// Whether a cluster is connected: to this coordinator, or, when
+    /// replicas share the store, to any of them as far as the store knows
+    /// (heard from within [`SEEN_LATELY_MS`] of `now_ms`).
+    pub fn reachable(&self, cluster: &str, last_seen_ms: i64, now_ms: i64) -> bool {
+        self.connected(cluster) || (self.shared && now_ms - last_seen_ms < SEEN_LATELY_MS)
     }
 
     /// The clusters with a live session here.

@@ -514,6 +514,16 @@ impl World {
         Ok(())
     }
 
+    /// Stops the world's coordinator and makes `replica` (another on the
+    /// same database) the world's coordinator from now on: operators'
+    /// commands go to it.
+    pub async fn fail_over_to(&mut self, replica: Coordinator) -> Result<()> {
+        self.stop_coordinator().await?;
+        self.coordinator_addr = replica.addr;
+        self.coordinator = Some(replica);
+        Ok(())
+    }
+
     /// Stops the coordinator: its sessions end and agents start reconnecting.
     pub async fn stop_coordinator(&mut self) -> Result<()> {
         if let Some(c) = self.coordinator.take() {

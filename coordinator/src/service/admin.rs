@@ -63,7 +63,9 @@ impl AdminService {
             Err(e) => (String::new(), e.to_string()),
         };
         Cluster {
-            connected: self.hub.connected(&c.name),
+            connected: self
+                .hub
+                .reachable(&c.name, c.last_seen_ms, ferry_proto::now_unix_ms()),
             pinned_commit: c.pin.as_ref().map(|p| p.0.to_string()).unwrap_or_default(),
             generation: c.pin.as_ref().map(|p| p.1).unwrap_or_default(),
             path,

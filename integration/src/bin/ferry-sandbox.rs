@@ -2,7 +2,10 @@
 //! served by a real `git daemon`, a coordinator with mTLS on a SQLite data
 //! dir, seven emulated clusters with their agents (one on a ship, reading
 //! a local Git mirror fed by signed bundles), and a commit moved through
-//! them in steps, canaries first, with a live view.
+//! them in steps, canaries first, with a live view. `--ha`: two
+//! coordinators on a throwaway PostgreSQL, agents that know both, and the
+//! one driving rollouts stopped before the rollout, which the other takes
+//! over.
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -30,6 +33,11 @@ struct Args {
     /// naming the first that fails).
     #[arg(long)]
     run_suggestions: bool,
+    /// High availability: two coordinators share a throwaway PostgreSQL
+    /// (needs PostgreSQL's programs: Debian's `postgresql`), agents know
+    /// both, and the one driving rollouts is stopped before the rollout.
+    #[arg(long)]
+    ha: bool,
 }
 
 const CLUSTERS: [(&str, &str, &str); 7] = [
@@ -415,6 +423,17 @@ async fn run(args: Args) -> Result<()> {
         ..WorldConfig::default()
     };
     let signing = signing.map(|(config, _)| config);
+    let mut cfg = cfg;
+    // --ha: PostgreSQL of its own, kept until the sandbox ends.
+    let pg = if args.ha {
+        let pg = ferry_integration::postgres::Scratch::start().context(
+            "--ha runs PostgreSQL: install its programs (Debian: apt-get install postgresql)",
+        )?;
+        cfg.store = Some(pg.create("ferry").await?);
+        Some(pg)
+    } else {
+        None
+    };
     let mut world = World::start(&dir, cfg).await?;
     let mut view = View {
         tty: std::io::stdout().is_terminal(),
@@ -423,10 +442,23 @@ async fn run(args: Args) -> Result<()> {
     };
     view.say(format!("Ferry sandbox in {}", dir.display()));
     view.say(format!("  git daemon serving {}", world.git.url));
-    view.say(format!(
-        "  coordinator (own CA, mTLS, tokens, SQLite) on {}",
-        world.addr()
-    ));
+    let mut standby = None;
+    if let Some(pg) = &pg {
+        let b = world.start_replica("coordinator-b").await?;
+        world.replicas.push(b.addr);
+        view.say(format!(
+            "  coordinators A on {} and B on https://{} (one CA, mTLS, tokens), sharing PostgreSQL on 127.0.0.1:{}; A holds the lease to drive rollouts; agents know both",
+            world.addr(),
+            b.addr,
+            pg.port()
+        ));
+        standby = Some(b);
+    } else {
+        view.say(format!(
+            "  coordinator (own CA, mTLS, tokens, SQLite) on {}",
+            world.addr()
+        ));
+    }
 
     let first = commit_all(
         &world,
@@ -467,6 +499,25 @@ async fn run(args: Args) -> Result<()> {
     pin(&world, &all, &first, "sandbox: initial release").await?;
     settle(&world, &mut view, &all, &first, deadline).await?;
 
+    if let Some(b) = standby.take() {
+        let on_b = all.iter().filter(|c| b.hub.connected(c)).count();
+        view.say(format!(
+            "step 1b: coordinator A stops ({} agents were on A, {on_b} on B); its agents move to B by themselves, and B takes over the rollouts lease once A's runs out",
+            all.len() - on_b
+        ));
+        let stopped = Instant::now();
+        world.fail_over_to(b).await?;
+        let hub = world.coordinator.as_ref().expect("B serves").hub.clone();
+        ferry_integration::harness::eventually("every agent on B", || async {
+            all.iter().all(|c| hub.connected(c)).then_some(())
+        })
+        .await;
+        view.say(format!(
+            "  every agent is on B after {:.1}s",
+            stopped.elapsed().as_secs_f64()
+        ));
+    }
+
     let second = commit_all(&world, "storefront 2.0", "2.0", signing.as_deref())?;
     view.say(format!(
         "step 2: committed {} (storefront 2.0); first, what it would change (each agent dry-runs it in its own cluster; nothing is written):",
@@ -488,23 +539,38 @@ async fn run(args: Args) -> Result<()> {
     println!("\n$ ferry diff --selector ring=canary --commit main\n{canaries}");
     println!("$ ferry diff --selector 'ring!=canary' --commit main --summary\n{rest}");
     view.say("step 3: a staged rollout: canaries, then eu, then the rest, 3s bake each");
-    let started = world
-        .ferry(&[
-            "rollout",
-            "start",
-            "--commit",
-            "main",
-            "--wave",
-            "ring=canary",
-            "--wave",
-            "region=eu",
-            "--wave",
-            "100%",
-            "--bake",
-            "3s",
-            "--auto-rollback",
-        ])
-        .await?;
+    let rollout = [
+        "rollout",
+        "start",
+        "--commit",
+        "main",
+        "--wave",
+        "ring=canary",
+        "--wave",
+        "region=eu",
+        "--wave",
+        "100%",
+        "--bake",
+        "3s",
+        "--auto-rollback",
+    ];
+    let asked = Instant::now();
+    let started = loop {
+        match world.ferry(&rollout).await {
+            Ok(s) => break s,
+            // --ha: until B has taken the lease over, it says who drives.
+            Err(e) if e.to_string().contains("drives rollouts") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if args.ha {
+        view.say(format!(
+            "  B took over driving rollouts ({:.1}s after asking; A's lease ran out)",
+            asked.elapsed().as_secs_f64()
+        ));
+    }
     let id = started
         .split_whitespace()
         .nth(2)
@@ -555,6 +621,7 @@ async fn run(args: Args) -> Result<()> {
     println!("\n{}", world.ferry(&["history", "--limit", "8"]).await?);
 
     if args.exit_when_done && !args.run_suggestions {
+        world.stop_coordinator().await?;
         return Ok(());
     }
     let flags = world.cli_flags();
@@ -587,9 +654,11 @@ async fn run(args: Args) -> Result<()> {
             t.run(&env).await?;
         }
         println!("\nEvery suggested command ran.");
+        world.stop_coordinator().await?;
         return Ok(());
     }
     tokio::signal::ctrl_c().await?;
+    world.stop_coordinator().await?;
     Ok(())
 }
 

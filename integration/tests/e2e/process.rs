@@ -266,3 +266,31 @@ fn the_sandbox_finishes_and_every_command_it_prints_works() {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
 }
+
+/// `ferry-sandbox --ha`: two coordinators on PostgreSQL; the one driving
+/// rollouts stops, its agents move to the other, which takes the rollouts
+/// lease over and runs the staged rollout to the end.
+#[test]
+fn the_sandbox_in_ha_mode_survives_its_first_coordinator() {
+    let sandbox = workspace_binary("ferry-integration", "ferry-sandbox");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&sandbox)
+        .args(["--ha", "--exit-when-done", "--dir"])
+        .arg(dir.path())
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("ferry-sandbox runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for expected in [
+        "sharing PostgreSQL",
+        "coordinator A stops",
+        "B took over driving rollouts",
+        "succeeded: every cluster runs",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
