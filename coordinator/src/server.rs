@@ -463,9 +463,16 @@ async fn follow_replicas(
                     hub.close(n);
                 }
             }
-            // Missed changes: every connected cluster gets its assignment
-            // again (an unchanged one is a no-op for its agent).
-            Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+            // Sites changed, or changes were missed: sites read again, and
+            // every connected cluster gets its assignment again (an
+            // unchanged one is a no-op for its agent).
+            Ok(Change::Sites | Change::Resync) | Err(RecvError::Lagged(_)) => {
+                match hub.store.sites().await {
+                    Ok(sites) => hub.set_sites(&sites),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading sites another coordinator changed")
+                    }
+                }
                 let names = hub.connected_clusters();
                 hub.push_many(names.iter().map(String::as_str)).await;
             }

@@ -358,6 +358,9 @@ pub enum Change {
     Assignments(Vec<String>),
     /// These clusters' sessions must end (revoked, or added again).
     Closed(Vec<String>),
+    /// Sites were added or removed: read them again (assignments name
+    /// their mirrors).
+    Sites,
     /// Changes may have been missed (the follower lost its connection):
     /// push every connected cluster its assignment again.
     Resync,

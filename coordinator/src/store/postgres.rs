@@ -56,6 +56,7 @@ const MIGRATE_LOCK: i64 = 0x6665_7272_7901;
 /// cluster names, one per line.
 const ASSIGNMENTS: &str = "ferry_assignments";
 const CLOSED: &str = "ferry_closed";
+const SITES: &str = "ferry_sites";
 
 /// A notification's payload must stay under PostgreSQL's 8000 bytes.
 const PAYLOAD: usize = 7900;
@@ -503,6 +504,16 @@ impl Postgres {
         self.pool.get().await
     }
 
+    /// Tells the other replicas that sites changed.
+    async fn notify_sites(&self) -> Result<()> {
+        self.conn()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&SITES, &self.replica])
+            .await
+            .map_err(db("notify the other coordinators"))?;
+        Ok(())
+    }
+
     async fn beat(&self, name: &str, status: Option<StatusReport>, now_ms: i64) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         let status = status.map(|s| (s.encode_to_vec(), s.phase, s.health));
@@ -565,7 +576,9 @@ async fn follow(
         let listened = async {
             let (client, mut rx) = pool.open().await?;
             client
-                .batch_execute(&format!("LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}"))
+                .batch_execute(&format!(
+                    "LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}; LISTEN {SITES}"
+                ))
                 .await?;
             if connected_before {
                 let _ = changes.send(Change::Resync);
@@ -579,6 +592,7 @@ async fn follow(
                 let names = lines.map(str::to_string).collect();
                 let _ = changes.send(match n.channel() {
                     CLOSED => Change::Closed(names),
+                    SITES => Change::Sites,
                     _ => Change::Assignments(names),
                 });
             }
@@ -1542,7 +1556,7 @@ impl Store for Postgres {
         if added == 0 {
             return Err(Error::SiteExists(site.name));
         }
-        Ok(())
+        self.notify_sites().await
     }
 
     async fn remove_site(&self, name: &str) -> Result<SiteRecord> {
@@ -1561,6 +1575,7 @@ impl Store for Postgres {
                 .map_err(db("remove a site"))?;
         }
         tx.commit().await.map_err(db("remove a site"))?;
+        self.notify_sites().await?;
         Ok(site)
     }
 

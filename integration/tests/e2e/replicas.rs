@@ -64,10 +64,33 @@ async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
     let history = ferry_at(&world, replica.addr, &["history", "edge"]).await;
     assert!(history.contains("via b"), "{history}");
 
+    // A site added through the second replica is known to the first (its
+    // assignments name the site's mirror).
+    let primary = world.coordinator.as_ref().unwrap().hub.clone();
+    assert!(!primary.has_sites());
+    let mirror = world.git.url.clone();
+    ferry_at(
+        &world,
+        replica.addr,
+        &[
+            "site",
+            "add",
+            "dock",
+            "--mirror",
+            &mirror,
+            "--selector",
+            "site=dock",
+        ],
+    )
+    .await;
+    eventually("the first replica knows the site", || async {
+        primary.has_sites().then_some(())
+    })
+    .await;
+
     // A revocation through the second replica ends the session on the
     // first at once, and the agent is refused when it comes back.
     ferry_at(&world, replica.addr, &["cluster", "revoke", "edge"]).await;
-    let primary = world.coordinator.as_ref().unwrap().hub.clone();
     eventually("the revoked cluster's session ends", || async {
         (!primary.connected("edge")).then_some(())
     })
