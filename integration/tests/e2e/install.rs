@@ -206,6 +206,10 @@ mod charts {
                            "coordinator": {"ca": "", "existingCaConfigMap": "ca"}}),
                 ),
             ),
+            (
+                "coordinator replicas",
+                agent_values("https://ferry-0.example.com:7443,https://ferry-1.example.com:7443"),
+            ),
         ];
         for (what, values) in &agent_sets {
             let (objects, notes) =
@@ -282,6 +286,11 @@ mod charts {
                        "verification": {"keysConfigMap": "release-keys"},
                        "service": {"type": "LoadBalancer"}}),
             ),
+            (
+                "replicas on PostgreSQL",
+                json!({"repo": "https://git.example.com/fleet.git", "replicas": 3,
+                       "store": {"postgres": {"existingSecret": "ferry-db", "caSecret": "ferry-db-ca"}}}),
+            ),
         ];
         for (what, values) in &coordinator_sets {
             let (objects, notes) =
@@ -306,6 +315,18 @@ mod charts {
             );
             let sts = of_kind(&objects, "StatefulSet")[0];
             check_pod_hardening(&sts["spec"]["template"]["spec"], what);
+            let args = sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+            if *what == "replicas on PostgreSQL" {
+                assert_eq!(sts["spec"]["replicas"], 3);
+                assert!(args.contains("--store-file=/etc/ferry/store/dsn"), "{args}");
+                assert!(
+                    args.contains("--store-ca=/etc/ferry/store-ca/ca.crt"),
+                    "{args}"
+                );
+            } else {
+                assert_eq!(sts["spec"]["replicas"], 1);
+                assert!(!args.contains("--store"), "{what}: {args}");
+            }
             assert_eq!(of_kind(&objects, "PodDisruptionBudget").len(), 1);
         }
 
@@ -412,6 +433,17 @@ mod charts {
                 "ferry-coordinator",
                 json!({"repo": "https://g/f.git", "service": {"port": 0}}),
                 "/service/port",
+            ),
+            // Several coordinators only on a shared PostgreSQL.
+            (
+                "ferry-coordinator",
+                json!({"repo": "https://g/f.git", "replicas": 2}),
+                "store",
+            ),
+            (
+                "ferry-agent",
+                json!({"cluster": {"name": "eu-1"}, "coordinator": {"address": "https://a:1, http://b:1"}}),
+                "/coordinator/address",
             ),
         ];
         for (chart, values, named) in cases {
