@@ -255,7 +255,8 @@ struct Sim {
 
 impl Sim {
     async fn session(&mut self, dial: &DialConfig) -> Result<()> {
-        let channel = dial.endpoint()?.connect().await.context("connecting")?;
+        // Several coordinator replicas' addresses are tried in turn.
+        let (channel, _) = dial.connect_from(0).await.context("connecting")?;
         let (tx, rx) = mpsc::channel::<AgentMessage>(8);
         let send = |m: agent_message::Msg| AgentMessage { msg: Some(m) };
         let phase = if self.applied.is_empty() {
@@ -297,9 +298,12 @@ impl Sim {
                             .store(ferry_proto::now_unix_ms(), Ordering::Relaxed);
                         self.tally.generation[self.idx].store(a.generation, Ordering::Relaxed);
                         self.tally.changed.notify_waiters();
-                        let same = self.assignment.as_ref().is_some_and(|o| o.commit == a.commit);
+                        // As the real agent: whatever was assigned and is
+                        // not applied yet gets applied (an apply cut short
+                        // by a lost session is done again on the next one).
+                        let done = !self.applied.is_empty() && self.applied == a.commit;
                         self.assignment = Some(a);
-                        if !same || self.applied.is_empty() {
+                        if !done {
                             self.seq += 1;
                             tx.send(send(agent_message::Msg::Status(report(
                                 self.assignment.as_ref(), &self.applied, Phase::Syncing, self.seq,

@@ -68,6 +68,11 @@ struct Args {
     /// throwaway PostgreSQL with its durable defaults, on this machine).
     #[arg(long, default_value = "sqlite")]
     store: String,
+    /// Clusters for the two-replica run (two coordinators on PostgreSQL,
+    /// half the agents on each; a pin's fan-out, reports/s, a rollout whose
+    /// leader is killed half-way); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    ha_clusters: usize,
     #[arg(long)]
     skip_agent: bool,
     #[arg(long)]
@@ -132,6 +137,20 @@ async fn start_coordinator_on(
     metrics: u16,
     store: Option<String>,
 ) -> Result<Coord> {
+    spawn_coordinator(dir, repo, port, metrics, store, &[], None).await
+}
+
+/// `ferry serve` with `extra` flags; `first`: the admin token and CA file
+/// of the replica that made them (a second replica writes neither).
+async fn spawn_coordinator(
+    dir: &std::path::Path,
+    repo: &str,
+    port: u16,
+    metrics: u16,
+    store: Option<String>,
+    extra: &[String],
+    first: Option<(String, std::path::PathBuf)>,
+) -> Result<Coord> {
     let ferry = binary("ferry", BUILD)?;
     let data = dir.join("coordinator");
     let proc = Proc(
@@ -144,6 +163,7 @@ async fn start_coordinator_on(
             ])
             .arg(&data)
             .args(["--repo", repo])
+            .args(extra)
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .env("FERRY_STORE", store.as_deref().unwrap_or("sqlite"))
             .env(
@@ -155,13 +175,16 @@ async fn start_coordinator_on(
     );
     let token_file = data.join("admin-token");
     let token = wait_for("the coordinator", Duration::from_secs(30), || async {
-        let t = std::fs::read_to_string(&token_file).ok()?;
+        let t = match &first {
+            Some((t, _)) => t.clone(),
+            None => std::fs::read_to_string(&token_file).ok()?,
+        };
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         Some(t)
     })
     .await?;
     let addr = format!("https://127.0.0.1:{port}");
-    let ca = data.join("ca.pem");
+    let ca = first.map_or_else(|| data.join("ca.pem"), |(_, ca)| ca);
     let channel = DialConfig {
         addr: addr.clone(),
         ca: Some(ca.clone()),
@@ -264,6 +287,275 @@ fn name(i: usize) -> String {
 
 fn index(name: &str) -> Option<usize> {
     name.strip_prefix("sim-")?.parse().ok()
+}
+
+/// Every agent sends `reports` status reports at once: how many were
+/// stored per second (each agent's last one read back), and how long it
+/// took.
+async fn burst(c: &Coord, fleet: &Fleet, n: usize, reports: u64) -> Result<(f64, f64)> {
+    let t = Instant::now();
+    let id = fleet.burst(reports);
+    wait_for("every burst sent", Duration::from_secs(300), || async {
+        (0..n)
+            .all(|i| fleet.tally.burst_done[i].load(Ordering::Relaxed) >= id)
+            .then_some(())
+    })
+    .await?;
+    let last: Vec<u64> = (0..n)
+        .map(|i| fleet.tally.sent_seq[i].load(Ordering::Relaxed))
+        .collect();
+    wait_for("every report stored", Duration::from_secs(300), || async {
+        let list = all_clusters(&mut c.admin.clone(), 1000).await.ok()?;
+        let stored = list
+            .iter()
+            .filter(|cl| {
+                let (Some(i), Some(s)) = (index(&cl.name), cl.status.as_ref()) else {
+                    return false;
+                };
+                i < n && s.drift_corrections >= last[i]
+            })
+            .count();
+        (stored >= n).then_some(())
+    })
+    .await?;
+    let burst_s = t.elapsed().as_secs_f64();
+    Ok(((n as u64 * reports) as f64 / burst_s, burst_s))
+}
+
+/// One sample of a coordinator's `/metrics`: the value of `series`.
+async fn sample(c: &Coord, series: &str) -> Option<f64> {
+    let (_, body) = ferry_integration::harness::http_get(c.metrics, "/metrics")
+        .await
+        .ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Two coordinators on one PostgreSQL, half the agents on each: how long a
+/// pin made through one takes to reach the agents on either, status
+/// reports stored per second through both, and a three-wave rollout whose
+/// leader is killed (SIGKILL) once its second wave has started.
+async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
+    let n = args.ha_clusters;
+    let git = GitServer::start(&dir.join("git"))?;
+    let mut commits = vec![];
+    for i in 0..3 {
+        commits.push(git.commit(
+            &format!("c{i}"),
+            &[("clusters/README", Some(&format!("revision {i}\n")))],
+        )?);
+    }
+    let pg = ferry_integration::postgres::Scratch::durable()?;
+    let dsn = pg.create("ferry").await?;
+    let a = start_coordinator(&dir.join("a"), &git.url, Some(dsn.clone())).await?;
+    // B: the same CA (as a Secret mounted on every replica would be).
+    let ca = dir.join("ca");
+    std::fs::create_dir_all(&ca)?;
+    let a_data = dir.join("a").join("coordinator");
+    std::fs::copy(a_data.join("ca.pem"), ca.join("tls.crt"))?;
+    std::fs::copy(a_data.join("ca-key.pem"), ca.join("tls.key"))?;
+    let token = std::fs::read_to_string(a_data.join("admin-token"))?;
+    let b = spawn_coordinator(
+        &dir.join("b"),
+        &git.url,
+        ferry_integration::world::free_port()?,
+        ferry_integration::world::free_port()?,
+        Some(dsn),
+        &["--ca-dir".into(), ca.display().to_string()],
+        Some((token, a.ca.clone())),
+    )
+    .await?;
+    // Even agents dial A first, odd ones B; each fails over to the other.
+    let (on_a, on_b) = (
+        format!("{},{}", a.addr, b.addr),
+        format!("{},{}", b.addr, a.addr),
+    );
+    let mut fleet = Fleet::new(n);
+    eprintln!("two replicas: enrolling {n} clusters…");
+    grow_dialing(&a, &mut fleet, 0, n, args, &|i| {
+        if i % 2 == 0 {
+            on_a.clone()
+        } else {
+            on_b.clone()
+        }
+    })
+    .await?;
+    wait_for(
+        "every agent connected",
+        Duration::from_secs(300),
+        || async { (fleet.connected() >= n).then_some(()) },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (sessions_a, sessions_b) = (
+        sample(&a, "ferry_clusters_connected").await.unwrap_or(0.0),
+        sample(&b, "ferry_clusters_connected").await.unwrap_or(0.0),
+    );
+    let (rss_a, rss_b) = (rss_mib(a.proc.0.id()), rss_mib(b.proc.0.id()));
+
+    eprintln!("two replicas: a pin through A to all {n}…");
+    let (lat, pin_call_ms) = fan_out(&a, &fleet, n, &commits[0]).await?;
+    let (mut lat_a, mut lat_b) = (vec![], vec![]);
+    for (i, l) in lat.iter().enumerate() {
+        if i % 2 == 0 {
+            lat_a.push(*l)
+        } else {
+            lat_b.push(*l)
+        }
+    }
+    let (all, here, there) = (spread(lat), spread(lat_a), spread(lat_b));
+    all_synced(&a.admin, n, &commits[0]).await?;
+
+    eprintln!("two replicas: status burst…");
+    let (reports_per_s, _) = burst(&a, &fleet, n, args.burst_reports).await?;
+
+    eprintln!("two replicas: a rollout, its leader (A) killed in wave two…");
+    let t = Instant::now();
+    let started = a
+        .admin
+        .clone()
+        .start_rollout(StartRolloutRequest {
+            dry_run: false,
+            plan: Some(RolloutPlan {
+                r#ref: commits[1].clone(),
+                waves: ["canary", "early", "rest"]
+                    .into_iter()
+                    .zip([1, 10, 100])
+                    .map(|(name, percent)| WavePlan {
+                        name: name.into(),
+                        select: Some(wave_plan::Select::Percent(percent)),
+                        policy: None,
+                    })
+                    .collect(),
+                defaults: Some(WavePolicy {
+                    bake_seconds: Some(1),
+                    deadline_seconds: Some(600),
+                    ..WavePolicy::default()
+                }),
+                auto_rollback: false,
+            }),
+        })
+        .await?
+        .into_inner();
+    let id = started.id.clone();
+    let get = || {
+        let (mut admin, id) = (b.admin.clone(), id.clone());
+        async move {
+            admin
+                .get_rollout(GetRolloutRequest { id })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        }
+    };
+    wait_for(
+        "the rollout's second wave",
+        Duration::from_secs(300),
+        || async { get().await.filter(|r| r.current_wave >= 1) },
+    )
+    .await?;
+    let pid = rustix::process::Pid::from_raw(a.proc.0.id() as i32).context("a pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+    let killed = Instant::now();
+    let killed_ms = ferry_proto::now_unix_ms();
+    let took_over = wait_for("B's first transition", Duration::from_secs(60), || async {
+        get()
+            .await
+            .filter(|r| r.updated_unix_ms > killed_ms)
+            .map(|_| ())
+    })
+    .await
+    .map(|()| killed.elapsed().as_secs_f64());
+    let took_over = took_over?;
+    let done = wait_for("the rollout's end", Duration::from_secs(600), || async {
+        let r = get().await?;
+        (r.phase != ferry_proto::v1::RolloutPhase::Running as i32
+            && r.phase != ferry_proto::v1::RolloutPhase::AwaitingApproval as i32)
+            .then_some(r)
+    })
+    .await?;
+    let rollout_s = t.elapsed().as_secs_f64();
+    let succeeded = done.phase == ferry_proto::v1::RolloutPhase::Succeeded as i32;
+    wait_for("every agent back", Duration::from_secs(120), || async {
+        (fleet.connected() >= n).then_some(())
+    })
+    .await?;
+    // The ledger: one pin per cluster by the rollout, none twice or lost.
+    let entries = b
+        .admin
+        .clone()
+        .history(ferry_proto::v1::HistoryRequest {
+            cluster: String::new(),
+            limit: (n * 3) as u32,
+        })
+        .await?
+        .into_inner()
+        .entries;
+    let mut pins: std::collections::HashMap<&str, usize> = Default::default();
+    for e in entries.iter().filter(|e| e.rollout == id) {
+        *pins.entry(e.cluster.as_str()).or_default() += 1;
+    }
+    let duplicated = pins.values().filter(|k| **k > 1).count();
+    let pinned = pins.len();
+    drop(pg);
+
+    let rows = vec![
+        (
+            format!("{n} clusters: streams on A / on B"),
+            format!("{sessions_a:.0} / {sessions_b:.0}"),
+        ),
+        (
+            "RSS of A / of B".into(),
+            format!("{rss_a:.1} / {rss_b:.1} MiB"),
+        ),
+        (
+            "pin call through A (resolve, store, notify, push)".into(),
+            format!("{pin_call_ms:.0} ms"),
+        ),
+        (
+            "pin to assignment p50/p99/max, every agent".into(),
+            all.0.clone(),
+        ),
+        (
+            "  agents on A (the replica pinned through)".into(),
+            here.0.clone(),
+        ),
+        ("  agents on B (told by A's NOTIFY)".into(), there.0.clone()),
+        (
+            format!(
+                "status reports stored/s ({} x {n}, through both)",
+                args.burst_reports
+            ),
+            format!("{reports_per_s:.0}/s"),
+        ),
+        (
+            "rollout, leader A killed in wave two: end to end".into(),
+            format!(
+                "{rollout_s:.1} s ({})",
+                if succeeded {
+                    "succeeded"
+                } else {
+                    "did not succeed"
+                }
+            ),
+        ),
+        (
+            "  kill to B's first transition (lease 5 s)".into(),
+            format!("{took_over:.1} s"),
+        ),
+        (
+            "  clusters pinned by it / pinned twice".into(),
+            format!("{pinned} of {n} / {duplicated}"),
+        ),
+    ];
+    let j = json!({
+        "clusters": n, "sessions": [sessions_a, sessions_b], "rss_mib": [rss_a, rss_b],
+        "pin_call_ms": pin_call_ms, "fan_out": all.1, "fan_out_same_replica": here.1,
+        "fan_out_other_replica": there.1, "status_reports_per_s": reports_per_s,
+        "rollout": {"seconds": rollout_s, "succeeded": succeeded, "takeover_s": took_over,
+                    "pinned": pinned, "duplicated": duplicated},
+    });
+    Ok((rows, j))
 }
 
 /// A three-wave rollout over the whole fleet, end to end: seconds, and
@@ -407,6 +699,18 @@ const SITES: usize = 100;
 
 /// Enrolls clusters `from..to` through join tokens and starts their agents.
 async fn grow(c: &Coord, fleet: &mut Fleet, from: usize, to: usize, args: &Args) -> Result<f64> {
+    grow_dialing(c, fleet, from, to, args, &|_| c.addr.clone()).await
+}
+
+/// As [`grow`], each agent `i` then dialing `addrs(i)` (replicas' addresses).
+async fn grow_dialing(
+    c: &Coord,
+    fleet: &mut Fleet,
+    from: usize,
+    to: usize,
+    args: &Args,
+    addrs: &dyn Fn(usize) -> String,
+) -> Result<f64> {
     let t = Instant::now();
     let enroll_dial = DialConfig {
         addr: c.addr.clone(),
@@ -433,7 +737,8 @@ async fn grow(c: &Coord, fleet: &mut Fleet, from: usize, to: usize, args: &Args)
         heartbeat: Duration::from_secs(args.heartbeat_seconds),
         ..SimConfig::default()
     };
-    for (i, dial) in dials {
+    for (i, mut dial) in dials {
+        dial.addr = addrs(i);
         fleet.spawn(name(i), dial, sim.clone());
     }
     Ok(enroll_s)
@@ -608,33 +913,7 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         "status burst: {} reports from each of {n} agents…",
         args.burst_reports
     );
-    let t = Instant::now();
-    let id = fleet.burst(args.burst_reports);
-    wait_for("every burst sent", Duration::from_secs(300), || async {
-        (0..n)
-            .all(|i| fleet.tally.burst_done[i].load(Ordering::Relaxed) >= id)
-            .then_some(())
-    })
-    .await?;
-    let last: Vec<u64> = (0..n)
-        .map(|i| fleet.tally.sent_seq[i].load(Ordering::Relaxed))
-        .collect();
-    wait_for("every report stored", Duration::from_secs(300), || async {
-        let list = all_clusters(&mut c.admin.clone(), 1000).await.ok()?;
-        let stored = list
-            .iter()
-            .filter(|cl| {
-                let (Some(i), Some(s)) = (index(&cl.name), cl.status.as_ref()) else {
-                    return false;
-                };
-                i < n && s.drift_corrections >= last[i]
-            })
-            .count();
-        (stored >= n).then_some(())
-    })
-    .await?;
-    let burst_s = t.elapsed().as_secs_f64();
-    let reports_per_s = (n as u64 * args.burst_reports) as f64 / burst_s;
+    let (reports_per_s, burst_s) = burst(&c, &fleet, n, args.burst_reports).await?;
     let rss_after_burst = rss_mib(pid);
 
     // A three-wave rollout over the whole fleet; then the same with 100
@@ -1158,6 +1437,14 @@ async fn main() -> Result<()> {
             &rows,
         );
         out.insert("coordinator".into(), j);
+    }
+    if args.ha_clusters > 0 {
+        let (rows, j) = ha_bench(&args, &tmp.path().join("ha")).await?;
+        print_table(
+            "Two coordinators on PostgreSQL (own processes; simulated agents, half on each)",
+            &rows,
+        );
+        out.insert("replicas".into(), j);
     }
     if !args.skip_git {
         let dir = tmp.path().join("gitbench");
