@@ -159,6 +159,11 @@ impl Hub {
         self.connected(cluster) || (self.shared && now_ms - last_seen_ms < SEEN_LATELY_MS)
     }
 
+    /// Whether other coordinators share the store.
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
     /// The clusters with a live session here.
     pub fn connected_clusters(&self) -> Vec<String> {
         self.sessions().keys().cloned().collect()

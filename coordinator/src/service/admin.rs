@@ -831,6 +831,11 @@ impl Admin for AdminService {
         // Whatever the live feed drops (a wave of thousands of pins outruns
         // it) is read again from the store, so a watch never loses events.
         let mut live = self.driver.events.subscribe();
+        // With replicas, the driver writing events may be another's: the
+        // store is read every half second (and whenever this replica's
+        // driver says something), in id order, and the live feed only
+        // wakes the reader.
+        let shared = self.hub.shared();
         let store = self.hub.store.clone();
         let shutdown = self.hub.shutdown.clone();
         let (tx, rx) = mpsc::channel(64);
@@ -866,7 +871,11 @@ impl Admin for AdminService {
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                             Err(_) => return,
                         },
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)), if shared => break,
                     };
+                    if shared {
+                        break;
+                    }
                     if e.id <= last || filter.as_deref().is_some_and(|f| f != e.rollout) {
                         continue;
                     }

@@ -51,6 +51,20 @@ pub(crate) fn setting(emu: &Emulator) -> Option<String> {
         .and_then(|o| o["data"]["version"].as_str().map(str::to_string))
 }
 
+/// Two commits of cluster `edge`'s directory: A (version 1.0), then B (2.0).
+pub(crate) fn edge_commits(world: &World) -> (String, String) {
+    let path = "clusters/edge/app.yaml";
+    let a = world
+        .git
+        .commit("A", &[(path, Some(&app("edge", "1.0")))])
+        .unwrap();
+    let b = world
+        .git
+        .commit("B", &[(path, Some(&app("edge", "2.0")))])
+        .unwrap();
+    (a, b)
+}
+
 /// A world with one cluster, `name`, healthy at commit A (version 1.0).
 async fn one_cluster(dir: &std::path::Path, name: &str) -> (World, String) {
     let mut world = World::start(dir, WorldConfig::default()).await.unwrap();

@@ -1,7 +1,7 @@
 //! What an operator's tooling sees: `/metrics` that `promtool` accepts,
 //! probes that say when a process is alive and ready, and why not.
 
-use crate::fleet::{app, pin};
+use crate::fleet::{app, edge_commits, pin};
 use ferry_integration::harness::{eventually, http_get, init_tracing, promtool_check};
 use ferry_integration::world::{World, WorldConfig};
 use std::net::SocketAddr;
@@ -306,15 +306,7 @@ async fn an_online_backup_restores_the_state_it_copied() {
     let mut world = World::start(dir.path(), WorldConfig::default())
         .await
         .unwrap();
-    let path = "clusters/edge/app.yaml";
-    let a = world
-        .git
-        .commit("A", &[(path, Some(&app("edge", "1.0")))])
-        .unwrap();
-    let b = world
-        .git
-        .commit("B", &[(path, Some(&app("edge", "2.0")))])
-        .unwrap();
+    let (a, b) = edge_commits(&world);
     world.add_cluster_without_agent("edge", &[]).await.unwrap();
     pin(&world, &["edge"], &a).await.unwrap();
     let data = dir.path().join("coordinator");

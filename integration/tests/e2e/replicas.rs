@@ -1,7 +1,7 @@
 //! Several coordinators on one PostgreSQL database: what an operator does
 //! through one replica reaches agents connected to another.
 
-use crate::fleet::{app, setting};
+use crate::fleet::{app, edge_commits, setting};
 use ferry_integration::harness::{eventually, init_tracing};
 use ferry_integration::postgres::Scratch;
 use ferry_integration::world::{World, WorldConfig};
@@ -9,23 +9,31 @@ use std::time::Duration;
 
 /// `ferry` run against another replica than the world's own.
 async fn ferry_at(world: &World, addr: std::net::SocketAddr, args: &[&str]) -> String {
+    try_ferry_at(world, addr, args).await.unwrap()
+}
+
+/// `ferry` against a replica, as it answers (refusals included).
+async fn try_ferry_at(
+    world: &World,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let mut argv: Vec<String> = vec!["ferry".into()];
     let mut flags = world.cli_flags();
     flags[1] = format!("https://{addr}");
     argv.extend(flags);
     argv.extend(args.iter().map(|s| s.to_string()));
-    let parsed = <ferry_coordinator::cli::Args as clap::Parser>::try_parse_from(argv).unwrap();
-    ferry_coordinator::cli::execute(parsed).await.unwrap()
+    let parsed = <ferry_coordinator::cli::Args as clap::Parser>::try_parse_from(argv)?;
+    ferry_coordinator::cli::execute(parsed).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
-    init_tracing();
+/// A world whose coordinator keeps its state in a throwaway PostgreSQL
+/// (kept as long as the world).
+async fn on_postgres(dir: &std::path::Path) -> (Scratch, World) {
     let pg = Scratch::start().unwrap();
     let dsn = pg.create("fleet").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut world = World::start(
-        dir.path(),
+    let world = World::start(
+        dir,
         WorldConfig {
             store: Some(dsn),
             ..WorldConfig::default()
@@ -33,15 +41,15 @@ async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
     )
     .await
     .unwrap();
-    let path = "clusters/edge/app.yaml";
-    let a = world
-        .git
-        .commit("A", &[(path, Some(&app("edge", "1.0")))])
-        .unwrap();
-    let b = world
-        .git
-        .commit("B", &[(path, Some(&app("edge", "2.0")))])
-        .unwrap();
+    (pg, world)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, mut world) = on_postgres(dir.path()).await;
+    let (a, b) = edge_commits(&world);
     world.add_cluster("edge", &[]).await.unwrap();
     world.wait_connected(&["edge"]).await;
     // The agent is connected to the world's coordinator; the operator
@@ -98,21 +106,6 @@ async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
     replica.stop(Duration::from_secs(5)).await.unwrap();
 }
 
-/// `ferry` against a replica, as it answers (refusals included).
-async fn try_ferry_at(
-    world: &World,
-    addr: std::net::SocketAddr,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let mut argv: Vec<String> = vec!["ferry".into()];
-    let mut flags = world.cli_flags();
-    flags[1] = format!("https://{addr}");
-    argv.extend(flags);
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let parsed = <ferry_coordinator::cli::Args as clap::Parser>::try_parse_from(argv)?;
-    ferry_coordinator::cli::execute(parsed).await
-}
-
 /// The replica driving a rollout dies while it waits for approval: the
 /// other takes over within 10 s (refusing rollout commands meanwhile, with
 /// a retryable error), finishes it, and the ledger has exactly one pin per
@@ -120,18 +113,8 @@ async fn try_ferry_at(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_survives_its_leader() {
     init_tracing();
-    let pg = Scratch::start().unwrap();
-    let dsn = pg.create("fleet").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut world = World::start(
-        dir.path(),
-        WorldConfig {
-            store: Some(dsn),
-            ..WorldConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_pg, mut world) = on_postgres(dir.path()).await;
     let names = ["c1", "c2"];
     let files = |v: &str| -> Vec<(String, String)> {
         names
@@ -182,6 +165,18 @@ async fn a_rollout_survives_its_leader() {
     .await;
     let id = started.split_whitespace().nth(2).unwrap().to_string();
     world.start_coordinator().await.unwrap();
+    // Events the leader (B) writes reach a watch on the other replica.
+    let mut watch = world
+        .admin()
+        .await
+        .unwrap()
+        .watch_events(ferry_proto::v1::WatchEventsRequest {
+            rollout: id.clone(),
+            after_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     world.wait_connected(&names).await;
     world.wait_healthy_at("c1", &v2).await;
     eventually("the rollout waits for approval", || async {
@@ -189,6 +184,18 @@ async fn a_rollout_survives_its_leader() {
         out.contains("AwaitingApproval").then_some(())
     })
     .await;
+
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = watch.message().await.unwrap() {
+            if e.message.contains("waits for approval") {
+                return e;
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await
+    .expect("B's events reach a watch on the first coordinator");
+    assert_eq!(seen.rollout, id);
 
     // B dies; approving through the first coordinator is refused until it
     // has taken over, then goes through.
@@ -239,27 +246,9 @@ async fn a_rollout_survives_its_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_fails_over_to_another_replica() {
     init_tracing();
-    let pg = Scratch::start().unwrap();
-    let dsn = pg.create("fleet").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut world = World::start(
-        dir.path(),
-        WorldConfig {
-            store: Some(dsn),
-            ..WorldConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let path = "clusters/edge/app.yaml";
-    let a = world
-        .git
-        .commit("A", &[(path, Some(&app("edge", "1.0")))])
-        .unwrap();
-    let b = world
-        .git
-        .commit("B", &[(path, Some(&app("edge", "2.0")))])
-        .unwrap();
+    let (_pg, mut world) = on_postgres(dir.path()).await;
+    let (a, b) = edge_commits(&world);
     let replica = world.start_replica("replica-b").await.unwrap();
     world.replicas.push(replica.addr);
     world.add_cluster("edge", &[]).await.unwrap();
@@ -299,27 +288,9 @@ async fn an_agent_fails_over_to_another_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coordinator_outlives_its_database() {
     init_tracing();
-    let mut pg = Scratch::start().unwrap();
-    let dsn = pg.create("fleet").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut world = World::start(
-        dir.path(),
-        WorldConfig {
-            store: Some(dsn),
-            ..WorldConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let path = "clusters/edge/app.yaml";
-    let a = world
-        .git
-        .commit("A", &[(path, Some(&app("edge", "1.0")))])
-        .unwrap();
-    let b = world
-        .git
-        .commit("B", &[(path, Some(&app("edge", "2.0")))])
-        .unwrap();
+    let (mut pg, mut world) = on_postgres(dir.path()).await;
+    let (a, b) = edge_commits(&world);
     world.add_cluster("edge", &[]).await.unwrap();
     world.wait_connected(&["edge"]).await;
     world.ferry(&["pin", "edge", "--commit", &a]).await.unwrap();
