@@ -15,6 +15,12 @@
 //!   transaction that records it (PostgreSQL's DDL is transactional, so one
 //!   interrupted half-way leaves nothing behind), under an advisory lock so
 //!   replicas starting together migrate once.
+//! - **Replicas**: what one writes that the others must act on (assignments
+//!   moved, sessions to end, sites) is NOTIFYed in the writing transaction;
+//!   each replica LISTENs ([`Store::changes`]). Leases with fencing tokens,
+//!   by the database's clock, decide which replica drives rollouts.
+//! - **TLS**: required to a database off this machine, verified against the
+//!   given CA or the system's ([`Options`]).
 
 use super::{
     Advance, Change, ClusterRecord, Error, Fence, Lease, MemberRow, PinChange, PinnedCluster,
