@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::store::{PinnedCluster, SiteRecord, Store};
 use ferry_proto::Assignment;
 use ferry_proto::v1::{CoordinatorMessage, Preview, PreviewRequest, coordinator_message};
+use prost::Message;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,8 @@ pub struct Hub {
     pub store: Arc<dyn Store>,
     /// Other coordinators share the store (their sessions are not here).
     shared: bool,
+    /// Sets this coordinator's preview ids apart from other replicas'.
+    instance: String,
     pub repo_url: String,
     pub path_template: String,
     sessions: Mutex<HashMap<String, Session>>,
@@ -71,6 +74,7 @@ impl Hub {
             previews: Mutex::new(HashMap::new()),
             sites: Default::default(),
             shared: store.changes().is_some(),
+            instance: format!("{}.{}", std::process::id(), ferry_proto::now_unix_ms()),
             store,
             repo_url,
             path_template,
@@ -179,38 +183,80 @@ impl Hub {
         self.sessions().clear();
     }
 
-    /// Asks a connected cluster's agent what `req` would change; waits at
-    /// most `deadline`. `Err` says why there is no answer.
+    /// Asks a cluster's agent what `req` would change; waits at most
+    /// `deadline`. With replicas, a cluster whose session is on another
+    /// coordinator is asked through it. `Err` says why there is no answer.
     pub async fn preview(
         &self,
         cluster: &str,
         mut req: PreviewRequest,
         deadline: std::time::Duration,
     ) -> Result<Preview, String> {
-        req.id = format!("p{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        req.id = format!(
+            "p{}.{}",
+            self.instance,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        self.ask(cluster, req, deadline, self.shared).await
+    }
+
+    /// As [`Hub::preview`] for a request another coordinator relayed (its
+    /// id kept), asked only of a session here.
+    pub async fn preview_here(
+        &self,
+        cluster: &str,
+        req: PreviewRequest,
+        deadline: std::time::Duration,
+    ) -> Result<Preview, String> {
+        self.ask(cluster, req, deadline, false).await
+    }
+
+    async fn ask(
+        &self,
+        cluster: &str,
+        req: PreviewRequest,
+        deadline: std::time::Duration,
+        relay: bool,
+    ) -> Result<Preview, String> {
         let id = req.id.clone();
         let (tx, rx) = oneshot::channel();
         self.previews
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), (cluster.to_string(), tx));
-        let sent = {
+        // Ok(true): sent here; Ok(false): to be relayed.
+        let here = {
             let sessions = self.sessions();
             match sessions.get(cluster) {
+                None if relay => Ok(false),
                 None => Err("not previewed: the cluster is not connected".to_string()),
                 Some(s) => {
                     s.tx.try_send(Box::new(Ok(CoordinatorMessage {
-                        msg: Some(coordinator_message::Msg::Preview(req)),
+                        msg: Some(coordinator_message::Msg::Preview(req.clone())),
                     })))
+                    .map(|()| true)
                     .map_err(|_| "not previewed: its session is not keeping up".to_string())
                 }
             }
+        };
+        let sent = match here {
+            Ok(false) => match self.store.relay_preview(cluster, req.encode_to_vec()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("not previewed: the cluster is not connected".to_string()),
+                Err(e) => Err(format!("not previewed: {e}")),
+            },
+            Ok(true) => Ok(()),
+            Err(e) => Err(e),
         };
         let answer = match sent {
             Err(e) => Err(e),
             Ok(()) => match tokio::time::timeout(deadline, rx).await {
                 Ok(Ok(p)) => Ok(p),
                 Ok(Err(_)) => Err("not previewed: the session ended".into()),
+                Err(_) if relay && !self.connected(cluster) => Err(format!(
+                    "not previewed: not connected here, and no other coordinator answered within {} s",
+                    deadline.as_secs()
+                )),
                 Err(_) => Err(format!(
                     "not previewed: no answer within {} s (a busy or older agent)",
                     deadline.as_secs()
@@ -222,6 +268,29 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         answer
+    }
+
+    /// Whether this coordinator waits for the answer to preview `id`.
+    pub fn awaits_preview(&self, id: &str) -> bool {
+        self.previews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+    }
+
+    /// The answer to a preview relayed through another coordinator.
+    pub fn answer_relayed(&self, p: Preview) {
+        let pending = self
+            .previews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&p.id);
+        match pending {
+            Some((_, tx)) => {
+                let _ = tx.send(p);
+            }
+            None => tracing::debug!(id = %p.id, "a relayed answer to no preview asked here"),
+        }
     }
 
     /// An agent's answer to a preview: taken only from the cluster it was

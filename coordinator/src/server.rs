@@ -476,7 +476,52 @@ async fn follow_replicas(
                 let names = hub.connected_clusters();
                 hub.push_many(names.iter().map(String::as_str)).await;
             }
+            // Another replica asks for a preview of a cluster that may be
+            // here: asked of its agent, the answer stored for the asker.
+            Ok(Change::Preview { cluster, request }) if hub.connected(&cluster) => {
+                use prost::Message;
+                let Ok(req) = ferry_proto::v1::PreviewRequest::decode(request.as_slice()) else {
+                    tracing::warn!(%cluster, "a relayed preview request that does not decode");
+                    continue;
+                };
+                let hub = hub.clone();
+                hub.tasks.clone().spawn(async move {
+                    let id = req.id.clone();
+                    let answer = match hub.preview_here(&cluster, req, RELAYED_PREVIEW).await {
+                        Ok(p) => p,
+                        Err(error) => ferry_proto::v1::Preview {
+                            id: id.clone(),
+                            error,
+                            ..Default::default()
+                        },
+                    };
+                    if let Err(e) = hub.store.answer_relayed(&id, answer.encode_to_vec()).await {
+                        tracing::warn!(%cluster, error = %e, "storing a relayed preview's answer");
+                    }
+                });
+            }
+            Ok(Change::Preview { .. }) => {}
+            // Only the asker takes the answer (every replica is told).
+            Ok(Change::PreviewAnswered(id)) if hub.awaits_preview(&id) => {
+                use prost::Message;
+                match hub.store.take_relayed(&id).await {
+                    Ok(Some(bytes)) => match ferry_proto::v1::Preview::decode(bytes.as_slice()) {
+                        Ok(p) => hub.answer_relayed(p),
+                        Err(e) => {
+                            tracing::warn!(%id, error = %e, "a relayed preview answer that does not decode")
+                        }
+                    },
+                    // Taken already (not ours), or gone.
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%id, error = %e, "reading a relayed preview's answer"),
+                }
+            }
+            Ok(Change::PreviewAnswered(_)) => {}
             Err(RecvError::Closed) => return,
         }
     }
 }
+
+/// How long a relayed preview may take in the agent (the asker waits as
+/// long as its own request says).
+const RELAYED_PREVIEW: Duration = Duration::from_secs(60);

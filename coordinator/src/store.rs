@@ -341,6 +341,27 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Asks the other coordinators for a preview of `cluster` (an encoded
+    /// `PreviewRequest`); `false` when no other coordinator can share the
+    /// store (nobody else to ask).
+    async fn relay_preview(&self, cluster: &str, request: Vec<u8>) -> Result<bool> {
+        let _ = (cluster, request);
+        Ok(false)
+    }
+
+    /// Stores the answer (an encoded `Preview`) to a preview another
+    /// coordinator relayed, for it to take.
+    async fn answer_relayed(&self, id: &str, answer: Vec<u8>) -> Result<()> {
+        let _ = (id, answer);
+        Ok(())
+    }
+
+    /// Takes (and deletes) the stored answer to a relayed preview.
+    async fn take_relayed(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let _ = id;
+        Ok(None)
+    }
+
     /// Takes, or keeps, the lease `name` for `holder` for `ttl_ms` more
     /// (by the database's clock). A backend no other coordinator can share
     /// grants every lease to whoever asks.
@@ -361,6 +382,12 @@ pub enum Change {
     /// Sites were added or removed: read them again (assignments name
     /// their mirrors).
     Sites,
+    /// Another replica asks for a preview of a cluster whose session may
+    /// be here (an encoded `PreviewRequest`, its id the asker's).
+    Preview { cluster: String, request: Vec<u8> },
+    /// The answer to a preview this replica relayed is stored, under this
+    /// id ([`Store::take_relayed`]).
+    PreviewAnswered(String),
     /// Changes may have been missed (the follower lost its connection):
     /// push every connected cluster its assignment again.
     Resync,

@@ -708,10 +708,15 @@ impl Admin for AdminService {
             0 => 30,
             s => s.min(300) as u64,
         });
+        let now = ferry_proto::now_unix_ms();
         let asks = chosen.iter().map(|c| {
             let hub = self.hub.clone();
             let commit = commit.clone();
             async move {
+                // Offline (on no replica): said at once, not after the wait.
+                if !hub.reachable(&c.name, c.last_seen_ms, now) {
+                    return Err("not previewed: the cluster is not connected".to_string());
+                }
                 let path = match hub.path(&c.name, &c.labels, c.path_override.as_deref()) {
                     Ok(p) => p,
                     Err(e) => return Err(format!("not previewed: its path does not resolve: {e}")),

@@ -63,6 +63,8 @@ const MIGRATE_LOCK: i64 = 0x6665_7272_7901;
 const ASSIGNMENTS: &str = "ferry_assignments";
 const CLOSED: &str = "ferry_closed";
 const SITES: &str = "ferry_sites";
+const PREVIEW: &str = "ferry_preview";
+const PREVIEW_ANSWERED: &str = "ferry_preview_answered";
 
 /// A notification's payload must stay under PostgreSQL's 8000 bytes.
 const PAYLOAD: usize = 7900;
@@ -187,6 +189,15 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     token BIGINT NOT NULL,
     expires_ms BIGINT NOT NULL
+);
+"#,
+    // Answers to previews one replica relayed to the one holding the
+    // cluster's session, until the asker takes them.
+    r#"
+CREATE TABLE preview_answers (
+    id TEXT PRIMARY KEY,
+    answer BYTEA NOT NULL,
+    at_ms BIGINT NOT NULL
 );
 "#,
 ];
@@ -583,7 +594,7 @@ async fn follow(
             let (client, mut rx) = pool.open().await?;
             client
                 .batch_execute(&format!(
-                    "LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}; LISTEN {SITES}"
+                    "LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}; LISTEN {SITES}; LISTEN {PREVIEW}; LISTEN {PREVIEW_ANSWERED}"
                 ))
                 .await?;
             if connected_before {
@@ -595,10 +606,28 @@ async fn follow(
                 if lines.next() == Some(replica.as_str()) {
                     continue;
                 }
-                let names = lines.map(str::to_string).collect();
+                if n.channel() == PREVIEW {
+                    use base64::Engine;
+                    if let (Some(cluster), Some(Ok(request))) = (
+                        lines.next(),
+                        lines
+                            .next()
+                            .map(|b| base64::engine::general_purpose::STANDARD.decode(b)),
+                    ) {
+                        let _ = changes.send(Change::Preview {
+                            cluster: cluster.to_string(),
+                            request,
+                        });
+                    }
+                    continue;
+                }
+                let names: Vec<String> = lines.map(str::to_string).collect();
                 let _ = changes.send(match n.channel() {
                     CLOSED => Change::Closed(names),
                     SITES => Change::Sites,
+                    PREVIEW_ANSWERED => {
+                        Change::PreviewAnswered(names.into_iter().next().unwrap_or_default())
+                    }
                     _ => Change::Assignments(names),
                 });
             }
@@ -1711,6 +1740,59 @@ impl Store for Postgres {
 
     fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
+    }
+
+    async fn relay_preview(&self, cluster: &str, request: Vec<u8>) -> Result<bool> {
+        use base64::Engine;
+        let payload = format!(
+            "{}\n{cluster}\n{}",
+            self.replica,
+            base64::engine::general_purpose::STANDARD.encode(request)
+        );
+        if payload.len() >= PAYLOAD {
+            return Err(Error::Config(format!(
+                "the preview request for {cluster} is too large to relay to another coordinator"
+            )));
+        }
+        self.conn()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&PREVIEW, &payload])
+            .await
+            .map_err(db("relay a preview"))?;
+        Ok(true)
+    }
+
+    async fn answer_relayed(&self, id: &str, answer: Vec<u8>) -> Result<()> {
+        let conn = self.conn().await?;
+        // Answers nobody took (the asker gave up) go after ten minutes.
+        conn.execute(
+            &format!(
+                "WITH stale AS (DELETE FROM preview_answers WHERE at_ms < {DB_NOW_MS} - 600000)
+                 INSERT INTO preview_answers (id, answer, at_ms) VALUES ($1, $2, {DB_NOW_MS})
+                 ON CONFLICT (id) DO UPDATE SET answer = EXCLUDED.answer, at_ms = EXCLUDED.at_ms"
+            ),
+            &[&id, &answer],
+        )
+        .await
+        .map_err(db("store a preview's answer"))?;
+        let payload = format!("{}\n{id}", self.replica);
+        conn.execute("SELECT pg_notify($1, $2)", &[&PREVIEW_ANSWERED, &payload])
+            .await
+            .map_err(db("notify the other coordinators"))?;
+        Ok(())
+    }
+
+    async fn take_relayed(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .await?
+            .query_opt(
+                "DELETE FROM preview_answers WHERE id = $1 RETURNING answer",
+                &[&id],
+            )
+            .await
+            .map_err(db("take a preview's answer"))?
+            .map(|r| r.get(0)))
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<Lease> {

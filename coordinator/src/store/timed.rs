@@ -74,6 +74,9 @@ timed! {
     fn record_signer(&self, commit: &Commit, signer: &str, now_ms: i64) -> Result<()>;
     fn summary(&self) -> Result<Summary>;
     fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<super::Lease>;
+    fn relay_preview(&self, cluster: &str, request: Vec<u8>) -> Result<bool>;
+    fn answer_relayed(&self, id: &str, answer: Vec<u8>) -> Result<()>;
+    fn take_relayed(&self, id: &str) -> Result<Option<Vec<u8>>>;
     fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()>;
     fn remove_site(&self, name: &str) -> Result<SiteRecord>;
     fn sites(&self) -> Result<Vec<SiteRecord>>;

@@ -65,6 +65,12 @@ async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
     world.wait_healthy_at("edge", &a).await;
     assert_eq!(setting(world.emulator("edge")).as_deref(), Some("1.0"));
 
+    // A preview asked through the second replica is relayed to the agent
+    // on the first, and its answer comes back.
+    let diff = ferry_at(&world, replica.addr, &["diff", "edge", "--commit", &b]).await;
+    assert!(diff.contains("edge: 0 to create, 2 to change"), "{diff}");
+    assert!(diff.contains("\"1.0\" -> \"2.0\""), "{diff}");
+
     // Pushed by the replica the agent is on, when the other one committed
     // it: the agent does not reconnect or poll for its assignment.
     ferry_at(&world, replica.addr, &["pin", "edge", "--commit", &b]).await;
