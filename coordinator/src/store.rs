@@ -410,6 +410,26 @@ pub fn rollout_number(id: &str) -> Result<i64> {
         .ok_or_else(|| Error::UnknownRollout(id.to_string()))
 }
 
+/// The migrations a database at schema `version` still needs, numbered
+/// from 1; a schema newer than `migrations` know is refused.
+pub(crate) fn pending<'a>(
+    version: i64,
+    migrations: &'a [&'a str],
+) -> Result<impl Iterator<Item = (usize, &'a str)>> {
+    let known = migrations.len() as i64;
+    if version > known {
+        return Err(Error::TooNew {
+            found: version,
+            known,
+        });
+    }
+    Ok(migrations
+        .iter()
+        .enumerate()
+        .skip(version as usize)
+        .map(|(i, sql)| (i + 1, *sql)))
+}
+
 /// What a stored value becomes when this coordinator cannot read it.
 pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
     Error::Corrupt {

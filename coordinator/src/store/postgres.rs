@@ -669,16 +669,10 @@ async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<()> {
         }
     };
     let known = migrations.len() as i64;
-    if version > known {
-        return Err(Error::TooNew {
-            found: version,
-            known,
-        });
-    }
-    for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
+    for (n, sql) in super::pending(version, migrations)? {
         tx.batch_execute(sql)
             .await
-            .map_err(db(&format!("migration {}", i + 1)))?;
+            .map_err(db(&format!("migration {n}")))?;
     }
     tx.execute("UPDATE ferry_schema SET version = $1", &[&known])
         .await

@@ -297,15 +297,9 @@ fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db("read schema version"))?;
     let known = migrations.len() as i64;
-    if version > known {
-        return Err(Error::TooNew {
-            found: version,
-            known,
-        });
-    }
-    for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
+    for (n, sql) in super::pending(version, migrations)? {
         tx.execute_batch(sql)
-            .map_err(db(&format!("migration {}", i + 1)))?;
+            .map_err(db(&format!("migration {n}")))?;
     }
     tx.pragma_update(None, "user_version", known)
         .map_err(db("write schema version"))?;
