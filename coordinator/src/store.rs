@@ -430,6 +430,47 @@ pub(crate) fn pending<'a>(
         .map(|(i, sql)| (i + 1, *sql)))
 }
 
+/// Whether a cluster's identity, as stored (`(revoked_ms, generation)`,
+/// `None` for no such cluster), may be served to a certificate of
+/// `generation` (`None`: no check, dev mode); its current generation.
+pub(crate) fn identity_verdict(
+    name: &str,
+    stored: Option<(Option<i64>, i64)>,
+    generation: Option<i64>,
+) -> Result<i64> {
+    match stored {
+        None => Err(Error::UnknownCluster(name.to_string())),
+        Some((Some(_), _)) => Err(Error::Revoked(name.to_string())),
+        Some((None, current)) => match generation {
+            Some(g) if g != current => Err(Error::StaleCertificate {
+                cluster: name.to_string(),
+            }),
+            _ => Ok(current),
+        },
+    }
+}
+
+/// Whether a join token, as stored (its cluster, expiry, use and the
+/// cluster's revocation), may be redeemed at `now_ms`.
+pub(crate) fn redeemable(
+    cluster: &str,
+    expires_ms: i64,
+    used_ms: Option<i64>,
+    revoked_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<()> {
+    if used_ms.is_some() {
+        return Err(Error::JoinToken("already used"));
+    }
+    if expires_ms < now_ms {
+        return Err(Error::JoinToken("expired"));
+    }
+    if revoked_ms.is_some() {
+        return Err(Error::Revoked(cluster.to_string()));
+    }
+    Ok(())
+}
+
 /// What a stored value becomes when this coordinator cannot read it.
 pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
     Error::Corrupt {

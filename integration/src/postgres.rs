@@ -22,7 +22,8 @@ const FAST: &[&str] = &[
 pub struct Scratch {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    /// Its data and Unix socket; removed with it.
+    dir: tempfile::TempDir,
     /// Where the server's log goes.
     pub log: PathBuf,
     /// How to start it again: its command line.
@@ -207,7 +208,7 @@ impl Scratch {
                         server,
                         child,
                         port,
-                        _dir: dir,
+                        dir,
                         log,
                     });
                 }
@@ -240,7 +241,7 @@ impl Scratch {
     pub fn socket_dsn(&self, name: &str) -> String {
         format!(
             "host={} port={} user=ferry dbname={name}",
-            self._dir.path().display(),
+            self.dir.path().display(),
             self.port
         )
     }
@@ -290,11 +291,11 @@ impl Scratch {
             bail!("the server is still running");
         }
         // The killed server's pid file says "ready": not this one's word.
-        let _ = std::fs::remove_file(self._dir.path().join("data/postmaster.pid"));
+        let _ = std::fs::remove_file(self.dir.path().join("data/postmaster.pid"));
         self.child = spawn(&self.server, &self.log)?;
         wait_ready(
             &mut self.child,
-            &self._dir.path().join("data"),
+            &self.dir.path().join("data"),
             &self.log,
             Duration::from_secs(30),
         )

@@ -833,17 +833,8 @@ async fn check_identity(
         )
         .await
         .map_err(db("read a cluster's identity"))?;
-    let Some(row) = row else {
-        return Err(Error::UnknownCluster(name.to_string()));
-    };
-    let (revoked, current): (Option<i64>, i64) = (row.get(0), row.get(1));
-    match (revoked, generation) {
-        (Some(_), _) => Err(Error::Revoked(name.to_string())),
-        (None, Some(g)) if g != current => Err(Error::StaleCertificate {
-            cluster: name.to_string(),
-        }),
-        _ => Ok(current),
-    }
+    let stored = row.map(|r| (r.get(0), r.get(1)));
+    super::identity_verdict(name, stored, generation)
 }
 
 /// The active rollout (if any) of each of `clusters`.
@@ -1187,15 +1178,7 @@ impl Store for Postgres {
             Option<i64>,
             i64,
         ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        if used.is_some() {
-            return Err(Error::JoinToken("already used"));
-        }
-        if expires < now_ms {
-            return Err(Error::JoinToken("expired"));
-        }
-        if revoked.is_some() {
-            return Err(Error::Revoked(cluster));
-        }
+        super::redeemable(&cluster, expires, used, revoked, now_ms)?;
         tx.execute(
             "UPDATE join_tokens SET used_ms = $2 WHERE hash = $1",
             &[&token_hash, &now_ms],

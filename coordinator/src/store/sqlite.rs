@@ -408,16 +408,7 @@ fn check_identity(conn: &Connection, name: &str, generation: Option<i64>) -> Res
                 .optional()
         })
         .map_err(db("read a cluster's identity"))?;
-    match row {
-        None => Err(Error::UnknownCluster(name.to_string())),
-        Some((Some(_), _)) => Err(Error::Revoked(name.to_string())),
-        Some((None, current)) => match generation {
-            Some(g) if g != current => Err(Error::StaleCertificate {
-                cluster: name.to_string(),
-            }),
-            _ => Ok(current),
-        },
-    }
+    super::identity_verdict(name, row, generation)
 }
 
 /// The active rollout a cluster is a member of, if any.
@@ -723,15 +714,7 @@ impl Store for Sqlite {
                 .map_err(db("redeem a join token"))?;
             let (cluster, expires, used, revoked, generation) =
                 row.ok_or(Error::JoinToken("unknown"))?;
-            if used.is_some() {
-                return Err(Error::JoinToken("already used"));
-            }
-            if expires < now_ms {
-                return Err(Error::JoinToken("expired"));
-            }
-            if revoked.is_some() {
-                return Err(Error::Revoked(cluster));
-            }
+            super::redeemable(&cluster, expires, used, revoked, now_ms)?;
             sp.execute(
                 "UPDATE join_tokens SET used_ms = ?2 WHERE hash = ?1",
                 params![token_hash, now_ms],
