@@ -11,8 +11,12 @@
 //! second; each transition it writes is fenced by the lease's token, so a
 //! paused or cut-off ex-leader can never write a stale one. Another replica
 //! takes over once the lease runs out, reading the active rollouts from
-//! the store. Replicas that do not lead refuse rollout commands with a
-//! retryable error naming the leader.
+//! the store. A replica that does not lead relays operators' rollout
+//! commands to the one that does through the store (`relayed_commands`,
+//! NOTIFYed): the leader takes each at most once, carries it out and
+//! stores the answer for the asker. A leader that takes over carries out
+//! the commands nobody took meanwhile; an asker that gives up first
+//! withdraws its command, so it is never carried out behind its back.
 
 use crate::hub::Hub;
 use crate::repo::{self, Repo};
@@ -56,6 +60,13 @@ pub enum Error {
         "another coordinator ({0}) drives rollouts: retry (through it, or once it has stopped: a replica takes over within {LEASE_TTL:?})"
     )]
     NotLeading(String),
+    /// The coordinator driving rollouts refused a relayed command (a
+    /// `tonic::Code` and its message).
+    #[error("{message}")]
+    Relayed { code: i32, message: String },
+    /// A relayed command got no answer in time.
+    #[error("{0}")]
+    Unanswered(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -73,6 +84,40 @@ const LEASE: &str = "rollouts";
 /// a dead leader's rollouts move on within about `LEASE_TTL` + `LEASE_RENEW`.
 const LEASE_TTL: Duration = Duration::from_secs(5);
 const LEASE_RENEW: Duration = Duration::from_secs(1);
+
+/// How long a replica that does not lead waits for the leader to answer a
+/// command it relayed: room for a takeover (`LEASE_TTL` and a renewal)
+/// and a start over a large fleet.
+const RELAY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A rollout command relayed to the replica that drives rollouts.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RelayedCommand {
+    #[prost(string, tag = "1")]
+    actor: String,
+    /// A start: the plan, and the commit the asker resolved its ref to.
+    #[prost(message, optional, tag = "2")]
+    plan: Option<v1::RolloutPlan>,
+    #[prost(string, tag = "3")]
+    commit: String,
+    /// A control: the rollout, and what to do (a `RolloutControl`).
+    #[prost(string, tag = "4")]
+    rollout: String,
+    #[prost(int32, tag = "5")]
+    control: i32,
+}
+
+/// The leader's answer: the rollout as the command left it, or the
+/// refusal (a `tonic::Code`, never `Ok`, and its message).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RelayedAnswer {
+    #[prost(string, tag = "1")]
+    rollout: String,
+    #[prost(int32, tag = "2")]
+    code: i32,
+    #[prost(string, tag = "3")]
+    message: String,
+}
 
 enum Command {
     Start {
@@ -92,6 +137,12 @@ enum Command {
         actor: String,
         reply: oneshot::Sender<Result<Rollout>>,
     },
+    /// Another replica relayed a command under this id: carried out if
+    /// this driver leads.
+    Relayed { id: String },
+    /// Notifications may have been missed: relayed commands nobody took
+    /// are carried out if this driver leads.
+    CatchUp,
 }
 
 /// How the rest of the coordinator reaches the driver.
@@ -103,6 +154,10 @@ pub struct DriverHandle {
     /// Every stored event, live (watchers fall back to the store when they
     /// fall behind).
     pub events: broadcast::Sender<Event>,
+    /// Commands this replica relayed, waiting for their answer.
+    relays: Relays,
+    /// Sets this replica's relayed command ids apart from others'.
+    instance: String,
 }
 
 impl DriverHandle {
@@ -136,10 +191,27 @@ impl DriverHandle {
                 .record_signer(&commit, &s.to_string(), ferry_proto::now_unix_ms())
                 .await?;
         }
-        let spec = Spec::from_plan(plan, commit)?;
-        let actor = actor.to_string();
-        self.ask(|reply| Command::Start { spec, actor, reply })
+        let spec = Spec::from_plan(plan, commit.clone())?;
+        let owned = actor.to_string();
+        match self
+            .ask(|reply| Command::Start {
+                spec,
+                actor: owned,
+                reply,
+            })
             .await
+        {
+            Err(Error::NotLeading(leader)) => {
+                let command = RelayedCommand {
+                    actor: actor.to_string(),
+                    plan: Some(plan.clone()),
+                    commit: commit.to_string(),
+                    ..Default::default()
+                };
+                self.relay(command, leader).await
+            }
+            r => r,
+        }
     }
 
     /// The rollout `plan` would start, as it would start (waves and their
@@ -161,14 +233,127 @@ impl DriverHandle {
 
     /// Pause, resume, abort, roll back or approve.
     pub async fn control(&self, id: &str, control: RolloutControl, actor: &str) -> Result<Rollout> {
-        let (id, actor) = (id.to_string(), actor.to_string());
-        self.ask(|reply| Command::Control {
-            id,
-            control,
-            actor,
-            reply,
-        })
-        .await
+        let (owned_id, owned_actor) = (id.to_string(), actor.to_string());
+        match self
+            .ask(|reply| Command::Control {
+                id: owned_id,
+                control,
+                actor: owned_actor,
+                reply,
+            })
+            .await
+        {
+            Err(Error::NotLeading(leader)) => {
+                let command = RelayedCommand {
+                    actor: actor.to_string(),
+                    rollout: id.to_string(),
+                    control: control as i32,
+                    ..Default::default()
+                };
+                self.relay(command, leader).await
+            }
+            r => r,
+        }
+    }
+
+    /// Hands a command this replica may not carry out to the one driving
+    /// rollouts, and waits for its answer (at most [`RELAY_DEADLINE`]).
+    async fn relay(&self, command: RelayedCommand, leader: String) -> Result<Rollout> {
+        static RELAYED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RELAYED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("c{}.{n}", self.instance);
+        let told = Arc::new(tokio::sync::Notify::new());
+        self.relays_lock().insert(id.clone(), told.clone());
+        let answer = self.relayed(&id, command, leader, &told).await;
+        self.relays_lock().remove(&id);
+        answer
+    }
+
+    fn relays_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<tokio::sync::Notify>>>
+    {
+        self.relays.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn relayed(
+        &self,
+        id: &str,
+        command: RelayedCommand,
+        leader: String,
+        told: &tokio::sync::Notify,
+    ) -> Result<Rollout> {
+        use prost::Message;
+        if !self
+            .store
+            .relay_command(id, command.encode_to_vec())
+            .await?
+        {
+            return Err(Error::NotLeading(leader));
+        }
+        let deadline = tokio::time::Instant::now() + RELAY_DEADLINE;
+        loop {
+            if let Some(bytes) = self.store.command_answer(id).await? {
+                let answer = RelayedAnswer::decode(bytes.as_slice()).map_err(|e| {
+                    Error::Unanswered(format!(
+                        "the answer of the coordinator driving rollouts does not decode ({e}): see `ferry rollout list`"
+                    ))
+                })?;
+                if answer.code != 0 {
+                    return Err(Error::Relayed {
+                        code: answer.code,
+                        message: answer.message,
+                    });
+                }
+                return Ok(self.store.rollout(&answer.rollout).await?);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let secs = RELAY_DEADLINE.as_secs();
+                return Err(Error::Unanswered(
+                    if self.store.withdraw_command(id).await? {
+                        format!(
+                            "no coordinator driving rollouts took the command within {secs} s (leader: {leader}); nothing was done: retry"
+                        )
+                    } else {
+                        format!(
+                            "the coordinator driving rollouts took the command but did not answer within {secs} s: see `ferry rollout list` before retrying"
+                        )
+                    },
+                ));
+            }
+            // Told when the answer is stored; looked for every half second
+            // regardless (a notification may be lost on a reconnect).
+            tokio::select! {
+                _ = told.notified() => {}
+                _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(500))) => {}
+            }
+        }
+    }
+
+    /// Another replica relayed a command: for this replica's driver to
+    /// carry out if it leads (without holding up the caller).
+    pub fn carry_out(&self, id: String) {
+        if let Err(mpsc::error::TrySendError::Full(c)) =
+            self.commands.try_send(Command::Relayed { id })
+        {
+            let commands = self.commands.clone();
+            tokio::spawn(async move {
+                let _ = commands.send(c).await;
+            });
+        }
+    }
+
+    /// Commands relayed meanwhile may have been missed (the store's
+    /// notifications were lost for a while).
+    pub fn catch_up(&self) {
+        let _ = self.commands.try_send(Command::CatchUp);
+    }
+
+    /// The answer to a command this replica relayed is stored.
+    pub fn answered(&self, id: &str) {
+        if let Some(told) = self.relays_lock().get(id) {
+            told.notify_one();
+        }
     }
 }
 
@@ -204,7 +389,17 @@ pub struct Driver {
     held: Option<tokio::time::Instant>,
     /// Who leads, when another replica does.
     leader: String,
+    /// Commands relayed while nobody led, for this driver to carry out
+    /// now that it does.
+    backlog: Vec<String>,
+    /// The handle's commands waiting for answers (this replica's own are
+    /// answered here once it leads, and told so directly).
+    relays: Relays,
 }
+
+/// Relayed commands waiting for their answer, by id: woken when told it
+/// is stored.
+type Relays = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>>;
 
 /// This process's name among coordinators: the pod (`HOSTNAME`), the
 /// process and the driver.
@@ -238,12 +433,16 @@ impl Driver {
             asked: None,
             held: None,
             leader: String::new(),
+            backlog: vec![],
+            relays: Relays::default(),
         };
         let handle = DriverHandle {
             commands: tx,
             store,
             repo,
             events,
+            relays: driver.relays.clone(),
+            instance: format!("{}.{}", std::process::id(), now_unix_ms()),
         };
         (driver, handle)
     }
@@ -537,9 +736,18 @@ impl Driver {
         match self.store.lease(LEASE, &self.holder, ttl).await {
             Ok(Lease::Held(token)) => {
                 if self.token != Some(token) {
-                    match self.store.rollouts(true).await {
-                        Ok(rs) => {
+                    let read = async {
+                        let active = self.store.rollouts(true).await?;
+                        let relayed = self
+                            .store
+                            .untaken_commands(RELAY_DEADLINE.as_millis() as i64)
+                            .await?;
+                        Ok::<_, store::Error>((active, relayed))
+                    };
+                    match read.await {
+                        Ok((rs, relayed)) => {
                             self.active = rs.into_iter().map(|r| (r.id.clone(), r)).collect();
+                            self.backlog = relayed;
                             self.token = Some(token);
                             tracing::info!(
                                 holder = %self.holder,
@@ -580,6 +788,77 @@ impl Driver {
         self.token = None;
         self.held = None;
         self.active.clear();
+        self.backlog.clear();
+    }
+
+    /// Carries out a command another replica relayed, if this driver
+    /// leads and nobody took it yet, and stores the answer for the asker.
+    async fn carry_out(&mut self, id: &str) {
+        use prost::Message;
+        if self.token.is_none() {
+            return;
+        }
+        let request = match self.store.take_command(id, &self.holder).await {
+            Ok(Some(r)) => r,
+            // Taken by another (ex-)leader, or withdrawn by its asker.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "taking a relayed rollout command");
+                return;
+            }
+        };
+        let result = match RelayedCommand::decode(request.as_slice()) {
+            Ok(c) => self.relayed(c).await,
+            Err(e) => Err(Error::Membership(format!(
+                "a relayed command that does not decode: {e}"
+            ))),
+        };
+        self.fenced(&result);
+        let answer = match result {
+            Ok(r) => RelayedAnswer {
+                rollout: r.id,
+                ..Default::default()
+            },
+            Err(e) => {
+                let status = crate::service::driver_status(e);
+                RelayedAnswer {
+                    rollout: String::new(),
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                }
+            }
+        };
+        match self.store.answer_command(id, answer.encode_to_vec()).await {
+            // Other replicas are told by the store; this one directly.
+            Ok(()) => {
+                if let Some(told) = self
+                    .relays
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                {
+                    told.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(%id, error = %e, "answering a relayed rollout command"),
+        }
+    }
+
+    async fn relayed(&mut self, c: RelayedCommand) -> Result<Rollout> {
+        match c.plan {
+            Some(plan) => {
+                let commit = Commit::parse(&c.commit).map_err(|e| {
+                    Error::Membership(format!("a relayed start names no commit: {e}"))
+                })?;
+                let spec = Spec::from_plan(&plan, commit)?;
+                self.start(spec, &c.actor).await
+            }
+            None => {
+                let control =
+                    RolloutControl::try_from(c.control).unwrap_or(RolloutControl::Unspecified);
+                self.control(&c.rollout, control, &c.actor).await
+            }
+        }
     }
 
     /// Notes a refusal of this driver's writes: another replica leads.
@@ -592,17 +871,25 @@ impl Driver {
     }
 
     async fn command(&mut self, c: Command) {
-        if self.token.is_none() && !matches!(c, Command::Plan { .. }) {
-            let refused = Err(Error::NotLeading(self.leader.clone()));
-            match c {
-                Command::Start { reply, .. } | Command::Control { reply, .. } => {
-                    let _ = reply.send(refused);
-                }
-                Command::Plan { .. } => {}
+        if self.token.is_none() {
+            if let Command::Start { reply, .. } | Command::Control { reply, .. } = c {
+                let _ = reply.send(Err(Error::NotLeading(self.leader.clone())));
+                return;
             }
-            return;
+            if !matches!(c, Command::Plan { .. }) {
+                return;
+            }
         }
         match c {
+            Command::Relayed { id } => self.carry_out(&id).await,
+            Command::CatchUp => match self
+                .store
+                .untaken_commands(RELAY_DEADLINE.as_millis() as i64)
+                .await
+            {
+                Ok(ids) => self.backlog.extend(ids),
+                Err(e) => tracing::warn!(error = %e, "reading relayed rollout commands"),
+            },
             Command::Start { spec, actor, reply } => {
                 let r = self.start(spec, &actor).await;
                 self.fenced(&r);
@@ -646,6 +933,11 @@ impl Driver {
         loop {
             let started = tokio::time::Instant::now();
             self.lead().await;
+            while self.token.is_some()
+                && let Some(id) = (!self.backlog.is_empty()).then(|| self.backlog.remove(0))
+            {
+                self.carry_out(&id).await;
+            }
             if self.token.is_some() {
                 let r = self.tick().await;
                 if let Err(e) = &r {

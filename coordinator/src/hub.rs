@@ -372,11 +372,19 @@ impl Hub {
         if names.is_empty() {
             return;
         }
+        let t = std::time::Instant::now();
         match self.store.pinned(names).await {
             Ok(pinned) => {
+                let read = t.elapsed();
                 for p in &pinned {
                     self.send(p);
                 }
+                tracing::debug!(
+                    clusters = pinned.len(),
+                    read_ms = read.as_millis() as u64,
+                    send_ms = (t.elapsed() - read).as_millis() as u64,
+                    "pushed assignments"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "reading pins to push assignments");

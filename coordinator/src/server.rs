@@ -4,7 +4,7 @@
 //! driver and every session, and waits for them.
 
 use crate::auth;
-use crate::driver::Driver;
+use crate::driver::{Driver, DriverHandle};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
@@ -314,11 +314,15 @@ impl Coordinator {
             metrics,
         ));
         hub.set_sites(&sites);
-        if let Some(changes) = changes {
-            hub.tasks
-                .spawn(follow_replicas(hub.clone(), changes, hub.shutdown.clone()));
-        }
         let (driver, driver_handle) = Driver::new(hub.clone(), repo.clone(), cfg.event_buffer);
+        if let Some(changes) = changes {
+            hub.tasks.spawn(follow_replicas(
+                hub.clone(),
+                driver_handle.clone(),
+                changes,
+                hub.shutdown.clone(),
+            ));
+        }
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -441,85 +445,144 @@ impl Coordinator {
 
 /// Acts on what other coordinators sharing the database change: pushes
 /// the assignments they moved to this replica's sessions, ends the
-/// sessions of clusters they revoked.
+/// sessions of clusters they revoked, hands relayed rollout commands to
+/// the driver.
 async fn follow_replicas(
     hub: Arc<Hub>,
+    driver: DriverHandle,
     mut changes: tokio::sync::broadcast::Receiver<crate::store::Change>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     use crate::store::Change;
-    use tokio::sync::broadcast::error::RecvError;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     loop {
-        let change = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => return,
             c = changes.recv() => c,
         };
-        match change {
-            Ok(Change::Assignments(names)) => {
-                hub.push_many(names.iter().map(String::as_str)).await;
+        // What came with it: a pin of thousands arrives as several
+        // notifications at once, and their clusters are read and pushed
+        // in one go, not one read per notification.
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < FOLLOW_BATCH {
+            match changes.try_recv() {
+                Ok(c) => batch.push(Ok(c)),
+                Err(TryRecvError::Lagged(n)) => batch.push(Err(RecvError::Lagged(n))),
+                Err(_) => break,
             }
-            Ok(Change::Closed(names)) => {
-                for n in &names {
-                    hub.close(n);
-                }
-            }
-            // Sites changed, or changes were missed: sites read again, and
-            // every connected cluster gets its assignment again (an
-            // unchanged one is a no-op for its agent).
-            Ok(Change::Sites | Change::Resync) | Err(RecvError::Lagged(_)) => {
-                match hub.store.sites().await {
-                    Ok(sites) => hub.set_sites(&sites),
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading sites another coordinator changed")
-                    }
-                }
-                let names = hub.connected_clusters();
-                hub.push_many(names.iter().map(String::as_str)).await;
-            }
-            // Another replica asks for a preview of a cluster that may be
-            // here: asked of its agent, the answer stored for the asker.
-            Ok(Change::Preview { cluster, request }) if hub.connected(&cluster) => {
-                use prost::Message;
-                let Ok(req) = ferry_proto::v1::PreviewRequest::decode(request.as_slice()) else {
-                    tracing::warn!(%cluster, "a relayed preview request that does not decode");
-                    continue;
-                };
-                let hub = hub.clone();
-                hub.tasks.clone().spawn(async move {
-                    let id = req.id.clone();
-                    let answer = match hub.preview_here(&cluster, req, RELAYED_PREVIEW).await {
-                        Ok(p) => p,
-                        Err(error) => ferry_proto::v1::Preview {
-                            id: id.clone(),
-                            error,
-                            ..Default::default()
-                        },
-                    };
-                    if let Err(e) = hub.store.answer_relayed(&id, answer.encode_to_vec()).await {
-                        tracing::warn!(%cluster, error = %e, "storing a relayed preview's answer");
-                    }
-                });
-            }
-            Ok(Change::Preview { .. }) => {}
-            // Only the asker takes the answer (every replica is told).
-            Ok(Change::PreviewAnswered(id)) if hub.awaits_preview(&id) => {
-                use prost::Message;
-                match hub.store.take_relayed(&id).await {
-                    Ok(Some(bytes)) => match ferry_proto::v1::Preview::decode(bytes.as_slice()) {
-                        Ok(p) => hub.answer_relayed(p),
-                        Err(e) => {
-                            tracing::warn!(%id, error = %e, "a relayed preview answer that does not decode")
-                        }
-                    },
-                    // Taken already (not ours), or gone.
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(%id, error = %e, "reading a relayed preview's answer"),
-                }
-            }
-            Ok(Change::PreviewAnswered(_)) => {}
-            Err(RecvError::Closed) => return,
         }
+        let mut moved: Vec<String> = vec![];
+        for change in batch {
+            if let Ok(Change::Assignments(names)) = change {
+                moved.extend(names);
+                continue;
+            }
+            push_moved(&hub, &mut moved).await;
+            if !follow_one(&hub, &driver, change).await {
+                return;
+            }
+        }
+        push_moved(&hub, &mut moved).await;
     }
+}
+
+/// The most changes [`follow_replicas`] takes at once.
+const FOLLOW_BATCH: usize = 256;
+
+/// Pushes (and forgets) the clusters other replicas moved.
+async fn push_moved(hub: &Hub, moved: &mut Vec<String>) {
+    if moved.is_empty() {
+        return;
+    }
+    moved.sort_unstable();
+    moved.dedup();
+    hub.push_many(moved.iter().map(String::as_str)).await;
+    moved.clear();
+}
+
+/// Acts on one change of another replica (assignments aside); `false`
+/// once the changes have ended.
+async fn follow_one(
+    hub: &Arc<Hub>,
+    driver: &DriverHandle,
+    change: Result<crate::store::Change, tokio::sync::broadcast::error::RecvError>,
+) -> bool {
+    use crate::store::Change;
+    use tokio::sync::broadcast::error::RecvError;
+    match change {
+        Ok(Change::Assignments(names)) => {
+            hub.push_many(names.iter().map(String::as_str)).await;
+        }
+        Ok(Change::Closed(names)) => {
+            for n in &names {
+                hub.close(n);
+            }
+        }
+        // Sites changed, or changes were missed: sites read again, and
+        // every connected cluster gets its assignment again (an
+        // unchanged one is a no-op for its agent).
+        Ok(Change::Sites | Change::Resync) | Err(RecvError::Lagged(_)) => {
+            if !matches!(change, Ok(Change::Sites)) {
+                driver.catch_up();
+            }
+            match hub.store.sites().await {
+                Ok(sites) => hub.set_sites(&sites),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading sites another coordinator changed")
+                }
+            }
+            let names = hub.connected_clusters();
+            hub.push_many(names.iter().map(String::as_str)).await;
+        }
+        // Another replica asks for a preview of a cluster that may be
+        // here: asked of its agent, the answer stored for the asker.
+        Ok(Change::Preview { cluster, request }) if hub.connected(&cluster) => {
+            use prost::Message;
+            let Ok(req) = ferry_proto::v1::PreviewRequest::decode(request.as_slice()) else {
+                tracing::warn!(%cluster, "a relayed preview request that does not decode");
+                return true;
+            };
+            let hub = hub.clone();
+            hub.tasks.clone().spawn(async move {
+                let id = req.id.clone();
+                let answer = match hub.preview_here(&cluster, req, RELAYED_PREVIEW).await {
+                    Ok(p) => p,
+                    Err(error) => ferry_proto::v1::Preview {
+                        id: id.clone(),
+                        error,
+                        ..Default::default()
+                    },
+                };
+                if let Err(e) = hub.store.answer_relayed(&id, answer.encode_to_vec()).await {
+                    tracing::warn!(%cluster, error = %e, "storing a relayed preview's answer");
+                }
+            });
+        }
+        Ok(Change::Preview { .. }) => {}
+        // Only the asker takes the answer (every replica is told).
+        Ok(Change::PreviewAnswered(id)) if hub.awaits_preview(&id) => {
+            use prost::Message;
+            match hub.store.take_relayed(&id).await {
+                Ok(Some(bytes)) => match ferry_proto::v1::Preview::decode(bytes.as_slice()) {
+                    Ok(p) => hub.answer_relayed(p),
+                    Err(e) => {
+                        tracing::warn!(%id, error = %e, "a relayed preview answer that does not decode")
+                    }
+                },
+                // Taken already (not ours), or gone.
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%id, error = %e, "reading a relayed preview's answer"),
+            }
+        }
+        Ok(Change::PreviewAnswered(_)) => {}
+        // A rollout command for whichever replica drives rollouts, and
+        // the answer to one this replica relayed.
+        Ok(Change::Command(id)) => driver.carry_out(id),
+        Ok(Change::CommandAnswered(id)) => driver.answered(&id),
+        Err(RecvError::Closed) => return false,
+    }
+    true
 }
 
 /// How long a relayed preview may take in the agent (the asker waits as

@@ -52,7 +52,10 @@ pub(crate) fn driver_status(e: driver::Error) -> Status {
         driver::Error::Phase { .. } => Status::failed_precondition(e.to_string()),
         driver::Error::Store(s) => store_status(s),
         driver::Error::Repo(r) => repo_status(r),
-        driver::Error::Stopped | driver::Error::NotLeading(_) => Status::unavailable(e.to_string()),
+        driver::Error::Stopped | driver::Error::NotLeading(_) | driver::Error::Unanswered(_) => {
+            Status::unavailable(e.to_string())
+        }
+        driver::Error::Relayed { code, message } => Status::new(tonic::Code::from(code), message),
     }
 }
 

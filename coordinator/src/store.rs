@@ -362,6 +362,48 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Hands a rollout command (encoded) to whichever coordinator drives
+    /// rollouts, under an id unique across replicas; `false` when no other
+    /// coordinator can share the store (nobody else to hand it to).
+    async fn relay_command(&self, id: &str, request: Vec<u8>) -> Result<bool> {
+        let _ = (id, request);
+        Ok(false)
+    }
+
+    /// Takes a relayed command to carry it out, for `taker`: `None` when
+    /// it was taken already or withdrawn (each is carried out at most once).
+    async fn take_command(&self, id: &str, taker: &str) -> Result<Option<Vec<u8>>> {
+        let _ = (id, taker);
+        Ok(None)
+    }
+
+    /// The relayed commands nobody took, asked within the last `within_ms`
+    /// (by the database's clock), oldest first.
+    async fn untaken_commands(&self, within_ms: i64) -> Result<Vec<String>> {
+        let _ = within_ms;
+        Ok(vec![])
+    }
+
+    /// Stores the answer to a relayed command and tells its asker.
+    async fn answer_command(&self, id: &str, answer: Vec<u8>) -> Result<()> {
+        let _ = (id, answer);
+        Ok(())
+    }
+
+    /// The asker: takes the answer to its command, if there is one yet
+    /// (the command is then forgotten).
+    async fn command_answer(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// The asker gives up: `true` when nobody had taken the command (it
+    /// never will be carried out), `false` when it was taken.
+    async fn withdraw_command(&self, id: &str) -> Result<bool> {
+        let _ = id;
+        Ok(true)
+    }
+
     /// Takes, or keeps, the lease `name` for `holder` for `ttl_ms` more
     /// (by the database's clock). A backend no other coordinator can share
     /// grants every lease to whoever asks.
@@ -388,6 +430,12 @@ pub enum Change {
     /// The answer to a preview this replica relayed is stored, under this
     /// id ([`Store::take_relayed`]).
     PreviewAnswered(String),
+    /// A replica that does not drive rollouts relayed a rollout command
+    /// under this id ([`Store::take_command`]), for the one that does.
+    Command(String),
+    /// The command relayed under this id is answered
+    /// ([`Store::command_answer`]).
+    CommandAnswered(String),
     /// Changes may have been missed (the follower lost its connection):
     /// push every connected cluster its assignment again.
     Resync,

@@ -523,7 +523,9 @@ impl Admin for AdminService {
     }
 
     async fn pin(&self, req: Request<PinRequest>) -> Result<Response<PinResponse>, Status> {
+        let entered = std::time::Instant::now();
         let actor = self.require(&req, Role::Operator, "pinning").await?.name;
+        let auth_ms = entered.elapsed().as_millis() as u64;
         let r = req.into_inner();
         if r.clusters.is_empty() {
             return Err(Status::invalid_argument("name at least one cluster to pin"));
@@ -590,6 +592,7 @@ impl Admin for AdminService {
             .await;
         tracing::debug!(
             clusters = entries.len(),
+            auth_ms,
             resolve_ms = resolved.as_millis() as u64,
             store_ms = (stored - resolved).as_millis() as u64,
             push_ms = (t.elapsed() - stored).as_millis() as u64,

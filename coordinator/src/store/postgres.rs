@@ -65,6 +65,8 @@ const CLOSED: &str = "ferry_closed";
 const SITES: &str = "ferry_sites";
 const PREVIEW: &str = "ferry_preview";
 const PREVIEW_ANSWERED: &str = "ferry_preview_answered";
+const COMMAND: &str = "ferry_command";
+const COMMAND_ANSWERED: &str = "ferry_command_answered";
 
 /// A notification's payload must stay under PostgreSQL's 8000 bytes.
 const PAYLOAD: usize = 7900;
@@ -198,6 +200,21 @@ CREATE TABLE preview_answers (
     id TEXT PRIMARY KEY,
     answer BYTEA NOT NULL,
     at_ms BIGINT NOT NULL
+);
+"#,
+    // Room on every page for a row's next version: status reports and pins
+    // rewrite these rows all the time, and an update that fits its page
+    // touches no index (a HOT update). Rollout commands a replica that
+    // does not lead relays to the one that does, and their answers.
+    r#"
+ALTER TABLE clusters SET (fillfactor = 50);
+ALTER TABLE pins SET (fillfactor = 70);
+CREATE TABLE relayed_commands (
+    id TEXT PRIMARY KEY,
+    request BYTEA NOT NULL,
+    asked_ms BIGINT NOT NULL,
+    taken_by TEXT,
+    answer BYTEA
 );
 "#,
 ];
@@ -594,7 +611,7 @@ async fn follow(
             let (client, mut rx) = pool.open().await?;
             client
                 .batch_execute(&format!(
-                    "LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}; LISTEN {SITES}; LISTEN {PREVIEW}; LISTEN {PREVIEW_ANSWERED}"
+                    "LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}; LISTEN {SITES}; LISTEN {PREVIEW}; LISTEN {PREVIEW_ANSWERED}; LISTEN {COMMAND}; LISTEN {COMMAND_ANSWERED}"
                 ))
                 .await?;
             if connected_before {
@@ -627,6 +644,10 @@ async fn follow(
                     SITES => Change::Sites,
                     PREVIEW_ANSWERED => {
                         Change::PreviewAnswered(names.into_iter().next().unwrap_or_default())
+                    }
+                    COMMAND => Change::Command(names.into_iter().next().unwrap_or_default()),
+                    COMMAND_ANSWERED => {
+                        Change::CommandAnswered(names.into_iter().next().unwrap_or_default())
                     }
                     _ => Change::Assignments(names),
                 });
@@ -1332,13 +1353,25 @@ impl Store for Postgres {
     }
 
     async fn pin(&self, change: PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {
+        let t = std::time::Instant::now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(db("pin"))?;
         lock_writes(&tx, "pin").await?;
+        let locked = t.elapsed();
         let entries = pin_in(&tx, &change, now_ms).await?;
+        let written = t.elapsed();
         let moved: Vec<&str> = entries.iter().map(|e| e.cluster.as_str()).collect();
         notify(&tx, &self.replica, ASSIGNMENTS, &moved).await?;
+        let notified = t.elapsed();
         tx.commit().await.map_err(db("pin"))?;
+        tracing::debug!(
+            clusters = entries.len(),
+            lock_ms = locked.as_millis() as u64,
+            write_ms = (written - locked).as_millis() as u64,
+            notify_ms = (notified - written).as_millis() as u64,
+            commit_ms = (t.elapsed() - notified).as_millis() as u64,
+            "pin stored"
+        );
         Ok(entries)
     }
 
@@ -1770,6 +1803,99 @@ impl Store for Postgres {
             .await
             .map_err(db("take a preview's answer"))?
             .map(|r| r.get(0)))
+    }
+
+    async fn relay_command(&self, id: &str, request: Vec<u8>) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(db("relay a rollout command"))?;
+        // Commands nobody settled (their asker is gone) go after ten minutes.
+        tx.execute(
+            &format!(
+                "WITH stale AS (DELETE FROM relayed_commands WHERE asked_ms < {DB_NOW_MS} - 600000)
+                 INSERT INTO relayed_commands (id, request, asked_ms) VALUES ($1, $2, {DB_NOW_MS})"
+            ),
+            &[&id, &request],
+        )
+        .await
+        .map_err(db("relay a rollout command"))?;
+        notify(&tx, &self.replica, COMMAND, &[id]).await?;
+        tx.commit().await.map_err(db("relay a rollout command"))?;
+        Ok(true)
+    }
+
+    async fn take_command(&self, id: &str, taker: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .await?
+            .query_opt(
+                "UPDATE relayed_commands SET taken_by = $2 WHERE id = $1 AND taken_by IS NULL RETURNING request",
+                &[&id, &taker],
+            )
+            .await
+            .map_err(db("take a relayed rollout command"))?
+            .map(|r| r.get(0)))
+    }
+
+    async fn untaken_commands(&self, within_ms: i64) -> Result<Vec<String>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                &format!(
+                    "SELECT id FROM relayed_commands WHERE taken_by IS NULL AND asked_ms > {DB_NOW_MS} - $1
+                     ORDER BY asked_ms, id"
+                ),
+                &[&within_ms],
+            )
+            .await
+            .map_err(db("read relayed rollout commands"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn answer_command(&self, id: &str, answer: Vec<u8>) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(db("answer a rollout command"))?;
+        tx.execute(
+            "UPDATE relayed_commands SET answer = $2 WHERE id = $1",
+            &[&id, &answer],
+        )
+        .await
+        .map_err(db("answer a rollout command"))?;
+        notify(&tx, &self.replica, COMMAND_ANSWERED, &[id]).await?;
+        tx.commit().await.map_err(db("answer a rollout command"))?;
+        Ok(())
+    }
+
+    async fn command_answer(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .await?
+            .query_opt(
+                "DELETE FROM relayed_commands WHERE id = $1 AND answer IS NOT NULL RETURNING answer",
+                &[&id],
+            )
+            .await
+            .map_err(db("read a rollout command's answer"))?
+            .map(|r| r.get(0)))
+    }
+
+    async fn withdraw_command(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn()
+            .await?
+            .execute(
+                "DELETE FROM relayed_commands WHERE id = $1 AND taken_by IS NULL",
+                &[&id],
+            )
+            .await
+            .map_err(db("withdraw a rollout command"))?
+            == 1)
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<Lease> {

@@ -77,6 +77,12 @@ timed! {
     fn relay_preview(&self, cluster: &str, request: Vec<u8>) -> Result<bool>;
     fn answer_relayed(&self, id: &str, answer: Vec<u8>) -> Result<()>;
     fn take_relayed(&self, id: &str) -> Result<Option<Vec<u8>>>;
+    fn relay_command(&self, id: &str, request: Vec<u8>) -> Result<bool>;
+    fn take_command(&self, id: &str, taker: &str) -> Result<Option<Vec<u8>>>;
+    fn untaken_commands(&self, within_ms: i64) -> Result<Vec<String>>;
+    fn answer_command(&self, id: &str, answer: Vec<u8>) -> Result<()>;
+    fn command_answer(&self, id: &str) -> Result<Option<Vec<u8>>>;
+    fn withdraw_command(&self, id: &str) -> Result<bool>;
     fn add_site(&self, site: SiteRecord, now_ms: i64) -> Result<()>;
     fn remove_site(&self, name: &str) -> Result<SiteRecord>;
     fn sites(&self) -> Result<Vec<SiteRecord>>;

@@ -555,19 +555,12 @@ async fn run(args: Args) -> Result<()> {
         "--auto-rollback",
     ];
     let asked = Instant::now();
-    let started = loop {
-        match world.ferry(&rollout).await {
-            Ok(s) => break s,
-            // --ha: until B has taken the lease over, it says who drives.
-            Err(e) if e.to_string().contains("drives rollouts") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    // --ha: the command waits (relayed through the database) until B has
+    // taken the lease over, then B carries it out.
+    let started = world.ferry(&rollout).await?;
     if args.ha {
         view.say(format!(
-            "  B took over driving rollouts ({:.1}s after asking; A's lease ran out)",
+            "  B took over driving rollouts and started it ({:.1}s after asking; A's lease ran out)",
             asked.elapsed().as_secs_f64()
         ));
     }

@@ -122,22 +122,7 @@ async fn a_rollout_survives_its_leader() {
     let dir = tempfile::tempdir().unwrap();
     let (_pg, mut world) = on_postgres(dir.path()).await;
     let names = ["c1", "c2"];
-    let files = |v: &str| -> Vec<(String, String)> {
-        names
-            .iter()
-            .map(|n| (format!("clusters/{n}/app.yaml"), app(n, v)))
-            .collect()
-    };
-    let commit = |msg: &str, v: &str| {
-        let f = files(v);
-        let refs: Vec<(&str, Option<&str>)> = f
-            .iter()
-            .map(|(p, c)| (p.as_str(), Some(c.as_str())))
-            .collect();
-        world.git.commit(msg, &refs).unwrap()
-    };
-    let v1 = commit("v1", "1.0");
-    let v2 = commit("v2", "2.0");
+    let (v1, v2) = two_versions(&mut world, &names);
     for n in names {
         world.add_cluster(n, &[]).await.unwrap();
     }
@@ -203,21 +188,14 @@ async fn a_rollout_survives_its_leader() {
     .expect("B's events reach a watch on the first coordinator");
     assert_eq!(seen.rollout, id);
 
-    // B dies; approving through the first coordinator is refused until it
-    // has taken over, then goes through.
+    // B dies. An approval through the first coordinator, asked while B's
+    // lease still runs, is relayed and waits: whichever replica leads next
+    // (here the first itself, once the lease has run out) carries it out.
     let killed = std::time::Instant::now();
     b.stop(Duration::from_secs(5)).await.unwrap();
-    // (B's lease runs for a few seconds after it stopped.)
-    let refused = world
-        .ferry(&["rollout", "approve", &id])
-        .await
-        .expect_err("B's lease has not run out yet");
-    assert!(refused.to_string().contains("drives rollouts"), "{refused}");
-    eventually("the first coordinator takes over", || async {
-        world.ferry(&["rollout", "approve", &id]).await.ok()
-    })
-    .await;
+    let approved = world.ferry(&["rollout", "approve", &id]).await.unwrap();
     let took = killed.elapsed();
+    assert!(approved.contains("Running"), "{approved}");
     assert!(took < Duration::from_secs(10), "took over after {took:?}");
     world.wait_healthy_at("c2", &v2).await;
     eventually("the rollout succeeds", || async {
@@ -225,6 +203,75 @@ async fn a_rollout_survives_its_leader() {
         out.contains("Succeeded").then_some(())
     })
     .await;
+    one_pin_each(&world, &names, &id).await;
+}
+
+/// Rollout commands through a replica that does not drive rollouts are
+/// carried out by the one that does, refusals included, as if asked of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollout_commands_through_any_replica() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, mut world) = on_postgres(dir.path()).await;
+    let names = ["c1", "c2"];
+    let (v1, v2) = two_versions(&mut world, &names);
+    for n in names {
+        world.add_cluster(n, &[]).await.unwrap();
+    }
+    world.wait_connected(&names).await;
+    world
+        .ferry(&["pin", "c1", "c2", "--commit", &v1])
+        .await
+        .unwrap();
+    // The first coordinator drives rollouts (it was there first); B only
+    // relays.
+    let b = world.start_replica("replica-b").await.unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "ref: {v2}\ndefaults:\n  bake: 0s\nwaves:\n  - name: one\n    names: [c1]\n  - name: two\n    names: [c2]\n    approval: true\n"
+        ),
+    )
+    .unwrap();
+    let started = ferry_at(
+        &world,
+        b.addr,
+        &["rollout", "start", "-f", plan.to_str().unwrap()],
+    )
+    .await;
+    let id = started.split_whitespace().nth(2).unwrap().to_string();
+    assert!(id.starts_with('r'), "{started}");
+    world.wait_healthy_at("c1", &v2).await;
+    eventually("the rollout waits for approval", || async {
+        let out = ferry_at(&world, b.addr, &["rollout", "status", &id]).await;
+        out.contains("AwaitingApproval").then_some(())
+    })
+    .await;
+
+    // A refusal comes back as the leader said it.
+    let refused = try_ferry_at(&world, b.addr, &["rollout", "resume", &id])
+        .await
+        .expect_err("resuming a rollout that is not paused");
+    assert!(refused.to_string().contains("cannot resume"), "{refused}");
+    let paused = ferry_at(&world, b.addr, &["rollout", "pause", &id]).await;
+    assert!(paused.contains("Paused"), "{paused}");
+    let out = world.ferry(&["rollout", "status", &id]).await.unwrap();
+    assert!(out.contains("Paused"), "the leader holds it paused: {out}");
+    ferry_at(&world, b.addr, &["rollout", "resume", &id]).await;
+    ferry_at(&world, b.addr, &["rollout", "approve", &id]).await;
+    world.wait_healthy_at("c2", &v2).await;
+    eventually("the rollout succeeds", || async {
+        let out = world.ferry(&["rollout", "status", &id]).await.ok()?;
+        out.contains("Succeeded").then_some(())
+    })
+    .await;
+    // Each command was carried out once: one pin per cluster.
+    one_pin_each(&world, &names, &id).await;
+}
+
+/// Asserts the ledger holds exactly one pin of each cluster by rollout `id`.
+async fn one_pin_each(world: &World, names: &[&str], id: &str) {
     let history = world
         .admin()
         .await
@@ -238,12 +285,28 @@ async fn a_rollout_survives_its_leader() {
         .into_inner()
         .entries;
     for n in names {
-        let pins: Vec<_> = history
+        let pins = history
             .iter()
-            .filter(|e| e.cluster == n && e.rollout == id)
-            .collect();
-        assert_eq!(pins.len(), 1, "{n}: one pin by {id}: {history:?}");
+            .filter(|e| e.cluster == *n && e.rollout == id)
+            .count();
+        assert_eq!(pins, 1, "{n}: one pin by {id}: {history:?}");
     }
+}
+
+/// Commits v1 and v2 of an app in each of `names`' directories.
+fn two_versions(world: &mut World, names: &[&str]) -> (String, String) {
+    let commit = |msg: &str, v: &str| {
+        let files: Vec<(String, String)> = names
+            .iter()
+            .map(|n| (format!("clusters/{n}/app.yaml"), app(n, v)))
+            .collect();
+        let refs: Vec<(&str, Option<&str>)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), Some(c.as_str())))
+            .collect();
+        world.git.commit(msg, &refs).unwrap()
+    };
+    (commit("v1", "1.0"), commit("v2", "2.0"))
 }
 
 /// An agent given two replicas' addresses: its coordinator goes away and

@@ -5,7 +5,9 @@
 
 use ferry_coordinator::store::postgres::Postgres;
 use ferry_coordinator::store::sqlite::Sqlite;
-use ferry_coordinator::store::{Advance, Error, Fence, Lease, PinChange, SiteRecord, Store};
+use ferry_coordinator::store::{
+    Advance, Change, Error, Fence, Lease, PinChange, SiteRecord, Store,
+};
 use ferry_integration::postgres::Scratch;
 use ferry_proto::Commit;
 use ferry_proto::rollout::{
@@ -758,6 +760,74 @@ async fn postgres_a_lease_fences_an_ex_leader() {
         .map(|e| e.message)
         .collect();
     assert_eq!(events, ["pinned by one", "pinned by two"]);
+}
+
+/// A rollout command relayed between replicas is carried out at most
+/// once: taken by one, never by a second; an asker that withdraws an
+/// untaken command stops it for good, and learns when it was too late.
+#[tokio::test]
+async fn postgres_a_relayed_command_is_taken_once() {
+    let b = Backend::postgres().await;
+    let asker = b.open().await;
+    let leader = b.open().await;
+    let mut told = leader.changes().expect("replicas follow each other");
+    let mut next_told = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match told.recv().await.unwrap() {
+                    Change::Command(c) if !c.starts_with("probe") => return c,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("told of the command")
+    };
+    // Once the leader listens (probes, withdrawn),
+    let mut probes = leader.changes().unwrap();
+    for n in 0.. {
+        let probe = format!("probe{n}");
+        asker.relay_command(&probe, vec![]).await.unwrap();
+        assert!(asker.withdraw_command(&probe).await.unwrap());
+        let heard = tokio::time::timeout(std::time::Duration::from_millis(200), probes.recv());
+        if matches!(heard.await, Ok(Ok(Change::Command(_)))) {
+            break;
+        }
+    }
+    // it is told of every command, in order.
+    assert!(asker.relay_command("c1", b"start".to_vec()).await.unwrap());
+    asker.relay_command("c2", b"pause".to_vec()).await.unwrap();
+    assert_eq!(next_told().await, "c1");
+    assert_eq!(next_told().await, "c2");
+    assert_eq!(leader.untaken_commands(60_000).await.unwrap(), ["c1", "c2"]);
+    assert_eq!(
+        leader
+            .take_command("c1", "leader")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"start"[..])
+    );
+    assert_eq!(asker.take_command("c1", "ex-leader").await.unwrap(), None);
+    assert!(
+        !asker.withdraw_command("c1").await.unwrap(),
+        "taken already"
+    );
+    assert_eq!(asker.command_answer("c1").await.unwrap(), None);
+    leader.answer_command("c1", b"r1".to_vec()).await.unwrap();
+    assert_eq!(
+        asker.command_answer("c1").await.unwrap().as_deref(),
+        Some(&b"r1"[..])
+    );
+    assert_eq!(
+        asker.command_answer("c1").await.unwrap(),
+        None,
+        "taken once"
+    );
+    // Withdrawn before anyone took it: never carried out.
+    assert!(asker.withdraw_command("c2").await.unwrap());
+    assert_eq!(leader.take_command("c2", "leader").await.unwrap(), None);
+    assert!(leader.untaken_commands(60_000).await.unwrap().is_empty());
 }
 
 /// TLS to PostgreSQL: verified against the CA given, required off this
