@@ -393,6 +393,25 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
     );
     let (rss_a, rss_b) = (rss_mib(a.proc.0.id()), rss_mib(b.proc.0.id()));
 
+    // A coordinator that has run a while holds the repository in its
+    // cache, as the single-coordinator figures' do past their first
+    // stage: a dry run fetches it, so the fan-out below times no clone.
+    a.admin
+        .clone()
+        .start_rollout(StartRolloutRequest {
+            dry_run: true,
+            plan: Some(RolloutPlan {
+                r#ref: commits[0].clone(),
+                waves: vec![WavePlan {
+                    name: "all".into(),
+                    select: Some(wave_plan::Select::Percent(100)),
+                    policy: None,
+                }],
+                defaults: None,
+                auto_rollback: false,
+            }),
+        })
+        .await?;
     eprintln!("two replicas: a pin through A to all {n}…");
     let (lat, pin_call_ms) = fan_out(&a, &fleet, n, &commits[0]).await?;
     let (mut lat_a, mut lat_b) = (vec![], vec![]);
