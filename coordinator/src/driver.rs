@@ -449,13 +449,12 @@ impl Driver {
 
     async fn observed(&self) -> Result<BTreeMap<String, Observed>> {
         let clusters = self.store.clusters().await?;
-        let now = now_unix_ms();
         Ok(clusters
             .into_iter()
             .map(|c| {
                 let s = c.status.unwrap_or_default();
                 let o = Observed {
-                    connected: self.hub.reachable(&c.name, c.last_seen_ms, now),
+                    connected: self.hub.reachable(&c.name, c.live_session),
                     pinned: c.pin.as_ref().map(|p| p.0.clone()),
                     generation: c.pin.as_ref().map_or(0, |p| p.1),
                     observed_generation: s.observed_generation,

@@ -53,12 +53,6 @@ pub struct Hub {
     sites: std::sync::RwLock<Vec<(String, String, ferry_proto::LabelSelector)>>,
 }
 
-/// How recently a cluster must have been heard from (by any replica) to
-/// count as connected when replicas share the store: three of the agents'
-/// default heartbeats. (A session that ended on another replica still
-/// counts for up to this long.)
-pub const SEEN_LATELY_MS: i64 = 45_000;
-
 /// The site a cluster's labels put it in: (site, mirror URL).
 pub type SiteOf = Option<(String, String)>;
 
@@ -131,9 +125,13 @@ impl Hub {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a session; returns its id for [`Hub::leave`].
-    pub fn join(&self, cluster: &str, tx: Outbound) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// A new session's id, for [`Hub::join`] and [`Hub::leave`].
+    pub fn session_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers session `id` of a cluster.
+    pub fn join(&self, cluster: &str, id: u64, tx: Outbound) {
         if let Some(old) = self
             .sessions()
             .insert(cluster.to_string(), Session { id, tx })
@@ -145,7 +143,6 @@ impl Hub {
                 "a new session replaces the old one"
             );
         }
-        id
     }
 
     /// Unregisters a session, unless a newer one already replaced it.
@@ -157,10 +154,10 @@ impl Hub {
     }
 
     /// Whether a cluster is connected: to this coordinator, or, when
-    /// replicas share the store, to any of them as far as the store knows
-    /// (heard from within [`SEEN_LATELY_MS`] of `now_ms`).
-    pub fn reachable(&self, cluster: &str, last_seen_ms: i64, now_ms: i64) -> bool {
-        self.connected(cluster) || (self.shared && now_ms - last_seen_ms < SEEN_LATELY_MS)
+    /// replicas share the store, to another that is alive, as the store
+    /// knows (`live_session` of its record).
+    pub fn reachable(&self, cluster: &str, live_session: bool) -> bool {
+        self.connected(cluster) || (self.shared && live_session)
     }
 
     /// Whether other coordinators share the store.

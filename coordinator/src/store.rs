@@ -110,6 +110,10 @@ pub struct ClusterRecord {
     pub allow_mass_prune: bool,
     /// The rollout that made the pin, if one did.
     pub pin_rollout: Option<String>,
+    /// A session with a coordinator that is alive, as the store knows
+    /// (only a store replicas share knows; this coordinator's own sessions
+    /// are in the hub).
+    pub live_session: bool,
 }
 
 /// What a cluster's assignment is made of (a cluster record without its
@@ -211,6 +215,20 @@ pub trait Store: Send + Sync + 'static {
         status: Option<StatusReport>,
         now_ms: i64,
     ) -> Result<()>;
+
+    /// Records that this coordinator holds the cluster's session `session`
+    /// (for replicas sharing the store to know it is connected).
+    async fn session_started(&self, name: &str, session: u64) -> Result<()> {
+        let _ = (name, session);
+        Ok(())
+    }
+
+    /// Records that session `session` of the cluster ended here (unless a
+    /// newer session, here or on another replica, took its place).
+    async fn session_ended(&self, name: &str, session: u64) -> Result<()> {
+        let _ = (name, session);
+        Ok(())
+    }
 
     /// Creates (or re-admits) a cluster with its labels and a join token.
     async fn add_cluster(

@@ -63,9 +63,7 @@ impl AdminService {
             Err(e) => (String::new(), e.to_string()),
         };
         Cluster {
-            connected: self
-                .hub
-                .reachable(&c.name, c.last_seen_ms, ferry_proto::now_unix_ms()),
+            connected: self.hub.reachable(&c.name, c.live_session),
             pinned_commit: c.pin.as_ref().map(|p| p.0.to_string()).unwrap_or_default(),
             generation: c.pin.as_ref().map(|p| p.1).unwrap_or_default(),
             path,
@@ -711,13 +709,12 @@ impl Admin for AdminService {
             0 => 30,
             s => s.min(300) as u64,
         });
-        let now = ferry_proto::now_unix_ms();
         let asks = chosen.iter().map(|c| {
             let hub = self.hub.clone();
             let commit = commit.clone();
             async move {
                 // Offline (on no replica): said at once, not after the wait.
-                if !hub.reachable(&c.name, c.last_seen_ms, now) {
+                if !hub.reachable(&c.name, c.live_session) {
                     return Err("not previewed: the cluster is not connected".to_string());
                 }
                 let path = match hub.path(&c.name, &c.labels, c.path_override.as_deref()) {

@@ -104,7 +104,12 @@ impl AgentLink for AgentLinkService {
 
         let (tx, rx) = mpsc::channel(16);
         let errors = tx.clone();
-        let id = self.hub.join(&cluster, tx);
+        let id = self.hub.session_id();
+        // Other replicas sharing the store learn the session is here.
+        if let Err(e) = self.hub.store.session_started(&cluster, id).await {
+            tracing::warn!(cluster = %cluster, error = %e, "recording a session");
+        }
+        self.hub.join(&cluster, id, tx);
         self.hub.push(&cluster).await;
 
         let hub = self.hub.clone();
@@ -189,6 +194,13 @@ impl AgentLink for AgentLinkService {
                     }
                 }
                 hub.leave(&cluster, id);
+                // (A coordinator that stops says so once, for all its
+                // sessions.)
+                if !hub.shutdown.is_cancelled()
+                    && let Err(e) = hub.store.session_ended(&cluster, id).await
+                {
+                    tracing::debug!(error = %e, "recording a session's end");
+                }
                 hub.status_changed.notify_one();
                 tracing::info!("agent disconnected");
             }

@@ -204,11 +204,18 @@ CREATE TABLE preview_answers (
 "#,
     // Room on every page for a row's next version: status reports and pins
     // rewrite these rows all the time, and an update that fits its page
-    // touches no index (a HOT update). Rollout commands a replica that
-    // does not lead relays to the one that does, and their answers.
+    // touches no index (a HOT update). Which replica holds each cluster's
+    // session, and which replicas are alive. Rollout commands a replica
+    // that does not lead relays to the one that does, and their answers.
     r#"
 ALTER TABLE clusters SET (fillfactor = 50);
 ALTER TABLE pins SET (fillfactor = 70);
+ALTER TABLE clusters ADD COLUMN session_replica TEXT;
+ALTER TABLE clusters ADD COLUMN session_id BIGINT;
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    alive_ms BIGINT NOT NULL
+);
 CREATE TABLE relayed_commands (
     id TEXT PRIMARY KEY,
     request BYTEA NOT NULL,
@@ -520,6 +527,7 @@ impl Postgres {
             changes.clone(),
             stop.clone(),
         ));
+        tokio::spawn(keep_alive(pool.clone(), replica.clone(), stop.clone()));
         Ok(Postgres {
             pool,
             beats,
@@ -594,6 +602,47 @@ async fn notify(
             .map_err(db("notify the other coordinators"))?;
     }
     Ok(())
+}
+
+/// Says every [`ALIVE_EVERY`] that this replica (and so the sessions it
+/// holds) is alive, until the store goes; then says it is gone.
+async fn keep_alive(pool: Arc<Pool>, replica: String, stop: CancellationToken) {
+    let mut every = tokio::time::interval(ALIVE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let said = async {
+            pool.get()
+                .await?
+                .execute(
+                    &format!(
+                        "INSERT INTO replicas (id, alive_ms) VALUES ($1, {DB_NOW_MS})
+                         ON CONFLICT (id) DO UPDATE SET alive_ms = EXCLUDED.alive_ms"
+                    ),
+                    &[&replica],
+                )
+                .await
+                .map_err(db("say this coordinator is alive"))
+        };
+        if let Err(e) = said.await {
+            tracing::debug!(error = %e, "saying this coordinator is alive");
+        }
+    }
+    // Replicas gone for an hour are forgotten; this one at once.
+    let gone = async {
+        pool.get()
+            .await?
+            .execute(
+                &format!("DELETE FROM replicas WHERE id = $1 OR alive_ms < {DB_NOW_MS} - 3600000"),
+                &[&replica],
+            )
+            .await
+            .map_err(db("say this coordinator is gone"))
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), gone).await;
 }
 
 /// Follows what the other replicas change, for as long as the store is
@@ -767,8 +816,14 @@ async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Beat>) {
 
 const SELECT_CLUSTER: &str =
     "SELECT c.name, c.labels, c.path_override, c.agent_version, c.last_seen_ms, c.status,
-        p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
-     FROM clusters c LEFT JOIN pins p ON p.cluster = c.name";
+        p.commit_sha, p.generation, p.allow_mass_prune, p.rollout,
+        r.alive_ms > (extract(epoch from now()) * 1000)::bigint - 5000
+     FROM clusters c LEFT JOIN pins p ON p.cluster = c.name
+        LEFT JOIN replicas r ON r.id = c.session_replica";
+
+/// How often a replica says it is alive; one silent for five times as
+/// long (`SELECT_CLUSTER`'s 5000) is taken for dead, with its sessions.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 fn cluster_row(r: &Row) -> ClusterRecord {
     let status: Option<&[u8]> = r.get(5);
@@ -782,6 +837,7 @@ fn cluster_row(r: &Row) -> ClusterRecord {
         pin: pin_of(r.get(6), r.get(7)),
         allow_mass_prune: r.get::<_, Option<bool>>(8).unwrap_or(false),
         pin_rollout: r.get::<_, Option<String>>(9).filter(|s| !s.is_empty()),
+        live_session: r.get::<_, Option<bool>>(10).unwrap_or(false),
     }
 }
 
@@ -1142,6 +1198,31 @@ impl Store for Postgres {
         if n == 0 {
             check_identity(&*conn, name, certificate_generation).await?;
         }
+        Ok(())
+    }
+
+    async fn session_started(&self, name: &str, session: u64) -> Result<()> {
+        self.conn()
+            .await?
+            .execute(
+                "UPDATE clusters SET session_replica = $2, session_id = $3 WHERE name = $1",
+                &[&name, &self.replica, &(session as i64)],
+            )
+            .await
+            .map_err(db("record a session"))?;
+        Ok(())
+    }
+
+    async fn session_ended(&self, name: &str, session: u64) -> Result<()> {
+        self.conn()
+            .await?
+            .execute(
+                "UPDATE clusters SET session_replica = NULL, session_id = NULL
+                 WHERE name = $1 AND session_replica = $2 AND session_id = $3",
+                &[&name, &self.replica, &(session as i64)],
+            )
+            .await
+            .map_err(db("record a session's end"))?;
         Ok(())
     }
 

@@ -358,6 +358,8 @@ fn cluster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClusterRecord> {
         pin: pin_of(commit, generation),
         allow_mass_prune: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
         pin_rollout: r.get::<_, Option<String>>(9)?.filter(|s| !s.is_empty()),
+        // One coordinator: its sessions are all in its hub.
+        live_session: false,
     })
 }
 

@@ -293,6 +293,62 @@ async fn one_pin_each(world: &World, names: &[&str], id: &str) {
     }
 }
 
+/// "Connected" through any replica means a session with a live replica:
+/// an agent that goes away, or whose coordinator stops, is said so by the
+/// other replicas within seconds, not after its heartbeats lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connected_means_a_live_session_on_some_replica() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (_pg, mut world) = on_postgres(dir.path()).await;
+    world.add_cluster("c1", &[]).await.unwrap();
+    world.wait_connected(&["c1"]).await;
+    let b = world.start_replica("replica-b").await.unwrap();
+    assert!(
+        connected_via(&world, b.addr, "c1").await,
+        "B knows the session on A"
+    );
+
+    // The agent goes: B says so within seconds (heartbeats are 15 s apart).
+    let i = world.index("c1");
+    world.stop_agent(i).await.unwrap();
+    let gone = std::time::Instant::now();
+    eventually("B sees the session ended", || async {
+        (!connected_via(&world, b.addr, "c1").await).then_some(())
+    })
+    .await;
+    assert!(
+        gone.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        gone.elapsed()
+    );
+    world.start_agent(i);
+    eventually("B sees the new session", || async {
+        connected_via(&world, b.addr, "c1").await.then_some(())
+    })
+    .await;
+
+    // Its coordinator stops (the agent knows no other): B says so too.
+    world.stop_coordinator().await.unwrap();
+    let gone = std::time::Instant::now();
+    eventually("B sees A gone with its sessions", || async {
+        (!connected_via(&world, b.addr, "c1").await).then_some(())
+    })
+    .await;
+    assert!(
+        gone.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        gone.elapsed()
+    );
+}
+
+/// Whether a replica says a cluster is connected.
+async fn connected_via(world: &World, addr: std::net::SocketAddr, cluster: &str) -> bool {
+    let out = ferry_at(world, addr, &["-o", "json", "cluster", "show", cluster]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["connected"].as_bool().unwrap()
+}
+
 /// Commits v1 and v2 of an app in each of `names`' directories.
 fn two_versions(world: &mut World, names: &[&str]) -> (String, String) {
     let commit = |msg: &str, v: &str| {
