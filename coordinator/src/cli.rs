@@ -26,7 +26,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version)]
 pub struct Args {
-    /// The coordinator's address.
+    /// The coordinator's address; several replicas' comma-separated (the
+    /// first that answers is used).
     #[arg(
         long,
         global = true,

@@ -9,8 +9,9 @@ use ferry_proto::{Bearer, DialConfig};
 pub type Admin =
     AdminClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
-/// Connects the Admin client the global flags describe. A token is never
-/// sent over plaintext unless `--insecure` says so.
+/// Connects the Admin client the global flags describe: to the first
+/// coordinator that answers, when `--coordinator` lists several replicas.
+/// A token is never sent over plaintext unless `--insecure` says so.
 pub async fn admin(args: &Args) -> Result<Admin> {
     let dial = DialConfig {
         addr: args.addr.clone(),
@@ -20,9 +21,8 @@ pub async fn admin(args: &Args) -> Result<Admin> {
         identity: None,
         insecure: args.insecure,
     };
-    let channel = dial
-        .endpoint()?
-        .connect()
+    let (channel, _) = dial
+        .connect_from(0)
         .await
         .with_context(|| format!("connecting to the coordinator at {}", args.addr))?;
     let token = match (&args.token, &args.token_file) {

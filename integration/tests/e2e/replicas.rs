@@ -18,9 +18,14 @@ async fn try_ferry_at(
     addr: std::net::SocketAddr,
     args: &[&str],
 ) -> anyhow::Result<String> {
+    try_ferry_via(world, &format!("https://{addr}"), args).await
+}
+
+/// `ferry --addr ADDR …` (one replica's address or several).
+async fn try_ferry_via(world: &World, coordinator: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut argv: Vec<String> = vec!["ferry".into()];
     let mut flags = world.cli_flags();
-    flags[1] = format!("https://{addr}");
+    flags[1] = coordinator.to_string();
     argv.extend(flags);
     argv.extend(args.iter().map(|s| s.to_string()));
     let parsed = <ferry_coordinator::cli::Args as clap::Parser>::try_parse_from(argv)?;
@@ -386,21 +391,34 @@ async fn an_agent_fails_over_to_another_replica() {
     world.wait_healthy_at("edge", &a).await;
 
     // Whichever replica it is on goes away; it moves to the other.
-    let (survivor, addr) = if replica.hub.connected("edge") {
+    let (survivor, addr, gone) = if replica.hub.connected("edge") {
+        let gone = replica.addr;
         replica.stop(Duration::from_secs(5)).await.unwrap();
         (
             world.coordinator.as_ref().unwrap().hub.clone(),
             world.coordinator_addr,
+            gone,
         )
     } else {
         world.stop_coordinator().await.unwrap();
-        (replica.hub.clone(), replica.addr)
+        (replica.hub.clone(), replica.addr, world.coordinator_addr)
     };
     eventually("the agent reconnects to the other replica", || async {
         survivor.connected("edge").then_some(())
     })
     .await;
-    ferry_at(&world, addr, &["pin", "edge", "--commit", &b]).await;
+    // The operator's CLI, given both replicas, gets past the one gone.
+    let both = format!("https://{gone},https://{addr}");
+    try_ferry_via(&world, &both, &["pin", "edge", "--commit", &b])
+        .await
+        .unwrap();
+    let refused = try_ferry_via(&world, &format!("https://{gone}"), &["clusters"])
+        .await
+        .expect_err("no coordinator there");
+    assert!(
+        refused.to_string().contains(&gone.to_string()),
+        "{refused:#}"
+    );
     eventually("the agent applies B", || async {
         (setting(world.emulator("edge")).as_deref() == Some("2.0")).then_some(())
     })
