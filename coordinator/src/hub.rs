@@ -51,6 +51,17 @@ pub struct Hub {
     /// Sites by name: (mirror URL, selector). A copy of the store's, set
     /// at start and on every change, read for every assignment.
     sites: std::sync::RwLock<Vec<(String, String, ferry_proto::LabelSelector)>>,
+    /// Reports and heartbeats received and not stored yet, by cluster (see
+    /// [`Hub::store_reports`]).
+    unstored: Mutex<HashMap<String, Unstored>>,
+    unstored_ready: tokio::sync::Notify,
+}
+
+/// What a cluster's agent said that is not stored yet: its newest report,
+/// if any, and the last time it was heard from.
+struct Unstored {
+    report: Option<ferry_proto::v1::StatusReport>,
+    now_ms: i64,
 }
 
 /// The site a cluster's labels put it in: (site, mirror URL).
@@ -67,6 +78,8 @@ impl Hub {
             metrics,
             previews: Mutex::new(HashMap::new()),
             sites: Default::default(),
+            unstored: Mutex::new(HashMap::new()),
+            unstored_ready: tokio::sync::Notify::new(),
             shared: store.changes().is_some(),
             instance: format!("{}.{}", std::process::id(), ferry_proto::now_unix_ms()),
             store,
@@ -300,6 +313,87 @@ impl Hub {
             let _ = tx.send(p);
         } else {
             tracing::debug!(cluster, id = %p.id, "an answer to no preview asked of this cluster");
+        }
+    }
+
+    /// Takes an agent's status report to store: it supersedes any report of
+    /// the same cluster still waiting (its newest state is what counts), so
+    /// a burst of reports, or a slow store, costs one write per cluster and
+    /// never holds up the session.
+    pub fn report(&self, cluster: &str, report: ferry_proto::v1::StatusReport, now_ms: i64) {
+        let superseded = {
+            let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
+            let u = unstored.entry(cluster.to_string()).or_insert(Unstored {
+                report: None,
+                now_ms,
+            });
+            u.now_ms = u.now_ms.max(now_ms);
+            u.report.replace(report).is_some()
+        };
+        if superseded {
+            self.count_report("superseded");
+        }
+        self.unstored_ready.notify_one();
+    }
+
+    /// Takes an agent's heartbeat to store (with its report, if one waits).
+    pub fn heard(&self, cluster: &str, now_ms: i64) {
+        {
+            let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
+            let u = unstored.entry(cluster.to_string()).or_insert(Unstored {
+                report: None,
+                now_ms,
+            });
+            u.now_ms = u.now_ms.max(now_ms);
+        }
+        self.unstored_ready.notify_one();
+    }
+
+    fn count_report(&self, result: &'static str) {
+        self.metrics
+            .reports
+            .get_or_create(&crate::metrics::ReportLabels { result })
+            .inc();
+    }
+
+    /// Stores what agents reported, a round at a time (every cluster's
+    /// newest, all at once: the store batches them), and wakes rollouts
+    /// after each round. Runs until the coordinator stops, then stores
+    /// what is left.
+    pub async fn store_reports(self: Arc<Self>) {
+        loop {
+            let stopping = tokio::select! {
+                _ = self.shutdown.cancelled() => true,
+                _ = self.unstored_ready.notified() => false,
+            };
+            let round =
+                std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()));
+            if !round.is_empty() {
+                let writes = round.into_iter().map(|(cluster, u)| {
+                    let hub = &self;
+                    async move {
+                        match u.report {
+                            Some(report) => match hub.store.report(&cluster, report, u.now_ms).await {
+                                Ok(()) => hub.count_report("stored"),
+                                Err(e) => {
+                                    hub.count_report("failed");
+                                    tracing::error!(%cluster, error = %e, "storing a status report");
+                                }
+                            },
+                            None => {
+                                if let Err(e) = hub.store.seen(&cluster, u.now_ms).await {
+                                    tracing::debug!(%cluster, error = %e, "recording a heartbeat");
+                                }
+                            }
+                        }
+                    }
+                });
+                futures::future::join_all(writes).await;
+                self.status_changed.notify_one();
+            }
+            if stopping {
+                return;
+            }
         }
     }
 

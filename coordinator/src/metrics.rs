@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReportLabels {
-    /// stored, malformed, oversized, failed (the store refused it).
+    /// stored, malformed, oversized, failed (the store refused it),
+    /// superseded (a newer report of the cluster came before it was stored).
     pub result: &'static str,
 }
 

@@ -314,6 +314,7 @@ impl Coordinator {
             metrics,
         ));
         hub.set_sites(&sites);
+        hub.tasks.spawn(hub.clone().store_reports());
         let (driver, driver_handle) = Driver::new(hub.clone(), repo.clone(), cfg.event_buffer);
         if let Some(changes) = changes {
             hub.tasks.spawn(follow_replicas(

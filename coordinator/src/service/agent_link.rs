@@ -153,25 +153,14 @@ impl AgentLink for AgentLinkService {
                                     continue;
                                 }
                             };
-                            match hub.store.report(&cluster, report, now_unix_ms()).await {
-                                Ok(()) => count("stored"),
-                                Err(e) => {
-                                    count("failed");
-                                    tracing::error!(error = %e, "storing a status report");
-                                }
-                            }
-                            hub.status_changed.notify_one();
+                            hub.report(&cluster, report, now_unix_ms());
                         }
                         Ok(Some(AgentMessage {
                             msg: Some(agent_message::Msg::Preview(p)),
                         })) => {
                             hub.answer_preview(&cluster, p);
                         }
-                        Ok(Some(_)) => {
-                            if let Err(e) = hub.store.seen(&cluster, now_unix_ms()).await {
-                                tracing::debug!(error = %e, "recording a heartbeat");
-                            }
-                        }
+                        Ok(Some(_)) => hub.heard(&cluster, now_unix_ms()),
                         Ok(None) => break,
                         // Over the message size cap: say so, to the agent
                         // and in the log, and end the session.

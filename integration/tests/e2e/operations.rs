@@ -7,14 +7,14 @@ use ferry_integration::world::{World, WorldConfig};
 use std::net::SocketAddr;
 
 /// The value of one series (`name{labels}` exactly as exposed), if present.
-fn sample(exposition: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|l| {
         let (s, v) = l.rsplit_once(' ')?;
         (s == series).then(|| v.parse().ok())?
     })
 }
 
-async fn metrics(addr: SocketAddr) -> String {
+pub(crate) async fn metrics(addr: SocketAddr) -> String {
     let (code, body) = http_get(addr, "/metrics").await.expect("scraping");
     assert_eq!(code, 200, "{body}");
     body

@@ -35,13 +35,18 @@ async fn try_ferry_via(world: &World, coordinator: &str, args: &[&str]) -> anyho
 /// A world whose coordinator keeps its state in a throwaway PostgreSQL
 /// (kept as long as the world).
 async fn on_postgres(dir: &std::path::Path) -> (Scratch, World) {
+    on_postgres_with(dir, WorldConfig::default()).await
+}
+
+/// As [`on_postgres`], the rest of the world as `cfg` says.
+async fn on_postgres_with(dir: &std::path::Path, cfg: WorldConfig) -> (Scratch, World) {
     let pg = Scratch::start().unwrap();
     let dsn = pg.create("fleet").await.unwrap();
     let world = World::start(
         dir,
         WorldConfig {
             store: Some(dsn),
-            ..WorldConfig::default()
+            ..cfg
         },
     )
     .await
@@ -345,6 +350,67 @@ async fn connected_means_a_live_session_on_some_replica() {
         "{:?}",
         gone.elapsed()
     );
+}
+
+/// A database that stalls holds up neither the agents' sessions nor the
+/// coordinator's memory: reports arriving meanwhile wait as one per
+/// cluster (each supersedes the last), and the newest is stored once the
+/// database moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_wait_for_a_stalled_database_one_per_cluster() {
+    use crate::operations::{metrics, sample};
+    use crate::security::{enrolled, session_as, status};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_on = WorldConfig {
+        metrics: true,
+        ..WorldConfig::default()
+    };
+    let (pg, world) = on_postgres_with(dir.path(), metrics_on).await;
+    let loud = enrolled(&world, "loud").await;
+    let (tx, _stream) = session_as(&world, &loud, "loud").await;
+    eventually("the session is up", || async {
+        world.cluster("loud").await.ok()?.connected.then_some(())
+    })
+    .await;
+
+    // Writes to clusters wait until this transaction ends.
+    let (stall, connection) =
+        tokio_postgres::connect(&pg.socket_dsn("fleet"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    stall
+        .batch_execute("BEGIN; LOCK TABLE clusters IN SHARE MODE")
+        .await
+        .unwrap();
+    let report = |n: u64| {
+        status(ferry_proto::v1::StatusReport {
+            drift_corrections: n,
+            ..Default::default()
+        })
+    };
+    for n in 1..=20 {
+        tx.send(report(n)).await.unwrap();
+    }
+    let c = world.coordinator_metrics().unwrap();
+    let superseded = r#"ferry_status_reports_total{result="superseded"}"#;
+    eventually(
+        "the reports after the first supersede each other",
+        || async { (sample(&metrics(c).await, superseded) >= Some(18.0)).then_some(()) },
+    )
+    .await;
+    stall.batch_execute("COMMIT").await.unwrap();
+    eventually("the newest report stored", || async {
+        let s = world.cluster("loud").await.ok()?.status?;
+        (s.drift_corrections == 20).then_some(())
+    })
+    .await;
+    let body = metrics(c).await;
+    let stored = sample(&body, r#"ferry_status_reports_total{result="stored"}"#).unwrap();
+    let superseded = sample(&body, superseded).unwrap();
+    assert_eq!(stored + superseded, 20.0, "{body}");
+    assert!(stored <= 2.0, "one write per round: {body}");
 }
 
 /// Whether a replica says a cluster is connected.

@@ -263,7 +263,7 @@ async fn certificates_rotate_without_dropping_the_sync() {
 
 /// Opens a session as `id` for `cluster` (its Hello sent) and returns the
 /// sender for what follows and the coordinator's stream.
-async fn session_as(
+pub(crate) async fn session_as(
     world: &World,
     id: &identity::Identity,
     cluster: &str,
@@ -293,12 +293,12 @@ async fn session_as(
     (tx, stream)
 }
 
-async fn enrolled(world: &World, name: &str) -> identity::Identity {
+pub(crate) async fn enrolled(world: &World, name: &str) -> identity::Identity {
     let token = add(world, name, 600).await;
     identity::enroll(&dial(world), name, &token).await.unwrap()
 }
 
-fn status(report: ferry_proto::v1::StatusReport) -> AgentMessage {
+pub(crate) fn status(report: ferry_proto::v1::StatusReport) -> AgentMessage {
     AgentMessage {
         msg: Some(agent_message::Msg::Status(report)),
     }
