@@ -351,9 +351,7 @@ impl DriverHandle {
 
     /// The answer to a command this replica relayed is stored.
     pub fn answered(&self, id: &str) {
-        if let Some(told) = self.relays_lock().get(id) {
-            told.notify_one();
-        }
+        tell(&self.relays, id);
     }
 }
 
@@ -400,6 +398,13 @@ pub struct Driver {
 /// Relayed commands waiting for their answer, by id: woken when told it
 /// is stored.
 type Relays = Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>>;
+
+/// Wakes whoever waits for the answer to relayed command `id`, if anyone.
+fn tell(relays: &Relays, id: &str) {
+    if let Some(told) = relays.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+        told.notify_one();
+    }
+}
 
 /// This process's name among coordinators: the pod (`HOSTNAME`), the
 /// process and the driver.
@@ -829,16 +834,7 @@ impl Driver {
         };
         match self.store.answer_command(id, answer.encode_to_vec()).await {
             // Other replicas are told by the store; this one directly.
-            Ok(()) => {
-                if let Some(told) = self
-                    .relays
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(id)
-                {
-                    told.notify_one();
-                }
-            }
+            Ok(()) => tell(&self.relays, id),
             Err(e) => tracing::warn!(%id, error = %e, "answering a relayed rollout command"),
         }
     }

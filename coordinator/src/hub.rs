@@ -321,6 +321,15 @@ impl Hub {
     /// a burst of reports, or a slow store, costs one write per cluster and
     /// never holds up the session.
     pub fn report(&self, cluster: &str, report: ferry_proto::v1::StatusReport, now_ms: i64) {
+        self.hold(cluster, Some(report), now_ms);
+    }
+
+    /// Takes an agent's heartbeat to store (with its report, if one waits).
+    pub fn heard(&self, cluster: &str, now_ms: i64) {
+        self.hold(cluster, None, now_ms);
+    }
+
+    fn hold(&self, cluster: &str, report: Option<ferry_proto::v1::StatusReport>, now_ms: i64) {
         let superseded = {
             let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
             let u = unstored.entry(cluster.to_string()).or_insert(Unstored {
@@ -328,23 +337,10 @@ impl Hub {
                 now_ms,
             });
             u.now_ms = u.now_ms.max(now_ms);
-            u.report.replace(report).is_some()
+            report.is_some_and(|r| u.report.replace(r).is_some())
         };
         if superseded {
             self.count_report("superseded");
-        }
-        self.unstored_ready.notify_one();
-    }
-
-    /// Takes an agent's heartbeat to store (with its report, if one waits).
-    pub fn heard(&self, cluster: &str, now_ms: i64) {
-        {
-            let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
-            let u = unstored.entry(cluster.to_string()).or_insert(Unstored {
-                report: None,
-                now_ms,
-            });
-            u.now_ms = u.now_ms.max(now_ms);
         }
         self.unstored_ready.notify_one();
     }
