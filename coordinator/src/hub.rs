@@ -138,13 +138,9 @@ impl Hub {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new session's id, for [`Hub::join`] and [`Hub::leave`].
-    pub fn session_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Registers session `id` of a cluster.
-    pub fn join(&self, cluster: &str, id: u64, tx: Outbound) {
+    /// Registers a session; returns its id for [`Hub::leave`].
+    pub fn join(&self, cluster: &str, tx: Outbound) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some(old) = self
             .sessions()
             .insert(cluster.to_string(), Session { id, tx })
@@ -156,6 +152,7 @@ impl Hub {
                 "a new session replaces the old one"
             );
         }
+        id
     }
 
     /// Unregisters a session, unless a newer one already replaced it.

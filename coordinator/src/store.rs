@@ -216,17 +216,12 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<()>;
 
-    /// Records that this coordinator holds the cluster's session `session`
-    /// (for replicas sharing the store to know it is connected).
-    async fn session_started(&self, name: &str, session: u64) -> Result<()> {
-        let _ = (name, session);
-        Ok(())
-    }
-
-    /// Records that session `session` of the cluster ended here (unless a
-    /// newer session, here or on another replica, took its place).
-    async fn session_ended(&self, name: &str, session: u64) -> Result<()> {
-        let _ = (name, session);
+    /// Records that the cluster's session that said hello at `hello_ms`
+    /// ended here (unless a newer session, here or on another replica,
+    /// took its place). `hello` records a session as held by this
+    /// coordinator, for replicas sharing the store to know it is connected.
+    async fn session_ended(&self, name: &str, hello_ms: i64) -> Result<()> {
+        let _ = (name, hello_ms);
         Ok(())
     }
 

@@ -81,6 +81,9 @@ impl AgentLink for AgentLinkService {
         };
         let labels: BTreeMap<String, String> = hello.labels.into_iter().collect();
         let agent_version = status::agent_version(&hello.agent_version);
+        // Also records the session as this coordinator's (for replicas
+        // sharing the store), known by when it said hello.
+        let hello_ms = now_unix_ms();
         self.hub
             .store
             .hello(
@@ -89,7 +92,7 @@ impl AgentLink for AgentLinkService {
                 identity.is_none().then_some(labels),
                 &agent_version,
                 status,
-                now_unix_ms(),
+                hello_ms,
             )
             .await
             .map_err(|e| match e {
@@ -104,12 +107,7 @@ impl AgentLink for AgentLinkService {
 
         let (tx, rx) = mpsc::channel(16);
         let errors = tx.clone();
-        let id = self.hub.session_id();
-        // Other replicas sharing the store learn the session is here.
-        if let Err(e) = self.hub.store.session_started(&cluster, id).await {
-            tracing::warn!(cluster = %cluster, error = %e, "recording a session");
-        }
-        self.hub.join(&cluster, id, tx);
+        let id = self.hub.join(&cluster, tx);
         self.hub.push(&cluster).await;
 
         let hub = self.hub.clone();
@@ -186,7 +184,7 @@ impl AgentLink for AgentLinkService {
                 // (A coordinator that stops says so once, for all its
                 // sessions.)
                 if !hub.shutdown.is_cancelled()
-                    && let Err(e) = hub.store.session_ended(&cluster, id).await
+                    && let Err(e) = hub.store.session_ended(&cluster, hello_ms).await
                 {
                     tracing::debug!(error = %e, "recording a session's end");
                 }

@@ -211,7 +211,7 @@ CREATE TABLE preview_answers (
 ALTER TABLE clusters SET (fillfactor = 50);
 ALTER TABLE pins SET (fillfactor = 70);
 ALTER TABLE clusters ADD COLUMN session_replica TEXT;
-ALTER TABLE clusters ADD COLUMN session_id BIGINT;
+ALTER TABLE clusters ADD COLUMN session_since_ms BIGINT;
 CREATE TABLE replicas (
     id TEXT PRIMARY KEY,
     alive_ms BIGINT NOT NULL
@@ -1172,12 +1172,13 @@ impl Store for Postgres {
         let conn = self.conn().await?;
         if let Some(labels) = declared {
             conn.execute(
-                "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status, phase, health)
-                 VALUES ($1, $2, $3, $4, $4, $5, COALESCE($6, 0), COALESCE($7, 0))
+                "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status, phase, health,
+                     session_replica, session_since_ms)
+                 VALUES ($1, $2, $3, $4, $4, $5, COALESCE($6, 0), COALESCE($7, 0), $8, $4)
                  ON CONFLICT (name) DO UPDATE SET labels = $2, agent_version = $3, last_seen_ms = $4,
                      status = COALESCE($5, clusters.status), phase = COALESCE($6, clusters.phase),
-                     health = COALESCE($7, clusters.health)",
-                &[&name, &labels_json(&labels), &agent_version, &now_ms, &status, &phase, &health],
+                     health = COALESCE($7, clusters.health), session_replica = $8, session_since_ms = $4",
+                &[&name, &labels_json(&labels), &agent_version, &now_ms, &status, &phase, &health, &self.replica],
             )
             .await
             .map_err(db("record hello"))?;
@@ -1188,10 +1189,11 @@ impl Store for Postgres {
         let n = conn
             .execute(
                 "UPDATE clusters SET agent_version = $2, last_seen_ms = $3, status = COALESCE($4, status),
-                     phase = COALESCE($5, phase), health = COALESCE($6, health)
+                     phase = COALESCE($5, phase), health = COALESCE($6, health),
+                     session_replica = $8, session_since_ms = $3
                  WHERE name = $1 AND revoked_ms IS NULL
                      AND ($7::bigint IS NULL OR identity_generation = $7)",
-                &[&name, &agent_version, &now_ms, &status, &phase, &health, &certificate_generation],
+                &[&name, &agent_version, &now_ms, &status, &phase, &health, &certificate_generation, &self.replica],
             )
             .await
             .map_err(db("record hello"))?;
@@ -1201,25 +1203,13 @@ impl Store for Postgres {
         Ok(())
     }
 
-    async fn session_started(&self, name: &str, session: u64) -> Result<()> {
+    async fn session_ended(&self, name: &str, hello_ms: i64) -> Result<()> {
         self.conn()
             .await?
             .execute(
-                "UPDATE clusters SET session_replica = $2, session_id = $3 WHERE name = $1",
-                &[&name, &self.replica, &(session as i64)],
-            )
-            .await
-            .map_err(db("record a session"))?;
-        Ok(())
-    }
-
-    async fn session_ended(&self, name: &str, session: u64) -> Result<()> {
-        self.conn()
-            .await?
-            .execute(
-                "UPDATE clusters SET session_replica = NULL, session_id = NULL
-                 WHERE name = $1 AND session_replica = $2 AND session_id = $3",
-                &[&name, &self.replica, &(session as i64)],
+                "UPDATE clusters SET session_replica = NULL, session_since_ms = NULL
+                 WHERE name = $1 AND session_replica = $2 AND session_since_ms = $3",
+                &[&name, &self.replica, &hello_ms],
             )
             .await
             .map_err(db("record a session's end"))?;

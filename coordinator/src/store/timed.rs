@@ -77,8 +77,7 @@ timed! {
     fn relay_preview(&self, cluster: &str, request: Vec<u8>) -> Result<bool>;
     fn answer_relayed(&self, id: &str, answer: Vec<u8>) -> Result<()>;
     fn take_relayed(&self, id: &str) -> Result<Option<Vec<u8>>>;
-    fn session_started(&self, name: &str, session: u64) -> Result<()>;
-    fn session_ended(&self, name: &str, session: u64) -> Result<()>;
+    fn session_ended(&self, name: &str, hello_ms: i64) -> Result<()>;
     fn relay_command(&self, id: &str, request: Vec<u8>) -> Result<bool>;
     fn take_command(&self, id: &str, taker: &str) -> Result<Option<Vec<u8>>>;
     fn untaken_commands(&self, within_ms: i64) -> Result<Vec<String>>;
