@@ -123,41 +123,20 @@ async fn a_pin_through_one_replica_reaches_an_agent_on_another() {
 }
 
 /// The replica driving a rollout dies while it waits for approval: the
-/// other takes over within 10 s (refusing rollout commands meanwhile, with
-/// a retryable error), finishes it, and the ledger has exactly one pin per
-/// cluster.
+/// other takes over within 10 s (a command asked meanwhile waits for it),
+/// finishes it, and the ledger has exactly one pin per cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_survives_its_leader() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let (_pg, mut world) = on_postgres(dir.path()).await;
     let names = ["c1", "c2"];
-    let (v1, v2) = two_versions(&mut world, &names);
-    for n in names {
-        world.add_cluster(n, &[]).await.unwrap();
-    }
-    world.wait_connected(&names).await;
-    world
-        .ferry(&["pin", "c1", "c2", "--commit", &v1])
-        .await
-        .unwrap();
-    for n in names {
-        world.wait_healthy_at(n, &v1).await;
-    }
+    let (_, v2, plan) = two_clusters_and_a_plan(&mut world, dir.path()).await;
 
     // Replica B takes the lead once the first coordinator is gone; the
     // first comes back (agents reconnect to it) and follows.
     let b = world.start_replica("replica-b").await.unwrap();
     world.stop_coordinator().await.unwrap();
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(
-        &plan,
-        format!(
-            "ref: {v2}\ndefaults:\n  bake: 0s\nwaves:\n  - name: one\n    names: [c1]\n  - name: two\n    names: [c2]\n    approval: true\n"
-        ),
-    )
-    .unwrap();
-    let plan = plan.to_str().unwrap().to_string();
     let started = eventually("replica B leads and starts the rollout", || async {
         try_ferry_at(&world, b.addr, &["rollout", "start", "-f", &plan])
             .await
@@ -224,32 +203,11 @@ async fn rollout_commands_through_any_replica() {
     let dir = tempfile::tempdir().unwrap();
     let (_pg, mut world) = on_postgres(dir.path()).await;
     let names = ["c1", "c2"];
-    let (v1, v2) = two_versions(&mut world, &names);
-    for n in names {
-        world.add_cluster(n, &[]).await.unwrap();
-    }
-    world.wait_connected(&names).await;
-    world
-        .ferry(&["pin", "c1", "c2", "--commit", &v1])
-        .await
-        .unwrap();
+    let (_, v2, plan) = two_clusters_and_a_plan(&mut world, dir.path()).await;
     // The first coordinator drives rollouts (it was there first); B only
     // relays.
     let b = world.start_replica("replica-b").await.unwrap();
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(
-        &plan,
-        format!(
-            "ref: {v2}\ndefaults:\n  bake: 0s\nwaves:\n  - name: one\n    names: [c1]\n  - name: two\n    names: [c2]\n    approval: true\n"
-        ),
-    )
-    .unwrap();
-    let started = ferry_at(
-        &world,
-        b.addr,
-        &["rollout", "start", "-f", plan.to_str().unwrap()],
-    )
-    .await;
+    let started = ferry_at(&world, b.addr, &["rollout", "start", "-f", &plan]).await;
     let id = started.split_whitespace().nth(2).unwrap().to_string();
     assert!(id.starts_with('r'), "{started}");
     world.wait_healthy_at("c1", &v2).await;
@@ -420,8 +378,14 @@ async fn connected_via(world: &World, addr: std::net::SocketAddr, cluster: &str)
     v["connected"].as_bool().unwrap()
 }
 
-/// Commits v1 and v2 of an app in each of `names`' directories.
-fn two_versions(world: &mut World, names: &[&str]) -> (String, String) {
+/// Clusters c1 and c2 healthy at v1 of an app, and a plan (a file under
+/// `dir`) rolling them to v2 in two waves, the second awaiting approval:
+/// (v1, v2, the plan's path).
+async fn two_clusters_and_a_plan(
+    world: &mut World,
+    dir: &std::path::Path,
+) -> (String, String, String) {
+    let names = ["c1", "c2"];
     let commit = |msg: &str, v: &str| {
         let files: Vec<(String, String)> = names
             .iter()
@@ -433,7 +397,27 @@ fn two_versions(world: &mut World, names: &[&str]) -> (String, String) {
             .collect();
         world.git.commit(msg, &refs).unwrap()
     };
-    (commit("v1", "1.0"), commit("v2", "2.0"))
+    let (v1, v2) = (commit("v1", "1.0"), commit("v2", "2.0"));
+    for n in names {
+        world.add_cluster(n, &[]).await.unwrap();
+    }
+    world.wait_connected(&names).await;
+    world
+        .ferry(&["pin", "c1", "c2", "--commit", &v1])
+        .await
+        .unwrap();
+    for n in names {
+        world.wait_healthy_at(n, &v1).await;
+    }
+    let plan = dir.join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "ref: {v2}\ndefaults:\n  bake: 0s\nwaves:\n  - name: one\n    names: [c1]\n  - name: two\n    names: [c2]\n    approval: true\n"
+        ),
+    )
+    .unwrap();
+    (v1, v2, plan.to_str().unwrap().to_string())
 }
 
 /// An agent given two replicas' addresses: its coordinator goes away and
