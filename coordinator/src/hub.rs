@@ -362,26 +362,28 @@ impl Hub {
             let round =
                 std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()));
             if !round.is_empty() {
-                let writes = round.into_iter().map(|(cluster, u)| {
-                    let hub = &self;
-                    async move {
-                        match u.report {
-                            Some(report) => match hub.store.report(&cluster, report, u.now_ms).await {
-                                Ok(()) => hub.count_report("stored"),
-                                Err(e) => {
-                                    hub.count_report("failed");
-                                    tracing::error!(%cluster, error = %e, "storing a status report");
-                                }
-                            },
-                            None => {
-                                if let Err(e) = hub.store.seen(&cluster, u.now_ms).await {
-                                    tracing::debug!(%cluster, error = %e, "recording a heartbeat");
-                                }
-                            }
+                let beats: Vec<_> = round
+                    .into_iter()
+                    .map(|(cluster, u)| (cluster, u.report, u.now_ms))
+                    .collect();
+                let reported: Vec<(String, bool)> = beats
+                    .iter()
+                    .map(|(c, r, _)| (c.clone(), r.is_some()))
+                    .collect();
+                let answers = self.store.report_many(beats).await;
+                for ((cluster, report), answer) in reported.into_iter().zip(answers) {
+                    match (report, answer) {
+                        (true, Ok(())) => self.count_report("stored"),
+                        (true, Err(e)) => {
+                            self.count_report("failed");
+                            tracing::error!(%cluster, error = %e, "storing a status report");
+                        }
+                        (false, Ok(())) => {}
+                        (false, Err(e)) => {
+                            tracing::debug!(%cluster, error = %e, "recording a heartbeat")
                         }
                     }
-                });
-                futures::future::join_all(writes).await;
+                }
                 self.status_changed.notify_one();
             }
             if stopping {

@@ -259,6 +259,21 @@ pub trait Store: Send + Sync + 'static {
     /// Notes that a cluster was heard from.
     async fn seen(&self, name: &str, now_ms: i64) -> Result<()>;
 
+    /// Stores many clusters' reports (or, without one, heartbeats) at once:
+    /// (cluster, report, time) each, answered in order.
+    async fn report_many(
+        &self,
+        beats: Vec<(String, Option<StatusReport>, i64)>,
+    ) -> Vec<Result<()>> {
+        let each = beats.into_iter().map(|(name, status, now_ms)| async move {
+            match status {
+                Some(s) => self.report(&name, s, now_ms).await,
+                None => self.seen(&name, now_ms).await,
+            }
+        });
+        futures::future::join_all(each).await
+    }
+
     async fn set_path_override(&self, name: &str, path: Option<String>) -> Result<()>;
 
     /// Every cluster, by name.

@@ -48,7 +48,7 @@ const POOL: usize = 8;
 /// Status reports and heartbeats one statement stores at most.
 const BATCH: usize = 2048;
 
-/// Reports queued before callers wait for room.
+/// Batches of reports queued before callers wait for room.
 const QUEUE: usize = 8192;
 
 /// The advisory lock every deciding write holds (pins, rollouts).
@@ -468,7 +468,8 @@ struct Beat {
 /// The PostgreSQL store; cheap to share (`Arc`).
 pub struct Postgres {
     pool: Arc<Pool>,
-    beats: mpsc::Sender<Beat>,
+    /// To the status writer: a report or heartbeat, or many at once.
+    beats: mpsc::Sender<Vec<Beat>>,
     /// This coordinator's id among the replicas (its own notifications are
     /// not news to it).
     replica: String,
@@ -557,18 +558,37 @@ impl Postgres {
     }
 
     async fn beat(&self, name: &str, status: Option<StatusReport>, now_ms: i64) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        let status = status.map(|s| (s.encode_to_vec(), s.phase, s.health));
-        self.beats
-            .send(Beat {
-                name: name.to_string(),
-                status,
-                now_ms,
-                reply,
+        let mut answers = self
+            .beats_of(vec![(name.to_string(), status, now_ms)])
+            .await;
+        answers.pop().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Hands reports and heartbeats to the writer together (stored in as
+    /// few statements as the batch size allows) and waits for each answer.
+    async fn beats_of(&self, beats: Vec<(String, Option<StatusReport>, i64)>) -> Vec<Result<()>> {
+        let (batch, answers): (Vec<Beat>, Vec<_>) = beats
+            .into_iter()
+            .map(|(name, status, now_ms)| {
+                let (reply, answer) = oneshot::channel();
+                let status = status.map(|s| (s.encode_to_vec(), s.phase, s.health));
+                let beat = Beat {
+                    name,
+                    status,
+                    now_ms,
+                    reply,
+                };
+                (beat, answer)
             })
-            .await
-            .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+            .unzip();
+        if self.beats.send(batch).await.is_err() {
+            return answers.iter().map(|_| Err(Error::Closed)).collect();
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for a in answers {
+            out.push(a.await.unwrap_or(Err(Error::Closed)));
+        }
+        out
     }
 }
 
@@ -753,7 +773,7 @@ async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<()> {
 /// Stores queued reports and heartbeats, a batch per statement, coalesced
 /// per cluster (the newest status and time win); answers each caller after
 /// its batch is stored.
-async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Beat>) {
+async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Vec<Beat>>) {
     const UPDATE: &str = "UPDATE clusters c SET
             last_seen_ms = GREATEST(c.last_seen_ms, u.ms),
             status = COALESCE(u.status, c.status),
@@ -763,9 +783,19 @@ async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Beat>) {
             AS u(name, status, ms, phase, health)
         WHERE c.name = u.name
         RETURNING c.name";
+    let mut arrived: Vec<Vec<Beat>> = vec![];
+    let mut waiting: std::collections::VecDeque<Beat> = Default::default();
     let mut queued = Vec::with_capacity(BATCH);
     let mut statement: Option<(Client, tokio_postgres::Statement)> = None;
-    while rx.recv_many(&mut queued, BATCH).await > 0 {
+    loop {
+        if waiting.is_empty() {
+            if rx.recv_many(&mut arrived, QUEUE).await == 0 {
+                return;
+            }
+            waiting.extend(arrived.drain(..).flatten());
+        }
+        let n = waiting.len().min(BATCH);
+        queued.extend(waiting.drain(..n));
         // Per cluster, in name order (concurrent writers, on other
         // replicas too, never wait on each other in a cycle): the newest
         // time, and the last status queued.
@@ -1343,6 +1373,13 @@ impl Store for Postgres {
 
     async fn seen(&self, name: &str, now_ms: i64) -> Result<()> {
         self.beat(name, None, now_ms).await
+    }
+
+    async fn report_many(
+        &self,
+        beats: Vec<(String, Option<StatusReport>, i64)>,
+    ) -> Vec<Result<()>> {
+        self.beats_of(beats).await
     }
 
     async fn set_path_override(&self, name: &str, path: Option<String>) -> Result<()> {

@@ -59,6 +59,7 @@ timed! {
     fn token_count(&self) -> Result<i64>;
     fn report(&self, name: &str, status: StatusReport, now_ms: i64) -> Result<()>;
     fn seen(&self, name: &str, now_ms: i64) -> Result<()>;
+    fn report_many(&self, beats: Vec<(String, Option<StatusReport>, i64)>) -> Vec<Result<()>>;
     fn set_path_override(&self, name: &str, path: Option<String>) -> Result<()>;
     fn clusters(&self) -> Result<Vec<ClusterRecord>>;
     fn clusters_page(&self, after: &str, limit: u32) -> Result<Vec<ClusterRecord>>;

@@ -74,7 +74,7 @@ async fn metrics_pass_promtool_and_count_the_fleet_and_probes_tell_readiness() {
         "every phase and health has a series, zero or not:\n{body}"
     );
     assert!(
-        body.contains(r#"ferry_store_operation_duration_seconds_count{operation="report"}"#),
+        body.contains(r#"ferry_store_operation_duration_seconds_count{operation="report_many"}"#),
         "{body}"
     );
     // No series names a cluster.
