@@ -322,6 +322,15 @@ async fn burst(c: &Coord, fleet: &Fleet, n: usize, reports: u64) -> Result<(f64,
     Ok(((n as u64 * reports) as f64 / burst_s, burst_s))
 }
 
+/// A wave of a plan: `percent` % of the fleet, the wave's policy the plan's.
+fn wave(name: &str, percent: u32) -> WavePlan {
+    WavePlan {
+        name: name.into(),
+        select: Some(wave_plan::Select::Percent(percent)),
+        policy: None,
+    }
+}
+
 /// One sample of a coordinator's `/metrics`: the value of `series`.
 async fn sample(c: &Coord, series: &str) -> Option<f64> {
     let (_, body) = ferry_integration::harness::http_get(c.metrics, "/metrics")
@@ -402,11 +411,7 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
             dry_run: true,
             plan: Some(RolloutPlan {
                 r#ref: commits[0].clone(),
-                waves: vec![WavePlan {
-                    name: "all".into(),
-                    select: Some(wave_plan::Select::Percent(100)),
-                    policy: None,
-                }],
+                waves: vec![wave("all", 100)],
                 defaults: None,
                 auto_rollback: false,
             }),
@@ -437,15 +442,7 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
             dry_run: false,
             plan: Some(RolloutPlan {
                 r#ref: commits[1].clone(),
-                waves: ["canary", "early", "rest"]
-                    .into_iter()
-                    .zip([1, 10, 100])
-                    .map(|(name, percent)| WavePlan {
-                        name: name.into(),
-                        select: Some(wave_plan::Select::Percent(percent)),
-                        policy: None,
-                    })
-                    .collect(),
+                waves: vec![wave("canary", 1), wave("early", 10), wave("rest", 100)],
                 defaults: Some(WavePolicy {
                     bake_seconds: Some(1),
                     deadline_seconds: Some(600),
@@ -587,11 +584,6 @@ async fn rollout(
 ) -> Result<(f64, Vec<(String, String)>, Vec<Value>)> {
     eprintln!("three-wave rollout over {n} clusters…");
     let target = target.to_string();
-    let wave = |name: &str, percent: u32| WavePlan {
-        name: name.into(),
-        select: Some(wave_plan::Select::Percent(percent)),
-        policy: None,
-    };
     let t0 = ferry_proto::now_unix_ms();
     let t = Instant::now();
     let rollout = c

@@ -313,27 +313,18 @@ async fn an_online_backup_restores_the_state_it_copied() {
     let copy = dir.path().join("backup.db");
     let data_arg = data.display().to_string();
     let copy_arg = copy.display().to_string();
-    let out = world
-        .ferry(&[
-            "store",
-            "backup",
-            "--data-dir",
-            &data_arg,
-            "--to",
-            &copy_arg,
-        ])
-        .await
-        .unwrap();
+    let backup = [
+        "store",
+        "backup",
+        "--data-dir",
+        &data_arg,
+        "--to",
+        &copy_arg,
+    ];
+    let out = world.ferry(&backup).await.unwrap();
     assert!(out.contains("backed up"), "{out}");
     let again = world
-        .ferry(&[
-            "store",
-            "backup",
-            "--data-dir",
-            &data_arg,
-            "--to",
-            &copy_arg,
-        ])
+        .ferry(&backup)
         .await
         .expect_err("an existing file is not overwritten");
     assert!(again.to_string().contains("exists"), "{again}");
