@@ -86,6 +86,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same failure for another of the callers one failed batch
+    /// answers: a database error or a closed store (no other error fails a
+    /// whole batch).
+    pub(crate) fn again(&self) -> Error {
+        match self {
+            Error::Db { what, source } => Error::Db {
+                what: what.clone(),
+                source: source.clone(),
+            },
+            _ => Error::Closed,
+        }
+    }
+}
+
+impl Error {
     /// Whether trying again later may succeed (the database is busy or
     /// unreachable), as opposed to a refusal that will stand.
     pub fn is_transient(&self) -> bool {

@@ -833,11 +833,7 @@ async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Vec<Beat>>) {
             let answer = match &stored {
                 Ok(found) if found.contains(&b.name) || b.status.is_none() => Ok(()),
                 Ok(_) => Err(Error::UnknownCluster(b.name)),
-                Err(Error::Db { what, source }) => Err(Error::Db {
-                    what: what.clone(),
-                    source: source.clone(),
-                }),
-                Err(_) => Err(Error::Closed),
+                Err(e) => Err(e.again()),
             };
             let _ = b.reply.send(answer);
         }

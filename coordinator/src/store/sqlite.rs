@@ -338,6 +338,38 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// A status report as stored: (encoded, phase, health).
+type Encoded = (Vec<u8>, i32, i32);
+
+fn encoded(status: StatusReport) -> Encoded {
+    let (phase, health) = (status.phase, status.health);
+    (status.encode_to_vec(), phase, health)
+}
+
+/// Stores a cluster's report, or (without one) that it was heard from: a
+/// report of an unknown cluster is refused, a heartbeat of one ignored.
+fn beat(conn: &Connection, name: String, status: Option<Encoded>, now_ms: i64) -> Result<()> {
+    match status {
+        Some((bytes, phase, health)) => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE clusters SET status = ?2, last_seen_ms = ?3, phase = ?4, health = ?5 WHERE name = ?1",
+                )
+                .and_then(|mut st| st.execute(params![name, bytes, now_ms, phase, health]))
+                .map_err(db("record status"))?;
+            if n == 0 {
+                return Err(Error::UnknownCluster(name));
+            }
+        }
+        None => {
+            conn.prepare_cached("UPDATE clusters SET last_seen_ms = ?2 WHERE name = ?1")
+                .and_then(|mut st| st.execute(params![name, now_ms]))
+                .map_err(db("record heartbeat"))?;
+        }
+    }
+    Ok(())
+}
+
 const SELECT_CLUSTER: &str =
     "SELECT c.name, c.labels, c.path_override, c.agent_version, c.last_seen_ms, c.status,
         p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
@@ -787,33 +819,53 @@ impl Store for Sqlite {
     }
 
     async fn report(&self, name: &str, status: StatusReport, now_ms: i64) -> Result<()> {
-        let name = name.to_string();
-        let bytes = status.encode_to_vec();
-        let (phase, health) = (status.phase, status.health);
-        self.call(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE clusters SET status = ?2, last_seen_ms = ?3, phase = ?4, health = ?5 WHERE name = ?1",
-                )
-                .and_then(|mut st| st.execute(params![name, bytes, now_ms, phase, health]))
-                .map_err(db("record status"))?;
-            if n == 0 {
-                return Err(Error::UnknownCluster(name));
-            }
-            Ok(())
-        })
-        .await
+        let (name, status) = (name.to_string(), encoded(status));
+        self.call(move |conn| beat(conn, name, Some(status), now_ms))
+            .await
     }
 
     async fn seen(&self, name: &str, now_ms: i64) -> Result<()> {
         let name = name.to_string();
-        self.call(move |conn| {
-            conn.prepare_cached("UPDATE clusters SET last_seen_ms = ?2 WHERE name = ?1")
-                .and_then(|mut st| st.execute(params![name, now_ms]))
-                .map_err(db("record heartbeat"))?;
-            Ok(())
-        })
-        .await
+        self.call(move |conn| beat(conn, name, None, now_ms)).await
+    }
+
+    /// A round of thousands goes to the store thread as a few jobs of
+    /// [`BATCH`] clusters, not a job each (each job's channel slot, answer
+    /// and wake-up cost more than its write); other writes still fit in
+    /// between them.
+    async fn report_many(
+        &self,
+        beats: Vec<(String, Option<StatusReport>, i64)>,
+    ) -> Vec<Result<()>> {
+        let mut rest = beats.into_iter().peekable();
+        let mut jobs = vec![];
+        while rest.peek().is_some() {
+            let chunk: Vec<_> = rest
+                .by_ref()
+                .take(BATCH)
+                .map(|(name, status, now_ms)| (name, status.map(encoded), now_ms))
+                .collect();
+            let n = chunk.len();
+            jobs.push(async move {
+                let answers = self
+                    .call(move |conn| {
+                        Ok(chunk
+                            .into_iter()
+                            .map(|(name, status, now_ms)| beat(conn, name, status, now_ms))
+                            .collect::<Vec<_>>())
+                    })
+                    .await;
+                match answers {
+                    Ok(answers) => answers,
+                    Err(e) => (0..n).map(|_| Err(e.again())).collect(),
+                }
+            });
+        }
+        futures::future::join_all(jobs)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn set_path_override(&self, name: &str, path: Option<String>) -> Result<()> {

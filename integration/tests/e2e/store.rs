@@ -76,6 +76,7 @@ suite!(
     identity_tokens_and_revocation,
     status_reports_and_heartbeats,
     a_thousand_reports_at_once,
+    a_round_of_reports_in_one_batch,
     listing_paging_and_counting,
 );
 
@@ -513,6 +514,45 @@ async fn a_thousand_reports_at_once(b: Backend) {
         assert_eq!(c.last_seen_ms, 103, "{}", c.name);
         let applied = c.status.unwrap().applied_commit;
         assert!(applied.starts_with(&c.name), "{applied}");
+    }
+}
+
+/// A round of reports and heartbeats stored at once, as the hub stores
+/// them (more than SQLite's 512 a job): each is answered in order, an
+/// unknown cluster's report is refused alone, and a heartbeat keeps the
+/// status it does not carry.
+async fn a_round_of_reports_in_one_batch(b: Backend) {
+    let names: Vec<String> = (0..1200).map(|i| format!("c{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let s = with_clusters(&b, &refs).await;
+    s.report("c0001", status(2, "before"), 5).await.unwrap();
+    let mut beats: Vec<_> = names
+        .iter()
+        .map(|n| (n.clone(), Some(status(2, &format!("{n}-new"))), 10))
+        .collect();
+    beats[1] = ("c0001".into(), None, 11);
+    beats.insert(700, ("ghost".into(), Some(status(2, "g")), 10));
+    let answers = s.report_many(beats).await;
+    assert_eq!(answers.len(), 1201);
+    for (i, a) in answers.iter().enumerate() {
+        match i {
+            700 => assert!(
+                matches!(a, Err(Error::UnknownCluster(c)) if c == "ghost"),
+                "{a:?}"
+            ),
+            _ => assert!(a.is_ok(), "answer {i}: {a:?}"),
+        }
+    }
+    let clusters = s.clusters().await.unwrap();
+    assert_eq!(clusters.len(), 1200, "the unknown cluster was not added");
+    for c in clusters {
+        let applied = c.status.unwrap().applied_commit;
+        if c.name == "c0001" {
+            assert_eq!((applied.as_str(), c.last_seen_ms), ("before", 11));
+        } else {
+            assert_eq!(applied, format!("{}-new", c.name));
+            assert_eq!(c.last_seen_ms, 10, "{}", c.name);
+        }
     }
 }
 
