@@ -582,18 +582,20 @@ impl Admin for AdminService {
             .map_err(store_status)?;
         let stored = t.elapsed();
         self.hub.metrics.pins.inc_by(entries.len() as u64);
-        for e in &entries {
-            tracing::info!(cluster = %e.cluster, from = ?e.from.as_ref().map(|c| c.short()), to = %e.to, actor = %actor, "pinned");
-        }
+        // Agents first: a pin of thousands logs as many lines.
         self.hub
             .push_many(entries.iter().map(|e| e.cluster.as_str()))
             .await;
+        let pushed = t.elapsed();
+        for e in &entries {
+            tracing::info!(cluster = %e.cluster, from = ?e.from.as_ref().map(|c| c.short()), to = %e.to, actor = %actor, "pinned");
+        }
         tracing::debug!(
             clusters = entries.len(),
             auth_ms,
             resolve_ms = resolved.as_millis() as u64,
             store_ms = (stored - resolved).as_millis() as u64,
-            push_ms = (t.elapsed() - stored).as_millis() as u64,
+            push_ms = (pushed - stored).as_millis() as u64,
             "pin"
         );
         Ok(Response::new(PinResponse {
