@@ -77,6 +77,11 @@ const TICK: Duration = Duration::from_millis(500);
 /// The shortest time between steps woken by status reports.
 const REPORT_TICK: Duration = Duration::from_millis(100);
 
+/// The longest a coordinator alone goes between reading the whole fleet
+/// for its rollouts (in between, it reads what changed: see
+/// [`Driver::observed`]).
+const WHOLE_READ_EVERY: Duration = Duration::from_secs(5);
+
 /// The lease the driver of rollouts holds.
 const LEASE: &str = "rollouts";
 
@@ -393,6 +398,9 @@ pub struct Driver {
     /// The handle's commands waiting for answers (this replica's own are
     /// answered here once it leads, and told so directly).
     relays: Relays,
+    /// The fleet as rollouts see it, and when it was last read whole.
+    view: Arc<BTreeMap<String, Observed>>,
+    viewed_whole: Option<tokio::time::Instant>,
 }
 
 /// Relayed commands waiting for their answer, by id: woken when told it
@@ -440,6 +448,8 @@ impl Driver {
             leader: String::new(),
             backlog: vec![],
             relays: Relays::default(),
+            view: Default::default(),
+            viewed_whole: None,
         };
         let handle = DriverHandle {
             commands: tx,
@@ -452,27 +462,81 @@ impl Driver {
         (driver, handle)
     }
 
-    async fn observed(&self) -> Result<BTreeMap<String, Observed>> {
-        let clusters = self.store.clusters().await?;
-        Ok(clusters
-            .into_iter()
-            .map(|c| {
-                let s = c.status.unwrap_or_default();
-                let o = Observed {
-                    connected: self.hub.reachable(&c.name, c.live_session),
-                    pinned: c.pin.as_ref().map(|p| p.0.clone()),
-                    generation: c.pin.as_ref().map_or(0, |p| p.1),
-                    observed_generation: s.observed_generation,
-                    target: Commit::parse(&s.target_commit).ok(),
-                    applied: Commit::parse(&s.applied_commit).ok(),
-                    phase: Phase::try_from(s.phase).unwrap_or_default(),
-                    health: Health::try_from(s.health).unwrap_or_default(),
-                    site: self.hub.site_of(&c.labels).map(|s| s.0),
-                    labels: c.labels,
-                };
-                (c.name, o)
-            })
-            .collect())
+    /// The fleet as rollouts see it, read whole when `whole`. A
+    /// coordinator alone sees every change to it go through its hub, so
+    /// otherwise, between whole reads at most [`WHOLE_READ_EVERY`] apart,
+    /// it reads again only the clusters the hub saw change: during a wave
+    /// of thousands, those that reported since the last step, not the
+    /// whole fleet ten times a second. With replicas, the others' changes
+    /// are only in the store: every read is whole.
+    async fn observed(&mut self, whole: bool) -> Result<Arc<BTreeMap<String, Observed>>> {
+        let t = tokio::time::Instant::now();
+        let touched = self.hub.take_touched();
+        let whole = whole
+            || touched.all
+            || self
+                .viewed_whole
+                .is_none_or(|at| t.duration_since(at) >= WHOLE_READ_EVERY);
+        if !whole && touched.names.is_empty() {
+            return Ok(self.view.clone());
+        }
+        let read = match whole {
+            true => self.store.clusters().await,
+            false => {
+                let names = touched.names.iter().cloned().collect();
+                self.store.clusters_named(names).await
+            }
+        };
+        let clusters = match read {
+            Ok(c) => c,
+            Err(e) => {
+                // What was touched is not read: read whole next time.
+                self.viewed_whole = None;
+                return Err(e.into());
+            }
+        };
+        let read_ms = t.elapsed().as_millis() as u64;
+        let observed: Vec<(String, Observed)> =
+            clusters.into_iter().map(|c| self.observe(c)).collect();
+        if whole {
+            self.view = Arc::new(observed.into_iter().collect());
+            self.viewed_whole = Some(t);
+        } else {
+            let view = Arc::make_mut(&mut self.view);
+            // A cluster removed since is read as nothing.
+            for name in &touched.names {
+                view.remove(name);
+            }
+            view.extend(observed);
+        }
+        tracing::debug!(
+            whole,
+            read = if whole {
+                self.view.len()
+            } else {
+                touched.names.len()
+            },
+            read_ms,
+            "observed the fleet"
+        );
+        Ok(self.view.clone())
+    }
+
+    fn observe(&self, c: crate::store::ClusterRecord) -> (String, Observed) {
+        let s = c.status.unwrap_or_default();
+        let o = Observed {
+            connected: self.hub.reachable(&c.name, c.live_session),
+            pinned: c.pin.as_ref().map(|p| p.0.clone()),
+            generation: c.pin.as_ref().map_or(0, |p| p.1),
+            observed_generation: s.observed_generation,
+            target: Commit::parse(&s.target_commit).ok(),
+            applied: Commit::parse(&s.applied_commit).ok(),
+            phase: Phase::try_from(s.phase).unwrap_or_default(),
+            health: Health::try_from(s.health).unwrap_or_default(),
+            site: self.hub.site_of(&c.labels).map(|s| s.0),
+            labels: c.labels,
+        };
+        (c.name, o)
     }
 
     /// What the sites' mirrors hold of a rollout's commit.
@@ -613,7 +677,8 @@ impl Driver {
     }
 
     async fn start(&mut self, spec: Spec, actor: &str) -> Result<Rollout> {
-        let observed = self.observed().await?;
+        // Who is in a rollout is decided on a whole read.
+        let observed = self.observed(true).await?;
         let state = rollout::plan(&spec, &observed).map_err(Error::Membership)?;
         let message = format!(
             "rollout of {} ({}) to {} clusters in {} waves",
@@ -705,9 +770,13 @@ impl Driver {
     /// Steps every active rollout once.
     async fn tick(&mut self) -> Result<()> {
         if self.active.is_empty() {
+            // Nothing to keep a view for: the next rollout reads whole.
+            self.hub.take_touched();
+            self.view = Default::default();
+            self.viewed_whole = None;
             return Ok(());
         }
-        let observed = self.observed().await?;
+        let observed = self.observed(false).await?;
         let now = now_unix_ms();
         let ids: Vec<String> = self.active.keys().cloned().collect();
         for id in ids {
@@ -892,7 +961,7 @@ impl Driver {
             }
             Command::Plan { spec, actor, reply } => {
                 let planned = async {
-                    let observed = self.observed().await?;
+                    let observed = self.observed(true).await?;
                     let state = rollout::plan(&spec, &observed).map_err(Error::Membership)?;
                     let now = now_unix_ms();
                     Ok(Rollout {

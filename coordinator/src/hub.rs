@@ -55,6 +55,19 @@ pub struct Hub {
     /// [`Hub::store_reports`]).
     unstored: Mutex<HashMap<String, Unstored>>,
     unstored_ready: tokio::sync::Notify,
+    /// What changed here since the driver last looked (see
+    /// [`Hub::take_touched`]).
+    touched: Mutex<Touched>,
+}
+
+/// Clusters whose stored state or session changed through this hub: a
+/// report stored, a pin pushed, a session opened or closed, or (`all`)
+/// the sites.
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// Every cluster may have changed (all sessions closed, sites changed).
+    pub all: bool,
+    pub names: std::collections::HashSet<String>,
 }
 
 /// What a cluster's agent said that is not stored yet: its newest report,
@@ -80,6 +93,7 @@ impl Hub {
             sites: Default::default(),
             unstored: Mutex::new(HashMap::new()),
             unstored_ready: tokio::sync::Notify::new(),
+            touched: Mutex::new(Touched::default()),
             shared: store.changes().is_some(),
             instance: format!("{}.{}", std::process::id(), ferry_proto::now_unix_ms()),
             store,
@@ -103,6 +117,8 @@ impl Hub {
             })
             .collect();
         *self.sites.write().unwrap_or_else(|p| p.into_inner()) = parsed;
+        // Any cluster may be in another site now.
+        self.touched.lock().unwrap_or_else(|p| p.into_inner()).all = true;
     }
 
     /// Whether any site exists.
@@ -141,10 +157,11 @@ impl Hub {
     /// Registers a session; returns its id for [`Hub::leave`].
     pub fn join(&self, cluster: &str, tx: Outbound) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some(old) = self
+        let replaced = self
             .sessions()
-            .insert(cluster.to_string(), Session { id, tx })
-        {
+            .insert(cluster.to_string(), Session { id, tx });
+        self.touch([cluster]);
+        if let Some(old) = replaced {
             tracing::info!(
                 cluster,
                 old = old.id,
@@ -157,10 +174,38 @@ impl Hub {
 
     /// Unregisters a session, unless a newer one already replaced it.
     pub fn leave(&self, cluster: &str, id: u64) {
-        let mut s = self.sessions();
-        if s.get(cluster).is_some_and(|x| x.id == id) {
-            s.remove(cluster);
+        let left = {
+            let mut s = self.sessions();
+            s.get(cluster).is_some_and(|x| x.id == id) && s.remove(cluster).is_some()
+        };
+        if left {
+            self.touch([cluster]);
         }
+    }
+
+    /// Notes that these clusters changed here. Only a coordinator alone
+    /// keeps count: with replicas, changes also land through others.
+    fn touch<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
+        if self.shared {
+            return;
+        }
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        if !t.all {
+            t.names.extend(clusters.into_iter().map(str::to_string));
+        }
+    }
+
+    /// What changed here since the last call. Each change is noted after
+    /// the store holds it, so a read of the store after this call sees it.
+    /// With replicas sharing the store, this is always everything.
+    pub fn take_touched(&self) -> Touched {
+        if self.shared {
+            return Touched {
+                all: true,
+                names: Default::default(),
+            };
+        }
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether a cluster is connected: to this coordinator, or, when
@@ -183,11 +228,13 @@ impl Hub {
     /// Ends one cluster's session (its stream closes).
     pub fn close(&self, cluster: &str) {
         self.sessions().remove(cluster);
+        self.touch([cluster]);
     }
 
     /// Ends every session (their streams close; agents reconnect).
     pub fn close_all(&self) {
         self.sessions().clear();
+        self.touched.lock().unwrap_or_else(|p| p.into_inner()).all = true;
     }
 
     /// Asks a cluster's agent what `req` would change; waits at most
@@ -371,6 +418,7 @@ impl Hub {
                     .map(|(c, r, _)| (c.clone(), r.is_some()))
                     .collect();
                 let answers = self.store.report_many(beats).await;
+                self.touch(reported.iter().filter(|(_, r)| *r).map(|(c, _)| c.as_str()));
                 for ((cluster, report), answer) in reported.into_iter().zip(answers) {
                     match (report, answer) {
                         (true, Ok(())) => self.count_report("stored"),
@@ -450,6 +498,10 @@ impl Hub {
     /// Sends the connected ones of these clusters their assignments, read
     /// in one go (a pin or wave of thousands fans out at once).
     pub async fn push_many<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
+        let clusters: Vec<&str> = clusters.into_iter().collect();
+        // Pushes follow whatever changed a cluster's assignment in the
+        // store: a pin, its labels, its site.
+        self.touch(clusters.iter().copied());
         let names: Vec<String> = clusters
             .into_iter()
             .filter(|c| self.connected(c))

@@ -302,6 +302,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>>;
 
+    /// These clusters, by name (unknown names are left out).
+    async fn clusters_named(&self, names: Vec<String>) -> Result<Vec<ClusterRecord>>;
+
     /// What the assignments of these clusters are made of (unknown names
     /// are left out).
     async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>>;

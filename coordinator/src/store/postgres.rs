@@ -1443,6 +1443,19 @@ impl Store for Postgres {
             .map(|r| cluster_row(&r)))
     }
 
+    async fn clusters_named(&self, names: Vec<String>) -> Result<Vec<ClusterRecord>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                &format!("{SELECT_CLUSTER} WHERE c.name = ANY($1) ORDER BY c.name"),
+                &[&names],
+            )
+            .await
+            .map_err(db("read clusters"))?;
+        Ok(rows.iter().map(cluster_row).collect())
+    }
+
     async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>> {
         let rows = self
             .conn()

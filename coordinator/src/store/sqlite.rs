@@ -916,6 +916,26 @@ impl Store for Sqlite {
         .await
     }
 
+    async fn clusters_named(&self, names: Vec<String>) -> Result<Vec<ClusterRecord>> {
+        self.call(move |conn| {
+            let mut st = conn
+                .prepare_cached(&format!("{SELECT_CLUSTER} WHERE c.name = ?1"))
+                .map_err(db("read clusters"))?;
+            let mut out = Vec::with_capacity(names.len());
+            for name in &names {
+                if let Some(c) = st
+                    .query_row([name], cluster_row)
+                    .optional()
+                    .map_err(db("read clusters"))?
+                {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>> {
         self.call(move |conn| {
             if clusters.len() < 64 {

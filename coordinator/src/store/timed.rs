@@ -64,6 +64,7 @@ timed! {
     fn clusters(&self) -> Result<Vec<ClusterRecord>>;
     fn clusters_page(&self, after: &str, limit: u32) -> Result<Vec<ClusterRecord>>;
     fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>>;
+    fn clusters_named(&self, names: Vec<String>) -> Result<Vec<ClusterRecord>>;
     fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>>;
     fn pin(&self, change: PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>>;
     fn history(&self, cluster: Option<&str>, limit: u32) -> Result<Vec<LedgerEntry>>;

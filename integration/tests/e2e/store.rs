@@ -579,6 +579,19 @@ async fn listing_paging_and_counting(b: Backend) {
         got,
         [("a", Some((commit('a'), 1))), ("c", Some((commit('a'), 1)))]
     );
+    let mut named: Vec<_> = s
+        .clusters_named(vec!["c".into(), "ghost".into(), "b".into()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.pin.map(|p| p.1)))
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [("b".to_string(), None), ("c".to_string(), Some(1))],
+        "by name, unknown names left out"
+    );
     s.revoke("B", 3).await.unwrap();
     let labels: Vec<String> = s
         .cluster_labels()
