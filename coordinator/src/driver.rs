@@ -77,8 +77,8 @@ const TICK: Duration = Duration::from_millis(500);
 /// The shortest time between steps woken by status reports.
 const REPORT_TICK: Duration = Duration::from_millis(100);
 
-/// The longest a coordinator alone goes between reading the whole fleet
-/// for its rollouts (in between, it reads what changed: see
+/// The longest the driver goes between reading the whole fleet for its
+/// rollouts (in between, it reads what changed: see
 /// [`Driver::observed`]).
 const WHOLE_READ_EVERY: Duration = Duration::from_secs(5);
 
@@ -462,13 +462,14 @@ impl Driver {
         (driver, handle)
     }
 
-    /// The fleet as rollouts see it, read whole when `whole`. A
-    /// coordinator alone sees every change to it go through its hub, so
-    /// otherwise, between whole reads at most [`WHOLE_READ_EVERY`] apart,
-    /// it reads again only the clusters the hub saw change: during a wave
-    /// of thousands, those that reported since the last step, not the
-    /// whole fleet ten times a second. With replicas, the others' changes
-    /// are only in the store: every read is whole.
+    /// The fleet as rollouts see it, read whole when `whole`. Every change
+    /// to what it holds is noted by the hub (those through other replicas
+    /// as the store tells of them), so otherwise, between whole reads at
+    /// most [`WHOLE_READ_EVERY`] apart, it reads again only the clusters
+    /// the hub saw change: during a wave of thousands, those that reported
+    /// since the last step, not the whole fleet ten times a second. The
+    /// whole reads catch what no change says: a replica that died with
+    /// sessions (it is taken for dead after 5 s of silence).
     async fn observed(&mut self, whole: bool) -> Result<Arc<BTreeMap<String, Observed>>> {
         let t = tokio::time::Instant::now();
         let touched = self.hub.take_touched();
@@ -770,10 +771,7 @@ impl Driver {
     /// Steps every active rollout once.
     async fn tick(&mut self) -> Result<()> {
         if self.active.is_empty() {
-            // Nothing to keep a view for: the next rollout reads whole.
-            self.hub.take_touched();
-            self.view = Default::default();
-            self.viewed_whole = None;
+            self.forget_view();
             return Ok(());
         }
         let observed = self.observed(false).await?;
@@ -862,6 +860,15 @@ impl Driver {
         self.held = None;
         self.active.clear();
         self.backlog.clear();
+        self.forget_view();
+    }
+
+    /// Drops the view of the fleet (nothing to step): the next rollout
+    /// reads it whole.
+    fn forget_view(&mut self) {
+        self.hub.take_touched();
+        self.view = Default::default();
+        self.viewed_whole = None;
     }
 
     /// Carries out a command another replica relayed, if this driver
@@ -1001,6 +1008,10 @@ impl Driver {
                 && let Some(id) = (!self.backlog.is_empty()).then(|| self.backlog.remove(0))
             {
                 self.carry_out(&id).await;
+            }
+            if self.token.is_none() {
+                // Another replica steps rollouts: keep nothing.
+                self.forget_view();
             }
             if self.token.is_some() {
                 let r = self.tick().await;

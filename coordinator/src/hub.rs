@@ -60,9 +60,9 @@ pub struct Hub {
     touched: Mutex<Touched>,
 }
 
-/// Clusters whose stored state or session changed through this hub: a
-/// report stored, a pin pushed, a session opened or closed, or (`all`)
-/// the sites.
+/// Clusters whose stored state or session changed, here or (told by the
+/// store) through another replica: a report stored, a pin pushed, a
+/// session opened or closed; or (`all`) the sites, or changes missed.
 #[derive(Debug, Default)]
 pub struct Touched {
     /// Every cluster may have changed (all sessions closed, sites changed).
@@ -118,7 +118,7 @@ impl Hub {
             .collect();
         *self.sites.write().unwrap_or_else(|p| p.into_inner()) = parsed;
         // Any cluster may be in another site now.
-        self.touched.lock().unwrap_or_else(|p| p.into_inner()).all = true;
+        self.touch_all();
     }
 
     /// Whether any site exists.
@@ -183,28 +183,25 @@ impl Hub {
         }
     }
 
-    /// Notes that these clusters changed here. Only a coordinator alone
-    /// keeps count: with replicas, changes also land through others.
-    fn touch<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
-        if self.shared {
-            return;
-        }
+    /// Notes that these clusters changed: here, or (told by the store)
+    /// through another replica.
+    pub fn touch<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
         let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
         if !t.all {
             t.names.extend(clusters.into_iter().map(str::to_string));
         }
     }
 
-    /// What changed here since the last call. Each change is noted after
-    /// the store holds it, so a read of the store after this call sees it.
-    /// With replicas sharing the store, this is always everything.
+    /// Notes that any cluster may have changed.
+    pub fn touch_all(&self) {
+        let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        t.all = true;
+        t.names.clear();
+    }
+
+    /// What changed since the last call. Each change is noted after the
+    /// store holds it, so a read of the store after this call sees it.
     pub fn take_touched(&self) -> Touched {
-        if self.shared {
-            return Touched {
-                all: true,
-                names: Default::default(),
-            };
-        }
         std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -234,7 +231,7 @@ impl Hub {
     /// Ends every session (their streams close; agents reconnect).
     pub fn close_all(&self) {
         self.sessions().clear();
-        self.touched.lock().unwrap_or_else(|p| p.into_inner()).all = true;
+        self.touch_all();
     }
 
     /// Asks a cluster's agent what `req` would change; waits at most

@@ -523,10 +523,13 @@ async fn follow_one(
         // Sites changed, or changes were missed: sites read again, and
         // every connected cluster gets its assignment again (an
         // unchanged one is a no-op for its agent).
+        Ok(Change::Touched(names)) => hub.touch(names.iter().map(String::as_str)),
         Ok(Change::Sites | Change::Resync) | Err(RecvError::Lagged(_)) => {
             if !matches!(change, Ok(Change::Sites)) {
                 driver.catch_up();
             }
+            // Whatever was missed, rollouts read the whole fleet again.
+            hub.touch_all();
             match hub.store.sites().await {
                 Ok(sites) => hub.set_sites(&sites),
                 Err(e) => {

@@ -482,6 +482,9 @@ pub enum Change {
     /// The command relayed under this id is answered
     /// ([`Store::command_answer`]).
     CommandAnswered(String),
+    /// These clusters' state changed through another replica (a report
+    /// stored, a session opened or ended): rollouts read them again.
+    Touched(Vec<String>),
     /// Changes may have been missed (the follower lost its connection):
     /// push every connected cluster its assignment again.
     Resync,

@@ -67,6 +67,7 @@ const PREVIEW: &str = "ferry_preview";
 const PREVIEW_ANSWERED: &str = "ferry_preview_answered";
 const COMMAND: &str = "ferry_command";
 const COMMAND_ANSWERED: &str = "ferry_command_answered";
+const TOUCHED: &str = "ferry_touched";
 
 /// A notification's payload must stay under PostgreSQL's 8000 bytes.
 const PAYLOAD: usize = 7900;
@@ -511,8 +512,6 @@ impl Postgres {
             let mut conn = pool.get().await?;
             migrate(&mut conn, migrations).await?;
         }
-        let (beats, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_beats(pool.clone(), rx));
         static REPLICAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let replica = format!(
             "{}.{}.{}",
@@ -520,6 +519,8 @@ impl Postgres {
             ferry_proto::now_unix_ms(),
             REPLICAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
+        let (beats, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_beats(pool.clone(), replica.clone(), rx));
         let (changes, _) = broadcast::channel(1024);
         let stop = CancellationToken::new();
         tokio::spawn(follow(
@@ -590,6 +591,11 @@ impl Postgres {
         }
         out
     }
+}
+
+/// The payload naming one cluster whose state changed here.
+fn touched(replica: &str, cluster: &str) -> String {
+    format!("{replica}\n{cluster}")
 }
 
 /// Payloads naming `clusters`, each under PostgreSQL's limit.
@@ -680,7 +686,7 @@ async fn follow(
             let (client, mut rx) = pool.open().await?;
             client
                 .batch_execute(&format!(
-                    "LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}; LISTEN {SITES}; LISTEN {PREVIEW}; LISTEN {PREVIEW_ANSWERED}; LISTEN {COMMAND}; LISTEN {COMMAND_ANSWERED}"
+                    "LISTEN {ASSIGNMENTS}; LISTEN {CLOSED}; LISTEN {SITES}; LISTEN {PREVIEW}; LISTEN {PREVIEW_ANSWERED}; LISTEN {COMMAND}; LISTEN {COMMAND_ANSWERED}; LISTEN {TOUCHED}"
                 ))
                 .await?;
             if connected_before {
@@ -718,6 +724,7 @@ async fn follow(
                     COMMAND_ANSWERED => {
                         Change::CommandAnswered(names.into_iter().next().unwrap_or_default())
                     }
+                    TOUCHED => Change::Touched(names),
                     _ => Change::Assignments(names),
                 });
             }
@@ -773,7 +780,7 @@ async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<()> {
 /// Stores queued reports and heartbeats, a batch per statement, coalesced
 /// per cluster (the newest status and time win); answers each caller after
 /// its batch is stored.
-async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Vec<Beat>>) {
+async fn write_beats(pool: Arc<Pool>, replica: String, mut rx: mpsc::Receiver<Vec<Beat>>) {
     const UPDATE: &str = "UPDATE clusters c SET
             last_seen_ms = GREATEST(c.last_seen_ms, u.ms),
             status = COALESCE(u.status, c.status),
@@ -826,7 +833,16 @@ async fn write_beats(pool: Arc<Pool>, mut rx: mpsc::Receiver<Vec<Beat>>) {
                 .query(st, &[&names, &statuses, &times, &phases, &healths])
                 .await
                 .map_err(db("record status"))?;
-            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+            let found: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+            // Rollouts on other replicas read these again (heartbeats
+            // change nothing they look at).
+            let reported: Vec<&str> = latest
+                .iter()
+                .filter(|(name, (status, _))| status.is_some() && found.contains(**name))
+                .map(|(name, _)| *name)
+                .collect();
+            notify(client, &replica, TOUCHED, &reported).await?;
+            Ok(found)
         }
         .await;
         for b in queued.drain(..) {
@@ -1198,13 +1214,16 @@ impl Store for Postgres {
         let conn = self.conn().await?;
         if let Some(labels) = declared {
             conn.execute(
-                "INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status, phase, health,
+                "WITH u AS (INSERT INTO clusters (name, labels, agent_version, first_seen_ms, last_seen_ms, status, phase, health,
                      session_replica, session_since_ms)
                  VALUES ($1, $2, $3, $4, $4, $5, COALESCE($6, 0), COALESCE($7, 0), $8, $4)
                  ON CONFLICT (name) DO UPDATE SET labels = $2, agent_version = $3, last_seen_ms = $4,
                      status = COALESCE($5, clusters.status), phase = COALESCE($6, clusters.phase),
-                     health = COALESCE($7, clusters.health), session_replica = $8, session_since_ms = $4",
-                &[&name, &labels_json(&labels), &agent_version, &now_ms, &status, &phase, &health, &self.replica],
+                     health = COALESCE($7, clusters.health), session_replica = $8, session_since_ms = $4
+                 RETURNING name)
+                 SELECT pg_notify($9, $10) FROM u",
+                &[&name, &labels_json(&labels), &agent_version, &now_ms, &status, &phase, &health, &self.replica,
+                    &TOUCHED, &touched(&self.replica, name)],
             )
             .await
             .map_err(db("record hello"))?;
@@ -1212,14 +1231,18 @@ impl Store for Postgres {
         }
         // Checked and written in one statement: a revocation on another
         // replica cannot fall between the check and the write.
+        // Other replicas hear of the session (and its status) at commit.
         let n = conn
             .execute(
-                "UPDATE clusters SET agent_version = $2, last_seen_ms = $3, status = COALESCE($4, status),
+                "WITH u AS (UPDATE clusters SET agent_version = $2, last_seen_ms = $3, status = COALESCE($4, status),
                      phase = COALESCE($5, phase), health = COALESCE($6, health),
                      session_replica = $8, session_since_ms = $3
                  WHERE name = $1 AND revoked_ms IS NULL
-                     AND ($7::bigint IS NULL OR identity_generation = $7)",
-                &[&name, &agent_version, &now_ms, &status, &phase, &health, &certificate_generation, &self.replica],
+                     AND ($7::bigint IS NULL OR identity_generation = $7)
+                 RETURNING name)
+                 SELECT pg_notify($9, $10) FROM u",
+                &[&name, &agent_version, &now_ms, &status, &phase, &health, &certificate_generation, &self.replica,
+                    &TOUCHED, &touched(&self.replica, name)],
             )
             .await
             .map_err(db("record hello"))?;
@@ -1233,9 +1256,16 @@ impl Store for Postgres {
         self.conn()
             .await?
             .execute(
-                "UPDATE clusters SET session_replica = NULL, session_since_ms = NULL
-                 WHERE name = $1 AND session_replica = $2 AND session_since_ms = $3",
-                &[&name, &self.replica, &hello_ms],
+                "WITH u AS (UPDATE clusters SET session_replica = NULL, session_since_ms = NULL
+                 WHERE name = $1 AND session_replica = $2 AND session_since_ms = $3 RETURNING name)
+                 SELECT pg_notify($4, $5) FROM u",
+                &[
+                    &name,
+                    &self.replica,
+                    &hello_ms,
+                    &TOUCHED,
+                    &touched(&self.replica, name),
+                ],
             )
             .await
             .map_err(db("record a session's end"))?;

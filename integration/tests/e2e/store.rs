@@ -739,6 +739,58 @@ async fn postgres_two_replicas_share_pins_and_the_ledger() {
     ));
 }
 
+/// What rollouts read of a cluster, changed through one replica (its
+/// report stored, its session opened or ended), is told to the others once
+/// stored, so their rollouts read just that cluster again; a heartbeat,
+/// which changes nothing they read, is not told.
+#[tokio::test]
+async fn postgres_replicas_are_told_what_changed_through_another() {
+    let b = Backend::postgres().await;
+    let one = with_clusters(&b, &["probe", "a", "b"]).await;
+    let two = b.open().await;
+    let mut told = two.changes().expect("replicas follow each other");
+    let mut next_touched = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match told.recv().await.unwrap() {
+                    Change::Touched(names) if names != ["probe"] => return names,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("told within 10 s")
+    };
+    // Once the other listens (probes),
+    let mut probes = two.changes().unwrap();
+    loop {
+        one.report("probe", status(2, "p"), 1).await.unwrap();
+        let heard = tokio::time::timeout(std::time::Duration::from_millis(200), probes.recv());
+        if matches!(heard.await, Ok(Ok(Change::Touched(_)))) {
+            break;
+        }
+    }
+    // a round of reports is told by the clusters that reported, and what
+    // it stored is there to read when told;
+    let answers = one
+        .report_many(vec![
+            ("a".into(), Some(status(2, "new")), 10),
+            ("b".into(), None, 10),
+        ])
+        .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(next_touched().await, ["a"]);
+    let a = two.cluster("a").await.unwrap().unwrap();
+    assert_eq!(a.status.unwrap().applied_commit, "new");
+    // a session opened, and one ended, are told too.
+    one.hello("b", None, None, "v2", None, 20).await.unwrap();
+    assert_eq!(next_touched().await, ["b"]);
+    assert!(two.cluster("b").await.unwrap().unwrap().live_session);
+    one.session_ended("b", 20).await.unwrap();
+    assert_eq!(next_touched().await, ["b"]);
+    assert!(!two.cluster("b").await.unwrap().unwrap().live_session);
+}
+
 /// One lease, two replicas: the holder renews it, the other is told who
 /// holds it; once it runs out the other takes it with a new token, and the
 /// old holder's fenced transition is refused and writes nothing.
