@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ferry_coordinator::cli::all_clusters;
 use ferry_integration::bench::{
-    Proc, binary, percentile, print_table, raise_nofile, rss_mib, sockets, wait_for,
+    Proc, binary, cpu_ms, percentile, print_table, raise_nofile, rss_mib, sockets, wait_for,
 };
 use ferry_integration::fleetsim::{Fleet, SimConfig};
 use ferry_integration::world::GitServer;
@@ -924,13 +924,19 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         "status burst: {} reports from each of {n} agents…",
         args.burst_reports
     );
+    // The coordinator's own CPU time over a stage: a steadier figure
+    // than the stage's duration on two cores shared with the agents.
+    let cpu = cpu_ms(pid);
     let (reports_per_s, burst_s) = burst(&c, &fleet, n, args.burst_reports).await?;
+    let burst_cpu_s = (cpu_ms(pid) - cpu) / 1000.0;
     let rss_after_burst = rss_mib(pid);
 
     // A three-wave rollout over the whole fleet; then the same with 100
     // sites, each cluster in one, whose mirrors hold the target.
+    let cpu = cpu_ms(pid);
     let (rollout_s, wave_rows, wave_json) =
         rollout(&c, &fleet, n, &commits[commits.len() - 2]).await?;
+    let rollout_cpu_s = (cpu_ms(pid) - cpu) / 1000.0;
     eprintln!("100 sites, their mirrors reported…");
     let sites_s = with_sites(&c, &commits).await?;
     let (sites_rollout_s, _, sites_wave_json) =
@@ -1024,12 +1030,20 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
         format!("{reports_per_s:.0}/s"),
     ));
     rows.push((
+        "  coordinator CPU time during the burst".into(),
+        format!("{burst_cpu_s:.2} s"),
+    ));
+    rows.push((
         "coordinator RSS after the burst".into(),
         format!("{rss_after_burst:.1} MiB"),
     ));
     rows.push((
         format!("three-wave rollout over {n} clusters, end to end"),
         format!("{rollout_s:.1} s"),
+    ));
+    rows.push((
+        "  coordinator CPU time during the rollout".into(),
+        format!("{rollout_cpu_s:.2} s"),
     ));
     rows.extend(wave_rows);
     rows.push((
@@ -1046,9 +1060,9 @@ async fn fleet_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String,
             "clusters": r.clusters, "back_s": r.back_s, "p50_s": r.p50_s,
             "p99_s": r.p99_s, "peak_reconnects_per_s": r.peak_per_s,
         })),
-        "status_reports_per_s": reports_per_s, "burst_s": burst_s,
+        "status_reports_per_s": reports_per_s, "burst_s": burst_s, "burst_cpu_s": burst_cpu_s,
         "rss_after_burst_mib": rss_after_burst,
-        "rollout": {"clusters": n, "seconds": rollout_s, "waves": wave_json},
+        "rollout": {"clusters": n, "seconds": rollout_s, "cpu_s": rollout_cpu_s, "waves": wave_json},
         "rollout_with_sites": {"sites": SITES, "seconds": sites_rollout_s, "setup_s": sites_s, "waves": sites_wave_json},
         "final_rss_mib": final_rss,
         "simulated_reports_sent": fleet.tally.reports.load(Ordering::Relaxed),
