@@ -370,6 +370,25 @@ fn beat(conn: &Connection, name: String, status: Option<Encoded>, now_ms: i64) -
     Ok(())
 }
 
+/// The row `select` (its `WHERE` naming `?1`) finds for each of `names`
+/// that exists, in their order.
+fn each_named<T>(
+    conn: &Connection,
+    select: &str,
+    names: &[String],
+    row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    what: &str,
+) -> Result<Vec<T>> {
+    let mut st = conn.prepare_cached(select).map_err(db(what))?;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if let Some(r) = st.query_row([name], &row).optional().map_err(db(what))? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 const SELECT_CLUSTER: &str =
     "SELECT c.name, c.labels, c.path_override, c.agent_version, c.last_seen_ms, c.status,
         p.commit_sha, p.generation, p.allow_mass_prune, p.rollout
@@ -918,20 +937,13 @@ impl Store for Sqlite {
 
     async fn clusters_named(&self, names: Vec<String>) -> Result<Vec<ClusterRecord>> {
         self.call(move |conn| {
-            let mut st = conn
-                .prepare_cached(&format!("{SELECT_CLUSTER} WHERE c.name = ?1"))
-                .map_err(db("read clusters"))?;
-            let mut out = Vec::with_capacity(names.len());
-            for name in &names {
-                if let Some(c) = st
-                    .query_row([name], cluster_row)
-                    .optional()
-                    .map_err(db("read clusters"))?
-                {
-                    out.push(c);
-                }
-            }
-            Ok(out)
+            each_named(
+                conn,
+                &format!("{SELECT_CLUSTER} WHERE c.name = ?1"),
+                &names,
+                cluster_row,
+                "read clusters",
+            )
         })
         .await
     }
@@ -939,20 +951,13 @@ impl Store for Sqlite {
     async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>> {
         self.call(move |conn| {
             if clusters.len() < 64 {
-                let mut st = conn
-                    .prepare_cached(&format!("{SELECT_PINNED} WHERE c.name = ?1"))
-                    .map_err(db("read pins"))?;
-                let mut out = vec![];
-                for c in &clusters {
-                    if let Some(p) = st
-                        .query_row([c], pinned_row)
-                        .optional()
-                        .map_err(db("read pins"))?
-                    {
-                        out.push(p);
-                    }
-                }
-                return Ok(out);
+                return each_named(
+                    conn,
+                    &format!("{SELECT_PINNED} WHERE c.name = ?1"),
+                    &clusters,
+                    pinned_row,
+                    "read pins",
+                );
             }
             let wanted: std::collections::HashSet<&str> =
                 clusters.iter().map(String::as_str).collect();
