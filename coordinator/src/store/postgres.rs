@@ -841,7 +841,11 @@ async fn write_beats(pool: Arc<Pool>, replica: String, mut rx: mpsc::Receiver<Ve
                 .filter(|(name, (status, _))| status.is_some() && found.contains(**name))
                 .map(|(name, _)| *name)
                 .collect();
-            notify(client, &replica, TOUCHED, &reported).await?;
+            // Stored is stored: unnotified, the others' rollouts see it
+            // on their next whole read.
+            if let Err(e) = notify(client, &replica, TOUCHED, &reported).await {
+                tracing::warn!(error = %e, "telling the other coordinators of stored reports");
+            }
             Ok(found)
         }
         .await;
