@@ -860,7 +860,6 @@ impl Driver {
         self.held = None;
         self.active.clear();
         self.backlog.clear();
-        self.forget_view();
     }
 
     /// Drops the view of the fleet (nothing to step): the next rollout
@@ -1009,16 +1008,15 @@ impl Driver {
             {
                 self.carry_out(&id).await;
             }
-            if self.token.is_none() {
-                // Another replica steps rollouts: keep nothing.
-                self.forget_view();
-            }
             if self.token.is_some() {
                 let r = self.tick().await;
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "stepping rollouts");
                 }
                 self.fenced(&r);
+            } else {
+                // Another replica steps rollouts: keep nothing.
+                self.forget_view();
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

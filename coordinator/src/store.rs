@@ -24,6 +24,14 @@ use std::sync::Arc;
 /// caller whose work it carried.
 pub type BackendError = Arc<dyn std::error::Error + Send + Sync>;
 
+/// A status report as the backends store it: (encoded, phase, health).
+pub(crate) type Encoded = (Vec<u8>, i32, i32);
+
+pub(crate) fn encoded(status: StatusReport) -> Encoded {
+    let (phase, health) = (status.phase, status.health);
+    (prost::Message::encode_to_vec(&status), phase, health)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database could not be opened, migrated, read or written.
@@ -98,9 +106,7 @@ impl Error {
             _ => Error::Closed,
         }
     }
-}
 
-impl Error {
     /// Whether trying again later may succeed (the database is busy or
     /// unreachable), as opposed to a refusal that will stand.
     pub fn is_transient(&self) -> bool {
@@ -276,18 +282,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores many clusters' reports (or, without one, heartbeats) at once:
     /// (cluster, report, time) each, answered in order.
-    async fn report_many(
-        &self,
-        beats: Vec<(String, Option<StatusReport>, i64)>,
-    ) -> Vec<Result<()>> {
-        let each = beats.into_iter().map(|(name, status, now_ms)| async move {
-            match status {
-                Some(s) => self.report(&name, s, now_ms).await,
-                None => self.seen(&name, now_ms).await,
-            }
-        });
-        futures::future::join_all(each).await
-    }
+    async fn report_many(&self, beats: Vec<(String, Option<StatusReport>, i64)>)
+    -> Vec<Result<()>>;
 
     async fn set_path_override(&self, name: &str, path: Option<String>) -> Result<()>;
 

@@ -23,9 +23,9 @@
 //!   given CA or the system's ([`Options`]).
 
 use super::{
-    Advance, Change, ClusterRecord, Error, Fence, Lease, MemberRow, PinChange, PinnedCluster,
-    Result, RolloutRow, SiteRecord, Store, Summary, labels_json, labels_of, pin_of, pin_reason,
-    refuse_overlap, rollout_number, rollout_of, site_of,
+    Advance, Change, ClusterRecord, Encoded, Error, Fence, Lease, MemberRow, PinChange,
+    PinnedCluster, Result, RolloutRow, SiteRecord, Store, Summary, encoded, labels_json, labels_of,
+    pin_of, pin_reason, refuse_overlap, rollout_number, rollout_of, site_of,
 };
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
@@ -454,9 +454,6 @@ impl Pool {
     }
 }
 
-/// An encoded status report with its phase and health.
-type Encoded = (Vec<u8>, i32, i32);
-
 /// A status report or heartbeat on its way to the writer.
 struct Beat {
     name: String,
@@ -572,7 +569,7 @@ impl Postgres {
             .into_iter()
             .map(|(name, status, now_ms)| {
                 let (reply, answer) = oneshot::channel();
-                let status = status.map(|s| (s.encode_to_vec(), s.phase, s.health));
+                let status = status.map(encoded);
                 let beat = Beat {
                     name,
                     status,

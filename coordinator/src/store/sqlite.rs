@@ -9,9 +9,9 @@
 //! job that fails leaves nothing behind in its batch.
 
 use super::{
-    Advance, BackendError, ClusterRecord, Error, MemberRow, PinChange, PinnedCluster, Result,
-    RolloutRow, SiteRecord, Store, Summary, labels_json, labels_of, pin_of, pin_reason,
-    refuse_overlap, rollout_number, rollout_of, site_of,
+    Advance, BackendError, ClusterRecord, Encoded, Error, MemberRow, PinChange, PinnedCluster,
+    Result, RolloutRow, SiteRecord, Store, Summary, encoded, labels_json, labels_of, pin_of,
+    pin_reason, refuse_overlap, rollout_number, rollout_of, site_of,
 };
 use ferry_proto::Commit;
 use ferry_proto::ledger::{Event, LedgerEntry};
@@ -336,14 +336,6 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
             r(failed.as_ref());
         }
     }
-}
-
-/// A status report as stored: (encoded, phase, health).
-type Encoded = (Vec<u8>, i32, i32);
-
-fn encoded(status: StatusReport) -> Encoded {
-    let (phase, health) = (status.phase, status.health);
-    (status.encode_to_vec(), phase, health)
 }
 
 /// Stores a cluster's report, or (without one) that it was heard from: a
