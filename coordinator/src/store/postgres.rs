@@ -1037,7 +1037,10 @@ async fn pin_in(tx: &Transaction<'_>, change: &PinChange, now_ms: i64) -> Result
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
         .collect();
-    let (mut moved, mut froms, mut generations) = (vec![], vec![], vec![]);
+    let (mut moved, mut froms) = (vec![], vec![]);
+    // First pins are inserted, the others updated: the write lock keeps
+    // other pins out, and neither pays for an upsert's conflict checks.
+    let (mut first, mut again, mut generations) = (vec![], vec![], vec![]);
     for c in &clusters {
         let Some((from, generation, allowed)) = current.get(*c) else {
             return Err(Error::UnknownCluster(c.to_string()));
@@ -1049,28 +1052,51 @@ async fn pin_in(tx: &Transaction<'_>, change: &PinChange, now_ms: i64) -> Result
         }
         moved.push(*c);
         froms.push(from);
-        generations.push(generation.unwrap_or(0) + 1);
+        match generation {
+            None => first.push(*c),
+            Some(g) => {
+                again.push(*c);
+                generations.push(g + 1);
+            }
+        }
     }
     if moved.is_empty() {
         return Ok(vec![]);
     }
     let rollout = change.rollout.clone().unwrap_or_default();
-    tx.execute(
-        "INSERT INTO pins (cluster, commit_sha, generation, updated_ms, allow_mass_prune, rollout)
-         SELECT u.cluster, $1, u.generation, $2, $3, $4 FROM unnest($5::text[], $6::bigint[]) AS u(cluster, generation)
-         ON CONFLICT (cluster) DO UPDATE SET commit_sha = EXCLUDED.commit_sha, generation = EXCLUDED.generation,
-             updated_ms = EXCLUDED.updated_ms, allow_mass_prune = EXCLUDED.allow_mass_prune, rollout = EXCLUDED.rollout",
-        &[
-            &change.commit.as_str(),
-            &now_ms,
-            &change.allow_mass_prune,
-            &rollout,
-            &moved,
-            &generations,
-        ],
-    )
-    .await
-    .map_err(db("pin"))?;
+    if !first.is_empty() {
+        tx.execute(
+            "INSERT INTO pins (cluster, commit_sha, generation, updated_ms, allow_mass_prune, rollout)
+             SELECT u.cluster, $1, 1, $2, $3, $4 FROM unnest($5::text[]) AS u(cluster)",
+            &[
+                &change.commit.as_str(),
+                &now_ms,
+                &change.allow_mass_prune,
+                &rollout,
+                &first,
+            ],
+        )
+        .await
+        .map_err(db("pin"))?;
+    }
+    if !again.is_empty() {
+        tx.execute(
+            "UPDATE pins p SET commit_sha = $1, generation = u.generation, updated_ms = $2,
+                 allow_mass_prune = $3, rollout = $4
+             FROM unnest($5::text[], $6::bigint[]) AS u(cluster, generation)
+             WHERE p.cluster = u.cluster",
+            &[
+                &change.commit.as_str(),
+                &now_ms,
+                &change.allow_mass_prune,
+                &rollout,
+                &again,
+                &generations,
+            ],
+        )
+        .await
+        .map_err(db("pin"))?;
+    }
     let ids = tx
         .query(
             "INSERT INTO ledger (at_ms, actor, cluster, from_commit, to_commit, reason, rollout)

@@ -176,6 +176,25 @@ async fn pins_and_ledger_survive_reopen(b: Backend) {
     assert_eq!(history.len(), 2);
     assert!(history[0].id > history[1].id, "newest first");
     assert_eq!(history[0].to, commit('b'));
+    // One pin moving a pinned cluster and pinning a new one: each gets
+    // its next generation, and its own ledger entry.
+    s.hello("n", None, Some(BTreeMap::new()), "v", None, 5)
+        .await
+        .unwrap();
+    let moved = s.pin(change(&["a", "n"], &commit('c')), 6).await.unwrap();
+    let froms: Vec<_> = moved
+        .iter()
+        .map(|e| (e.cluster.as_str(), e.from.clone()))
+        .collect();
+    assert_eq!(froms, [("a", Some(commit('b'))), ("n", None)]);
+    assert_eq!(
+        s.cluster("a").await.unwrap().unwrap().pin,
+        Some((commit('c'), 3))
+    );
+    assert_eq!(
+        s.cluster("n").await.unwrap().unwrap().pin,
+        Some((commit('c'), 1))
+    );
 }
 
 async fn pin_is_all_or_nothing(b: Backend) {
