@@ -44,6 +44,32 @@ pub fn cpu_ms(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time (user + system) of a process and its children, in ms: a
+/// PostgreSQL server's with its backends. Children that exited are not
+/// counted.
+pub fn tree_cpu_ms(pid: u32) -> f64 {
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| parent(*p) == Some(pid))
+                .collect()
+        })
+        .unwrap_or_default();
+    cpu_ms(pid) + children.into_iter().map(cpu_ms).sum::<f64>()
+}
+
+/// A process's parent.
+fn parent(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Sockets a process holds open.
 pub fn sockets(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -232,6 +232,11 @@ impl Scratch {
         self.port
     }
 
+    /// The server's process (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The DSN of database `name` (which [`Scratch::create`] makes).
     pub fn dsn(&self, name: &str) -> String {
         format!("postgres://ferry@127.0.0.1:{}/{name}", self.port)

@@ -21,7 +21,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ferry_coordinator::cli::all_clusters;
 use ferry_integration::bench::{
-    Proc, binary, cpu_ms, percentile, print_table, raise_nofile, rss_mib, sockets, wait_for,
+    Proc, binary, cpu_ms, percentile, print_table, raise_nofile, rss_mib, sockets, tree_cpu_ms,
+    wait_for,
 };
 use ferry_integration::fleetsim::{Fleet, SimConfig};
 use ferry_integration::world::GitServer;
@@ -418,7 +419,17 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
         })
         .await?;
     eprintln!("two replicas: a pin through A to all {n}…");
+    // The work a fan-out takes, steadier than its latencies on two cores
+    // shared by both replicas, PostgreSQL and the simulated agents.
+    let cpu = |pid: u32| cpu_ms(pid) / 1000.0;
+    let (a_pid, b_pid, pg_pid) = (a.proc.0.id(), b.proc.0.id(), pg.pid());
+    let before = (cpu(a_pid), cpu(b_pid), tree_cpu_ms(pg_pid) / 1000.0);
     let (lat, pin_call_ms) = fan_out(&a, &fleet, n, &commits[0]).await?;
+    let fan_out_cpu = (
+        cpu(a_pid) - before.0,
+        cpu(b_pid) - before.1,
+        tree_cpu_ms(pg_pid) / 1000.0 - before.2,
+    );
     let (mut lat_a, mut lat_b) = (vec![], vec![]);
     for (i, l) in lat.iter().enumerate() {
         if i % 2 == 0 {
@@ -538,6 +549,13 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
         ),
         ("  agents on B (told by A's NOTIFY)".into(), there.0.clone()),
         (
+            "  CPU time meanwhile: A / B / PostgreSQL".into(),
+            format!(
+                "{:.2} / {:.2} / {:.2} s",
+                fan_out_cpu.0, fan_out_cpu.1, fan_out_cpu.2
+            ),
+        ),
+        (
             format!(
                 "status reports stored/s ({} x {n}, through both)",
                 args.burst_reports
@@ -567,7 +585,9 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
     let j = json!({
         "clusters": n, "sessions": [sessions_a, sessions_b], "rss_mib": [rss_a, rss_b],
         "pin_call_ms": pin_call_ms, "fan_out": all.1, "fan_out_same_replica": here.1,
-        "fan_out_other_replica": there.1, "status_reports_per_s": reports_per_s,
+        "fan_out_other_replica": there.1,
+        "fan_out_cpu_s": {"a": fan_out_cpu.0, "b": fan_out_cpu.1, "postgres": fan_out_cpu.2},
+        "status_reports_per_s": reports_per_s,
         "rollout": {"seconds": rollout_s, "succeeded": succeeded, "takeover_s": took_over,
                     "pinned": pinned, "duplicated": duplicated},
     });
