@@ -9,6 +9,11 @@
 //!   size: connections and RSS, memory per stream, pin fan-out (pin call to
 //!   each agent holding its assignment: p50, p99, max), then status reports
 //!   ingested per second at saturation, and a three-wave rollout end to end.
+//! - **Two replicas** (`--ha-clusters N`): two coordinators on one
+//!   PostgreSQL, half the fleet on each. A pin through one to all of them
+//!   (latencies, and the CPU time of each replica, PostgreSQL and the
+//!   simulated agents meanwhile), three more pins (p99 of each), reports
+//!   at saturation, and a rollout whose leader is killed in wave two.
 //! - **Agent**: runs `agent-bench` (a real agent process against the
 //!   Kubernetes API emulator) and reports its figures.
 //! - **Git**: the agent's gix code against the git CLI on one repository.
@@ -345,6 +350,9 @@ async fn sample(c: &Coord, series: &str) -> Option<f64> {
 /// pin made through one takes to reach the agents on either, status
 /// reports stored per second through both, and a three-wave rollout whose
 /// leader is killed (SIGKILL) once its second wave has started.
+/// Pins after the first in the two-replica run.
+const REPINS: usize = 3;
+
 async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
     let n = args.ha_clusters;
     let git = GitServer::start(&dir.join("git"))?;
@@ -449,6 +457,22 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
     }
     let (all, here, there) = (spread(lat), spread(lat_a), spread(lat_b));
     all_synced(&a.admin, n, &commits[0]).await?;
+
+    // More pins through A, each to every cluster, as most pins are in a
+    // fleet that has run a while (every pin updated, none inserted): one
+    // run shows how far a fan-out's p99 moves from one pin to the next.
+    eprintln!("two replicas: {REPINS} more pins through A…");
+    let mut repins = vec![];
+    for k in 0..REPINS {
+        let to = &commits[if k % 2 == 0 { 2 } else { 0 }];
+        let (lat, _) = fan_out(&a, &fleet, n, to).await?;
+        repins.push(spread(lat).1);
+        all_synced(&a.admin, n, to).await?;
+    }
+    let repin_p99s: Vec<String> = repins
+        .iter()
+        .map(|v| format!("{:.0}", v["p99_ms"].as_f64().unwrap_or(0.0)))
+        .collect();
 
     eprintln!("two replicas: status burst…");
     let (reports_per_s, _) = burst(&a, &fleet, n, args.burst_reports).await?;
@@ -565,6 +589,10 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
             ),
         ),
         (
+            format!("{REPINS} repins through A (pins updated): p99 of each"),
+            format!("{} ms", repin_p99s.join(" / ")),
+        ),
+        (
             format!(
                 "status reports stored/s ({} x {n}, through both)",
                 args.burst_reports
@@ -595,7 +623,7 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
         "clusters": n, "sessions": [sessions_a, sessions_b], "rss_mib": [rss_a, rss_b],
         "pin_call_ms": pin_call_ms, "fan_out": all.1, "fan_out_same_replica": here.1,
         "fan_out_other_replica": there.1,
-        "fan_out_s": fan_out_s,
+        "fan_out_s": fan_out_s, "repins": repins,
         "fan_out_cpu_s": {"a": fan_out_cpu.0, "b": fan_out_cpu.1, "postgres": fan_out_cpu.2,
                           "agents": fan_out_cpu.3},
         "status_reports_per_s": reports_per_s,
