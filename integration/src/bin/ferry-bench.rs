@@ -346,13 +346,14 @@ async fn sample(c: &Coord, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// Two coordinators on one PostgreSQL, half the agents on each: how long a
-/// pin made through one takes to reach the agents on either, status
-/// reports stored per second through both, and a three-wave rollout whose
-/// leader is killed (SIGKILL) once its second wave has started.
 /// Pins after the first in the two-replica run.
 const REPINS: usize = 3;
 
+/// Two coordinators on one PostgreSQL, half the agents on each: how long a
+/// pin made through one takes to reach the agents on either (the first
+/// pin, then [`REPINS`] more), status reports stored per second through
+/// both, and a three-wave rollout whose leader is killed (SIGKILL) once
+/// its second wave has started.
 async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, String)>, Value)> {
     let n = args.ha_clusters;
     let git = GitServer::start(&dir.join("git"))?;
