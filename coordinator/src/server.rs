@@ -520,10 +520,10 @@ async fn follow_one(
                 hub.close(n);
             }
         }
+        Ok(Change::Touched(names)) => hub.touch(names.iter().map(String::as_str)),
         // Sites changed, or changes were missed: sites read again, and
         // every connected cluster gets its assignment again (an
         // unchanged one is a no-op for its agent).
-        Ok(Change::Touched(names)) => hub.touch(names.iter().map(String::as_str)),
         Ok(Change::Sites | Change::Resync) | Err(RecvError::Lagged(_)) => {
             if !matches!(change, Ok(Change::Sites)) {
                 driver.catch_up();

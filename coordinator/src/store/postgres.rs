@@ -546,6 +546,27 @@ impl Postgres {
     }
 
     /// Tells the other replicas that sites changed.
+    /// What `select` (no `WHERE` of its own, `c` the clusters) reads of
+    /// each of `names` that exists, in name order.
+    async fn named<T>(
+        &self,
+        select: &str,
+        names: &[String],
+        row: fn(&Row) -> T,
+        what: &'static str,
+    ) -> Result<Vec<T>> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                &format!("{select} WHERE c.name = ANY($1) ORDER BY c.name"),
+                &[&names],
+            )
+            .await
+            .map_err(db(what))?;
+        Ok(rows.iter().map(row).collect())
+    }
+
     async fn notify_sites(&self) -> Result<()> {
         self.conn()
             .await?
@@ -1501,29 +1522,13 @@ impl Store for Postgres {
     }
 
     async fn clusters_named(&self, names: Vec<String>) -> Result<Vec<ClusterRecord>> {
-        let rows = self
-            .conn()
-            .await?
-            .query(
-                &format!("{SELECT_CLUSTER} WHERE c.name = ANY($1) ORDER BY c.name"),
-                &[&names],
-            )
+        self.named(SELECT_CLUSTER, &names, cluster_row, "read clusters")
             .await
-            .map_err(db("read clusters"))?;
-        Ok(rows.iter().map(cluster_row).collect())
     }
 
     async fn pinned(&self, clusters: Vec<String>) -> Result<Vec<PinnedCluster>> {
-        let rows = self
-            .conn()
-            .await?
-            .query(
-                &format!("{SELECT_PINNED} WHERE c.name = ANY($1) ORDER BY c.name"),
-                &[&clusters],
-            )
+        self.named(SELECT_PINNED, &clusters, pinned_row, "read pins")
             .await
-            .map_err(db("read pins"))?;
-        Ok(rows.iter().map(pinned_row).collect())
     }
 
     async fn pin(&self, change: PinChange, now_ms: i64) -> Result<Vec<LedgerEntry>> {

@@ -758,6 +758,22 @@ async fn postgres_two_replicas_share_pins_and_the_ledger() {
     ));
 }
 
+/// The next change a replica is told of that `pick` takes, within 10 s.
+async fn next_change<T>(
+    told: &mut tokio::sync::broadcast::Receiver<Change>,
+    mut pick: impl FnMut(Change) -> Option<T>,
+) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Some(t) = pick(told.recv().await.unwrap()) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("told within 10 s")
+}
+
 /// What rollouts read of a cluster, changed through one replica (its
 /// report stored, its session opened or ended), is told to the others once
 /// stored, so their rollouts read just that cluster again; a heartbeat,
@@ -769,16 +785,11 @@ async fn postgres_replicas_are_told_what_changed_through_another() {
     let two = b.open().await;
     let mut told = two.changes().expect("replicas follow each other");
     let mut next_touched = async || {
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            loop {
-                match told.recv().await.unwrap() {
-                    Change::Touched(names) if names != ["probe"] => return names,
-                    _ => {}
-                }
-            }
+        next_change(&mut told, |c| match c {
+            Change::Touched(names) if names != ["probe"] => Some(names),
+            _ => None,
         })
         .await
-        .expect("told within 10 s")
     };
     // Once the other listens (probes),
     let mut probes = two.changes().unwrap();
@@ -896,16 +907,11 @@ async fn postgres_a_relayed_command_is_taken_once() {
     let leader = b.open().await;
     let mut told = leader.changes().expect("replicas follow each other");
     let mut next_told = async || {
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            loop {
-                match told.recv().await.unwrap() {
-                    Change::Command(c) if !c.starts_with("probe") => return c,
-                    _ => {}
-                }
-            }
+        next_change(&mut told, |c| match c {
+            Change::Command(c) if !c.starts_with("probe") => Some(c),
+            _ => None,
         })
         .await
-        .expect("told of the command")
     };
     // Once the leader listens (probes, withdrawn),
     let mut probes = leader.changes().unwrap();
