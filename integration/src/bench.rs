@@ -48,15 +48,19 @@ pub fn cpu_ms(pid: u32) -> f64 {
 /// PostgreSQL server's with its backends. Children that exited are not
 /// counted.
 pub fn tree_cpu_ms(pid: u32) -> f64 {
-    let children: Vec<u32> = std::fs::read_dir("/proc")
+    cpu_ms(pid) + children(pid).into_iter().map(cpu_ms).sum::<f64>()
+}
+
+/// A process's children.
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|p| parent(*p) == Some(pid))
                 .collect()
         })
-        .unwrap_or_default();
-    cpu_ms(pid) + children.into_iter().map(cpu_ms).sum::<f64>()
+        .unwrap_or_default()
 }
 
 /// A process's parent.

@@ -347,12 +347,32 @@ fn wait_ready(child: &mut Child, data: &Path, log: &Path, within: Duration) -> R
     }
 }
 
-/// Immediate shutdown (SIGQUIT), then reaps the server.
+/// Immediate shutdown (SIGQUIT), then reaps the server. A backend forked
+/// for a connection that arrives just then may sit out SIGQUIT until its
+/// `authentication_timeout` (60 s), and the server waits for it: after
+/// [`STOP_WITHIN`] the server and its children are killed.
 fn stop(child: &mut Child) {
-    let pid = rustix::process::Pid::from_child(child);
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+    use rustix::process::{Pid, Signal, kill_process};
+    let pid = Pid::from_child(child);
+    let _ = kill_process(pid, Signal::QUIT);
+    let deadline = Instant::now() + STOP_WITHIN;
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for c in crate::bench::children(child.id()) {
+        if let Some(c) = Pid::from_raw(c as i32) {
+            let _ = kill_process(c, Signal::KILL);
+        }
+    }
+    let _ = kill_process(pid, Signal::KILL);
     let _ = child.wait();
 }
+
+/// How long an immediate shutdown may take before it is forced.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
