@@ -27,6 +27,12 @@ struct Session {
     tx: Outbound,
 }
 
+/// How long status reports wait at most for agents to answer the
+/// assignments pushed to them ([`Hub::store_reports`]), and how often
+/// they look.
+const HOLD_REPORTS: std::time::Duration = std::time::Duration::from_secs(1);
+const HOLD_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Sessions by cluster name. A new session for a cluster replaces the old
 /// one, whose stream then ends.
 pub struct Hub {
@@ -55,6 +61,9 @@ pub struct Hub {
     /// [`Hub::store_reports`]).
     unstored: Mutex<HashMap<String, Unstored>>,
     unstored_ready: tokio::sync::Notify,
+    /// Clusters pushed an assignment whose agents have not reported since,
+    /// and when (see [`Hub::store_reports`]).
+    unanswered: Mutex<HashMap<String, std::time::Instant>>,
     /// What changed here since the driver last looked (see
     /// [`Hub::take_touched`]).
     touched: Mutex<Touched>,
@@ -93,6 +102,7 @@ impl Hub {
             sites: Default::default(),
             unstored: Mutex::new(HashMap::new()),
             unstored_ready: tokio::sync::Notify::new(),
+            unanswered: Mutex::new(HashMap::new()),
             touched: Mutex::new(Touched::default()),
             shared: store.changes().is_some(),
             instance: format!("{}.{}", std::process::id(), ferry_proto::now_unix_ms()),
@@ -180,7 +190,12 @@ impl Hub {
         };
         if left {
             self.touch([cluster]);
+            self.unanswered().remove(cluster);
         }
+    }
+
+    fn unanswered(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.unanswered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Notes that these clusters changed: here, or (told by the store)
@@ -371,6 +386,12 @@ impl Hub {
     }
 
     fn hold(&self, cluster: &str, report: Option<ferry_proto::v1::StatusReport>, now_ms: i64) {
+        if report.is_some() {
+            let mut unanswered = self.unanswered();
+            if !unanswered.is_empty() {
+                unanswered.remove(cluster);
+            }
+        }
         let superseded = {
             let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
             let u = unstored.entry(cluster.to_string()).or_insert(Unstored {
@@ -397,12 +418,22 @@ impl Hub {
     /// newest, all at once: the store batches them), and wakes rollouts
     /// after each round. Runs until the coordinator stops, then stores
     /// what is left.
+    ///
+    /// Assignments go out first: while agents pushed one are answering it
+    /// (an agent reports as soon as it starts on a new commit), a round
+    /// waits, up to [`HOLD_REPORTS`]. On busy cores, storing the reports
+    /// of the agents a fan-out reached first otherwise takes the CPU the
+    /// others' assignments wait for. Held reports coalesce; what is stored
+    /// is the same.
     pub async fn store_reports(self: Arc<Self>) {
         loop {
             let stopping = tokio::select! {
                 _ = self.shutdown.cancelled() => true,
                 _ = self.unstored_ready.notified() => false,
             };
+            if !stopping {
+                self.answered().await;
+            }
             let round =
                 std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()));
             if !round.is_empty() {
@@ -435,6 +466,41 @@ impl Hub {
                 return;
             }
         }
+    }
+
+    /// Returns once every agent pushed an assignment in the last
+    /// [`HOLD_REPORTS`] has reported since, or their count stood still for
+    /// two looks (agents that had it already, or do not read), or after
+    /// [`HOLD_REPORTS`].
+    async fn answered(&self) {
+        let until = tokio::time::Instant::now() + HOLD_REPORTS;
+        let (mut last, mut still) = (usize::MAX, 0);
+        loop {
+            let waiting = {
+                let mut unanswered = self.unanswered();
+                if let Some(since) = std::time::Instant::now().checked_sub(HOLD_REPORTS) {
+                    unanswered.retain(|_, pushed| *pushed > since);
+                }
+                unanswered.len()
+            };
+            if waiting == last {
+                still += 1;
+            } else {
+                (last, still) = (waiting, 0);
+            }
+            if waiting == 0 || still == 2 || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(HOLD_LOOK) => {}
+            }
+        }
+    }
+
+    /// Agents pushed an assignment that have not reported since.
+    pub fn unanswered_count(&self) -> usize {
+        self.unanswered().len()
     }
 
     /// (sessions, assignments queued in them and not yet sent).
@@ -493,8 +559,19 @@ impl Hub {
     }
 
     /// Sends the connected ones of these clusters their assignments, read
-    /// in one go (a pin or wave of thousands fans out at once).
+    /// in one go (a pin or wave of thousands fans out at once). Their
+    /// agents are expected to answer (see [`Hub::store_reports`]).
     pub async fn push_many<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
+        self.send_many(clusters, true).await
+    }
+
+    /// Sends the connected ones of these clusters their assignments again,
+    /// as on connect: most agents have them already and do not answer.
+    pub async fn resync<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
+        self.send_many(clusters, false).await
+    }
+
+    async fn send_many<'a>(&self, clusters: impl IntoIterator<Item = &'a str>, answered: bool) {
         let clusters: Vec<&str> = clusters.into_iter().collect();
         // Pushes follow whatever changed a cluster's assignment in the
         // store: a pin, its labels, its site.
@@ -511,8 +588,16 @@ impl Hub {
         match self.store.pinned(names).await {
             Ok(pinned) => {
                 let read = t.elapsed();
+                // Awaited before they are sent: an agent may answer at once.
+                if answered {
+                    let now = std::time::Instant::now();
+                    self.unanswered()
+                        .extend(pinned.iter().map(|p| (p.name.clone(), now)));
+                }
                 for p in &pinned {
-                    self.send(p);
+                    if !self.send(p) && answered {
+                        self.unanswered().remove(&p.name);
+                    }
                 }
                 tracing::debug!(
                     clusters = pinned.len(),
@@ -527,14 +612,15 @@ impl Hub {
         }
     }
 
-    fn send(&self, record: &PinnedCluster) {
+    /// Queues a cluster's assignment in its session; whether it did.
+    fn send(&self, record: &PinnedCluster) -> bool {
         let cluster = record.name.as_str();
         let Some(assignment) = self.assignment(record) else {
-            return;
+            return false;
         };
         let mut sessions = self.sessions();
         let Some(session) = sessions.get(cluster) else {
-            return;
+            return false;
         };
         let msg = CoordinatorMessage {
             msg: Some(coordinator_message::Msg::Assignment((&assignment).into())),
@@ -547,6 +633,148 @@ impl Hub {
                 "the session is not keeping up; closing it to force a resync"
             );
             sessions.remove(cluster);
+            return false;
         }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PinChange;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// A hub on a fresh SQLite store whose clusters are pinned.
+    async fn hub(dir: &std::path::Path, clusters: &[String]) -> Arc<Hub> {
+        let store = crate::store::sqlite::Sqlite::open(dir).await.unwrap();
+        for c in clusters {
+            store
+                .add_cluster(c, Default::default(), &format!("token-{c}"), i64::MAX, 1)
+                .await
+                .unwrap();
+        }
+        store
+            .pin(
+                PinChange {
+                    clusters: clusters.to_vec(),
+                    commit: ferry_proto::Commit::parse(&"c".repeat(40)).unwrap(),
+                    actor: "test".into(),
+                    reason: "test".into(),
+                    rollout: None,
+                    force: false,
+                    allow_mass_prune: false,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        let hub = Arc::new(Hub::new(
+            Arc::new(store),
+            "https://git.example/fleet.git".into(),
+            ferry_proto::DEFAULT_PATH_TEMPLATE.into(),
+            Metrics::default(),
+        ));
+        hub.tasks.spawn(hub.clone().store_reports());
+        hub
+    }
+
+    /// Connects each cluster (its queue kept, never read); returns the
+    /// queues and session ids.
+    fn connect(
+        hub: &Hub,
+        clusters: &[String],
+    ) -> Vec<(mpsc::Receiver<Box<Result<CoordinatorMessage, Status>>>, u64)> {
+        clusters
+            .iter()
+            .map(|c| {
+                let (tx, rx) = mpsc::channel(16);
+                let id = hub.join(c, tx);
+                (rx, id)
+            })
+            .collect()
+    }
+
+    fn syncing() -> ferry_proto::v1::StatusReport {
+        ferry_proto::v1::StatusReport {
+            target_commit: "c".repeat(40),
+            phase: ferry_proto::v1::Phase::Syncing as i32,
+            ..Default::default()
+        }
+    }
+
+    /// Polls the store until the cluster's report is there; returns when.
+    async fn stored(hub: &Hub, cluster: &str) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = hub.store.cluster(cluster).await.unwrap().unwrap();
+            if c.status.is_some() {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "{cluster}'s report never stored");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// While the agents a pin reached are answering it, reports wait: the
+    /// first agent's report is stored once the last one answered.
+    #[tokio::test]
+    async fn reports_wait_while_pushed_agents_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+        let hub = hub(dir.path(), &names).await;
+        let _sessions = connect(&hub, &names);
+        hub.push_many(names.iter().map(String::as_str)).await;
+        assert_eq!(hub.unanswered_count(), 20);
+
+        hub.report("c00", syncing(), 2);
+        let answering = {
+            let (hub, names) = (hub.clone(), names.clone());
+            tokio::spawn(async move {
+                for n in &names[1..] {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    hub.report(n, syncing(), 3);
+                }
+                Instant::now()
+            })
+        };
+        let at = stored(&hub, "c00").await;
+        let last = answering.await.unwrap();
+        assert_eq!(hub.unanswered_count(), 0);
+        assert!(
+            at >= last,
+            "c00's report was stored {:?} before the last agent answered",
+            last - at
+        );
+        for n in &names {
+            stored(&hub, n).await;
+        }
+    }
+
+    /// Agents that never answer (they had the assignment already, or do
+    /// not read) hold nobody's reports up for long, a session that ends is
+    /// not waited for, and a resync expects no answer.
+    #[tokio::test]
+    async fn an_unanswered_push_holds_reports_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["quiet".to_string(), "other".to_string()];
+        let hub = hub(dir.path(), &names).await;
+        let sessions = connect(&hub, &names[..1]);
+        // As on connect: not awaited.
+        hub.resync(["quiet"]).await;
+        assert_eq!(hub.unanswered_count(), 0);
+        hub.push_many(["quiet"]).await;
+        assert_eq!(hub.unanswered_count(), 1);
+        let t = Instant::now();
+        hub.report("other", syncing(), 2);
+        let waited = stored(&hub, "other").await - t;
+        assert!(
+            waited < HOLD_REPORTS / 2,
+            "a report waited {waited:?} for an agent that does not answer"
+        );
+        assert_eq!(hub.unanswered_count(), 1);
+        hub.leave("quiet", sessions[0].1);
+        assert_eq!(hub.unanswered_count(), 0);
     }
 }

@@ -537,7 +537,7 @@ async fn follow_one(
                 }
             }
             let names = hub.connected_clusters();
-            hub.push_many(names.iter().map(String::as_str)).await;
+            hub.resync(names.iter().map(String::as_str)).await;
         }
         // Another replica asks for a preview of a cluster that may be
         // here: asked of its agent, the answer stored for the asker.

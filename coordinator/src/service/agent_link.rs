@@ -108,7 +108,7 @@ impl AgentLink for AgentLinkService {
         let (tx, rx) = mpsc::channel(16);
         let errors = tx.clone();
         let id = self.hub.join(&cluster, tx);
-        self.hub.push(&cluster).await;
+        self.hub.resync([cluster.as_str()]).await;
 
         let hub = self.hub.clone();
         let span = tracing::info_span!("session", cluster = %cluster);
