@@ -680,12 +680,12 @@ mod tests {
         hub
     }
 
+    /// A session's queue, as its stream reads it.
+    type Queue = mpsc::Receiver<Box<Result<CoordinatorMessage, Status>>>;
+
     /// Connects each cluster (its queue kept, never read); returns the
     /// queues and session ids.
-    fn connect(
-        hub: &Hub,
-        clusters: &[String],
-    ) -> Vec<(mpsc::Receiver<Box<Result<CoordinatorMessage, Status>>>, u64)> {
+    fn connect(hub: &Hub, clusters: &[String]) -> Vec<(Queue, u64)> {
         clusters
             .iter()
             .map(|c| {
