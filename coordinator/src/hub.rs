@@ -499,7 +499,8 @@ impl Hub {
     }
 
     /// Agents pushed an assignment that have not reported since.
-    pub fn unanswered_count(&self) -> usize {
+    #[cfg(test)]
+    fn unanswered_count(&self) -> usize {
         self.unanswered().len()
     }
 
