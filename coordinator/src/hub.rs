@@ -63,7 +63,7 @@ pub struct Hub {
     unstored_ready: tokio::sync::Notify,
     /// Clusters pushed an assignment whose agents have not reported since,
     /// and when (see [`Hub::store_reports`]).
-    unanswered: Mutex<HashMap<String, std::time::Instant>>,
+    unanswered: Mutex<HashMap<String, tokio::time::Instant>>,
     /// What changed here since the driver last looked (see
     /// [`Hub::take_touched`]).
     touched: Mutex<Touched>,
@@ -194,7 +194,7 @@ impl Hub {
         }
     }
 
-    fn unanswered(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+    fn unanswered(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
         self.unanswered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -473,12 +473,14 @@ impl Hub {
     /// two looks (agents that had it already, or do not read), or after
     /// [`HOLD_REPORTS`].
     async fn answered(&self) {
-        let until = tokio::time::Instant::now() + HOLD_REPORTS;
+        use tokio::time::Instant;
+        let until = Instant::now() + HOLD_REPORTS;
         let (mut last, mut still) = (usize::MAX, 0);
         loop {
+            let now = Instant::now();
             let waiting = {
                 let mut unanswered = self.unanswered();
-                if let Some(since) = std::time::Instant::now().checked_sub(HOLD_REPORTS) {
+                if let Some(since) = now.checked_sub(HOLD_REPORTS) {
                     unanswered.retain(|_, pushed| *pushed > since);
                 }
                 unanswered.len()
@@ -488,7 +490,7 @@ impl Hub {
             } else {
                 (last, still) = (waiting, 0);
             }
-            if waiting == 0 || still == 2 || tokio::time::Instant::now() >= until {
+            if waiting == 0 || still == 2 || now >= until {
                 return;
             }
             tokio::select! {
@@ -591,7 +593,7 @@ impl Hub {
                 let read = t.elapsed();
                 // Awaited before they are sent: an agent may answer at once.
                 if answered {
-                    let now = std::time::Instant::now();
+                    let now = tokio::time::Instant::now();
                     self.unanswered()
                         .extend(pinned.iter().map(|p| (p.name.clone(), now)));
                 }

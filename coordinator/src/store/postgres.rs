@@ -545,7 +545,6 @@ impl Postgres {
         self.pool.get().await
     }
 
-    /// Tells the other replicas that sites changed.
     /// What `select` (no `WHERE` of its own, `c` the clusters) reads of
     /// each of `names` that exists, in name order.
     async fn named<T>(
@@ -567,6 +566,7 @@ impl Postgres {
         Ok(rows.iter().map(row).collect())
     }
 
+    /// Tells the other replicas that sites changed.
     async fn notify_sites(&self) -> Result<()> {
         self.conn()
             .await?

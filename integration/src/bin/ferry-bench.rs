@@ -430,24 +430,23 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
     eprintln!("two replicas: a pin through A to all {n}…");
     // The work a fan-out takes, steadier than its latencies on two cores
     // shared by both replicas, PostgreSQL and the simulated agents.
-    let cpu = |pid: u32| cpu_ms(pid) / 1000.0;
-    let (a_pid, b_pid, pg_pid, sim_pid) =
-        (a.proc.0.id(), b.proc.0.id(), pg.pid(), std::process::id());
-    let before = (
-        cpu(a_pid),
-        cpu(b_pid),
-        tree_cpu_ms(pg_pid) / 1000.0,
-        cpu(sim_pid),
-    );
+    let (a_pid, b_pid, pg_pid) = (a.proc.0.id(), b.proc.0.id(), pg.pid());
+    // Seconds so far: A, B, PostgreSQL, the simulated agents (this process).
+    let cpu_s = || {
+        [
+            cpu_ms(a_pid),
+            cpu_ms(b_pid),
+            tree_cpu_ms(pg_pid),
+            cpu_ms(std::process::id()),
+        ]
+        .map(|ms| ms / 1000.0)
+    };
+    let before = cpu_s();
     let started = Instant::now();
     let (lat, pin_call_ms) = fan_out(&a, &fleet, n, &commits[0]).await?;
     let fan_out_s = started.elapsed().as_secs_f64();
-    let fan_out_cpu = (
-        cpu(a_pid) - before.0,
-        cpu(b_pid) - before.1,
-        tree_cpu_ms(pg_pid) / 1000.0 - before.2,
-        cpu(sim_pid) - before.3,
-    );
+    let after = cpu_s();
+    let fan_out_cpu: [f64; 4] = std::array::from_fn(|i| after[i] - before[i]);
     let (mut lat_a, mut lat_b) = (vec![], vec![]);
     for (i, l) in lat.iter().enumerate() {
         if i % 2 == 0 {
@@ -586,7 +585,7 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
             format!("  CPU time in those {fan_out_s:.2} s: A / B / PostgreSQL / agents"),
             format!(
                 "{:.2} / {:.2} / {:.2} / {:.2} s",
-                fan_out_cpu.0, fan_out_cpu.1, fan_out_cpu.2, fan_out_cpu.3
+                fan_out_cpu[0], fan_out_cpu[1], fan_out_cpu[2], fan_out_cpu[3]
             ),
         ),
         (
@@ -625,8 +624,8 @@ async fn ha_bench(args: &Args, dir: &std::path::Path) -> Result<(Vec<(String, St
         "pin_call_ms": pin_call_ms, "fan_out": all.1, "fan_out_same_replica": here.1,
         "fan_out_other_replica": there.1,
         "fan_out_s": fan_out_s, "repins": repins,
-        "fan_out_cpu_s": {"a": fan_out_cpu.0, "b": fan_out_cpu.1, "postgres": fan_out_cpu.2,
-                          "agents": fan_out_cpu.3},
+        "fan_out_cpu_s": {"a": fan_out_cpu[0], "b": fan_out_cpu[1], "postgres": fan_out_cpu[2],
+                          "agents": fan_out_cpu[3]},
         "status_reports_per_s": reports_per_s,
         "rollout": {"seconds": rollout_s, "succeeded": succeeded, "takeover_s": took_over,
                     "pinned": pinned, "duplicated": duplicated},
