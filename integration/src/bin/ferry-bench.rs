@@ -674,6 +674,7 @@ async fn rollout(
         .await?
         .into_inner();
     let mut wave_started: std::collections::HashMap<String, i64> = Default::default();
+    let mut wave_done = wave_started.clone();
     let ended = tokio::time::timeout(Duration::from_secs(900), async {
         while let Some(e) = events.message().await? {
             if !e.cluster.is_empty() {
@@ -685,6 +686,13 @@ async fn rollout(
                 .and_then(|m| m.strip_suffix(" started"))
             {
                 wave_started.insert(w.to_string(), e.at_unix_ms);
+            }
+            if let Some(w) = e
+                .message
+                .strip_prefix("wave ")
+                .and_then(|m| m.strip_suffix(" done"))
+            {
+                wave_done.insert(w.to_string(), e.at_unix_ms);
             }
             if e.message.starts_with("every wave runs") {
                 return Ok::<_, anyhow::Error>(true);
@@ -721,15 +729,22 @@ async fn rollout(
             .map(|i| (fleet.tally.received_ms[i].load(Ordering::Relaxed) - start) as f64)
             .collect();
         let (cell, j) = spread(lat);
+        // When the wave started, from the rollout's start: what the waves
+        // before it took, gates included.
+        let from_ms = start - t0;
+        let done_ms = wave_done.get(&w.name).map(|d| d - t0);
+        let done = done_ms.map_or("-".into(), |d| format!("+{d}"));
         wave_rows.push((
             format!(
-                "  wave {} ({} clusters): start to assignment p50/p99/max",
+                "  wave {} ({} clusters, +{from_ms} to done {done} ms): start to assignment p50/p99/max",
                 w.name,
                 w.clusters.len()
             ),
             cell,
         ));
-        wave_json.push(json!({"wave": w.name, "clusters": w.clusters.len(), "fan_out": j}));
+        wave_json.push(
+            json!({"wave": w.name, "clusters": w.clusters.len(), "started_ms": from_ms, "done_ms": done_ms, "fan_out": j}),
+        );
     }
     Ok((rollout_s, wave_rows, wave_json))
 }
