@@ -15,7 +15,7 @@ use ferry_proto::v1::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -62,8 +62,6 @@ pub struct Tally {
     pub sent_seq: Vec<AtomicU64>,
     /// The last burst each agent finished sending.
     pub burst_done: Vec<AtomicU64>,
-    /// Wakes whoever waits on the tally.
-    pub changed: Notify,
 }
 
 /// A burst of status reports every agent sends as fast as it may.
@@ -282,7 +280,6 @@ impl Sim {
             .into_inner();
         self.established = true;
         self.tally.connected[self.idx].store(true, Ordering::Relaxed);
-        self.tally.changed.notify_waiters();
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + self.cfg.heartbeat.mul_f64(fastrand::f64().max(0.05)),
             self.cfg.heartbeat,
@@ -297,8 +294,7 @@ impl Sim {
                         self.tally.received_ms[self.idx]
                             .store(ferry_proto::now_unix_ms(), Ordering::Relaxed);
                         self.tally.generation[self.idx].store(a.generation, Ordering::Relaxed);
-                        self.tally.changed.notify_waiters();
-                        // As the real agent: whatever was assigned and is
+                                        // As the real agent: whatever was assigned and is
                         // not applied yet gets applied (an apply cut short
                         // by a lost session is done again on the next one).
                         let done = !self.applied.is_empty() && self.applied == a.commit;
