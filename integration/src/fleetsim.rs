@@ -294,7 +294,7 @@ impl Sim {
                         self.tally.received_ms[self.idx]
                             .store(ferry_proto::now_unix_ms(), Ordering::Relaxed);
                         self.tally.generation[self.idx].store(a.generation, Ordering::Relaxed);
-                                        // As the real agent: whatever was assigned and is
+                        // As the real agent: whatever was assigned and is
                         // not applied yet gets applied (an apply cut short
                         // by a lost session is done again on the next one).
                         let done = !self.applied.is_empty() && self.applied == a.commit;
