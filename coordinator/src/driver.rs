@@ -657,8 +657,8 @@ impl Driver {
             push_ms = (t.elapsed() - stored_in).as_millis() as u64,
             "rollout transition"
         );
+        crate::summary::rollout_events(&stored);
         for e in stored {
-            tracing::info!(cluster = %e.cluster, message = %e.message, "rollout event");
             let _ = self.events.send(e);
         }
         Ok(Rollout {

@@ -8,7 +8,8 @@
 //! `server` wires the parts; `service` is the gRPC surface; `hub` holds live
 //! sessions and pushes assignments; `driver` owns running rollouts and
 //! `rollout` is their pure state machine; `store` is the durable state
-//! behind a trait; `repo` resolves refs; `pki` and `auth` are identity.
+//! behind a trait; `repo` resolves refs; `pki` and `auth` are identity;
+//! `summary` logs what many clusters did as few lines.
 //! See docs/architecture.md.
 
 pub mod auth;
@@ -23,5 +24,6 @@ pub mod rollout;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod summary;
 
 pub use server::{Config, Coordinator, TlsFiles};

@@ -582,14 +582,12 @@ impl Admin for AdminService {
             .map_err(store_status)?;
         let stored = t.elapsed();
         self.hub.metrics.pins.inc_by(entries.len() as u64);
-        // Agents first: a pin of thousands logs as many lines.
+        // Agents first, then the log.
         self.hub
             .push_many(entries.iter().map(|e| e.cluster.as_str()))
             .await;
         let pushed = t.elapsed();
-        for e in &entries {
-            tracing::info!(cluster = %e.cluster, from = ?e.from.as_ref().map(|c| c.short()), to = %e.to, actor = %actor, "pinned");
-        }
+        crate::summary::pinned(&entries, &actor);
         tracing::debug!(
             clusters = entries.len(),
             auth_ms,
