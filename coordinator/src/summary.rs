@@ -38,16 +38,15 @@ pub fn some_of<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 /// Logs the pins a call made: each at info when there are few, else one
 /// line at info and each at debug.
 pub fn pinned(entries: &[LedgerEntry], actor: &str) {
-    let each = |e: &LedgerEntry, few: bool| {
+    let few = entries.len() <= NAMED;
+    for e in entries {
         let from = e.from.as_ref().map(|c| c.short());
         if few {
             tracing::info!(target: PINS, cluster = %e.cluster, from = ?from, to = %e.to, actor, "pinned");
         } else {
             tracing::debug!(target: PINS, cluster = %e.cluster, from = ?from, to = %e.to, actor, "pinned");
         }
-    };
-    let few = entries.len() <= NAMED;
-    entries.iter().for_each(|e| each(e, few));
+    }
     if let (false, Some(first)) = (few, entries.first()) {
         tracing::info!(
             target: PINS,

@@ -674,7 +674,7 @@ async fn rollout(
         .await?
         .into_inner();
     let mut wave_started: std::collections::HashMap<String, i64> = Default::default();
-    let mut wave_done = wave_started.clone();
+    let mut wave_done: std::collections::HashMap<String, i64> = Default::default();
     let ended = tokio::time::timeout(Duration::from_secs(900), async {
         while let Some(e) = events.message().await? {
             if !e.cluster.is_empty() {
